@@ -1,0 +1,110 @@
+/**
+ * nginx's auth_http protocol, without I/O: building the request headers and reading the answer.
+ * Header names, order and value formats follow ngx_mail_auth_http_module.c so that an auth
+ * service written for nginx works unchanged (see docs/configuration.md, "auth_http").
+ */
+import type { RouteRequest } from './router.js';
+
+/**
+ * nginx's escaping of Auth-User / Auth-Pass (ngx_escape_uri with NGX_ESCAPE_MAIL_AUTH): only
+ * bytes 0x00–0x20 and `%` become `%XX` (upper-case hex); everything else, UTF-8 included, is raw.
+ */
+export function escapeAuthValue(value: string): string {
+  const buf = Buffer.from(value, 'latin1');
+  let out = '';
+  for (let i = 0; i < buf.length; i++) {
+    const b = buf[i]!;
+    if (b <= 0x20 || b === 0x25) out += `%${b < 16 ? '0' : ''}${b.toString(16).toUpperCase()}`;
+    else out += String.fromCharCode(b);
+  }
+  return out;
+}
+
+export interface AuthRequestOptions {
+  /** Host header value: the host part of the auth_http URL, without port (as nginx sends it). */
+  host: string;
+  /** Extra headers (nginx `auth_http_header`), appended last. */
+  extra: Readonly<Record<string, string>>;
+}
+
+/**
+ * The request headers for `Auth-Method: none` (the MX case: routing at the first RCPT), as a flat
+ * `[name, value, name, value…]` list in nginx's order. Every value here comes from a command line
+ * that was checked for CR, LF and other control bytes before it was accepted.
+ */
+export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): string[] {
+  const e = req.envelope;
+  const h = [
+    'Host', opts.host,
+    'Auth-Method', 'none',
+    'Auth-User', '',
+    'Auth-Pass', '',
+    'Auth-Protocol', 'smtp',
+    'Auth-Login-Attempt', String(e.attempt),
+    'Client-IP', req.clientAddr,
+    'Client-Host', req.clientHost,
+    'Auth-SMTP-Helo', e.helo,
+    'Auth-SMTP-From', e.mailLine,
+    'Auth-SMTP-To', e.rcptLine,
+  ];
+  for (const name of Object.keys(opts.extra)) h.push(name, opts.extra[name]!);
+  return h;
+}
+
+export type AuthAnswer =
+  | { status: 'ok'; server: string; port: number; user?: string; pass?: string }
+  | { status: 'wait'; waitMs: number }
+  | { status: 'fail'; reply: string; waitMs: number; text: string }
+  | { status: 'invalid'; reason: string };
+
+type Headers = Readonly<Record<string, string | string[] | undefined>>;
+
+function first(h: Headers, name: string): string | undefined {
+  const v = h[name];
+  return (Array.isArray(v) ? v[0] : v)?.trim();
+}
+
+const ERROR_CODE = /^[45]\d\d [45]\.\d{1,3}\.\d{1,3}$/;
+const DEFAULT_ERROR_CODE = '535 5.7.0';
+
+/**
+ * Interprets the auth service's response headers (names lower-cased, as undici delivers them).
+ * The HTTP status is ignored, as nginx ignores it.
+ */
+export function parseAuthAnswer(h: Headers): AuthAnswer {
+  const status = first(h, 'auth-status');
+  const waitRaw = first(h, 'auth-wait');
+  const waitS = waitRaw && /^\d{1,6}$/.test(waitRaw) ? Number(waitRaw) : 0;
+  if (status === 'WAIT') return { status: 'wait', waitMs: waitS * 1000 };
+  if (status !== undefined && status !== 'OK') {
+    // The text becomes part of an SMTP reply: strip anything that is not printable.
+    const text = status.replace(/[^\x20-\x7e]/g, '').slice(0, 400) || 'Authentication failed';
+    const codeRaw = first(h, 'auth-error-code');
+    const code = codeRaw && ERROR_CODE.test(codeRaw) ? codeRaw : DEFAULT_ERROR_CODE;
+    return { status: 'fail', reply: `${code} ${text}`, waitMs: waitS * 1000, text };
+  }
+  // nginx goes ahead without Auth-Status when Auth-Server and Auth-Port are present.
+  const server = first(h, 'auth-server');
+  const portRaw = first(h, 'auth-port');
+  if (!server) return { status: 'invalid', reason: 'no Auth-Server header' };
+  if (!portRaw) return { status: 'invalid', reason: 'no Auth-Port header' };
+  const port = /^\d{1,5}$/.test(portRaw) ? Number(portRaw) : 0;
+  if (port < 1 || port > 65535) return { status: 'invalid', reason: `invalid Auth-Port ${JSON.stringify(portRaw)}` };
+  // An IP literal (IPv6 without brackets, as nginx expects) or, unlike nginx, a host name.
+  const host = server.startsWith('[') && server.endsWith(']') ? server.slice(1, -1) : server;
+  if (!/^[A-Za-z0-9.:-]+$/.test(host)) return { status: 'invalid', reason: `invalid Auth-Server ${JSON.stringify(server)}` };
+  const answer: AuthAnswer = { status: 'ok', server: host, port };
+  const user = first(h, 'auth-user');
+  const pass = first(h, 'auth-pass');
+  if (user !== undefined) answer.user = decodeURIComponentSafe(user);
+  if (pass !== undefined) answer.pass = decodeURIComponentSafe(pass);
+  return answer;
+}
+
+function decodeURIComponentSafe(v: string): string {
+  try {
+    return decodeURIComponent(v);
+  } catch {
+    return v;
+  }
+}

@@ -1,0 +1,134 @@
+/**
+ * Replays the client's envelope to the chosen back-end in lock-step, as nginx's mail proxy does
+ * (ngx_mail_proxy_smtp_handler): greeting → EHLO (HELO fallback) → [XCLIENT → client's HELO/EHLO]
+ * → MAIL → RCPT. Pure: it consumes parsed replies and says what to send next.
+ */
+import type { ErrorCode } from '../errors.js';
+import type { Envelope } from '../session/session.js';
+import type { Reply } from '../smtp/reply-reader.js';
+import { xtext } from '../smtp/xtext.js';
+
+export type ReplayStep = 'greeting' | 'ehlo' | 'helo' | 'xclient' | 'rehello' | 'mail' | 'rcpt' | 'done';
+
+export interface ClientIdentity {
+  /** Client IP address without port (IPv4-mapped IPv6 already unmapped). */
+  addr: string;
+  port: number;
+  /** Verified reverse name, or `[UNAVAILABLE]` / `[TEMPUNAVAIL]` as nginx sends them. */
+  name: string;
+}
+
+export interface ReplayOptions {
+  serverName: string;
+  envelope: Envelope;
+  client: ClientIdentity;
+  /** Send XCLIENT when the back-end advertises it. */
+  xclient: boolean;
+}
+
+export type ReplayResult =
+  | { kind: 'send'; data: Buffer }
+  /** The back-end's reply to the client's RCPT: relay it to the client and hand off. */
+  | { kind: 'done'; reply: Reply }
+  | { kind: 'fail'; code: ErrorCode; detail: string; reply: Reply | null };
+
+/** Postfix limits an XCLIENT command line to 512 bytes (XCLIENT_README). */
+const XCLIENT_MAX = 512;
+
+export class Replay {
+  step: ReplayStep = 'greeting';
+  /** EHLO keywords of the back-end, upper-cased, with their parameters. */
+  readonly capabilities = new Map<string, string>();
+  readonly #o: ReplayOptions;
+
+  constructor(options: ReplayOptions) {
+    this.#o = options;
+  }
+
+  onReply(r: Reply): ReplayResult {
+    switch (this.step) {
+      case 'greeting':
+        if (r.code !== 220) return this.#fail('PST_BACKEND_REJECTED', r);
+        return this.#send('ehlo', `EHLO ${this.#o.serverName}`);
+      case 'ehlo':
+        if (r.code === 250) {
+          this.#readCapabilities(r);
+          return this.#afterHello();
+        }
+        // RFC 5321 §3.2: a server that does not know EHLO answers 500/502; fall back to HELO.
+        if (r.code >= 500) return this.#send('helo', `HELO ${this.#o.serverName}`);
+        return this.#fail('PST_BACKEND_REJECTED', r);
+      case 'helo':
+        return r.code === 250 ? this.#afterHello() : this.#fail('PST_BACKEND_REJECTED', r);
+      case 'xclient':
+        // Postfix answers a good XCLIENT with a new 220 greeting; smtp-sink with 250.
+        if (r.code !== 220 && r.code !== 250) {
+          return this.#fail('PST_BACKEND_REJECTED', r, 'XCLIENT refused: is Postern in smtpd_authorized_xclient_hosts?');
+        }
+        return this.#rehello();
+      case 'rehello':
+        return r.code === 250 ? this.#mail() : this.#fail('PST_BACKEND_REJECTED', r);
+      case 'mail':
+        return r.code === 250 ? this.#send('rcpt', this.#o.envelope.rcptLine) : this.#fail('PST_BACKEND_REJECTED', r);
+      case 'rcpt':
+        this.step = 'done';
+        return { kind: 'done', reply: r };
+      case 'done':
+        return { kind: 'fail', code: 'PST_BACKEND_INVALID_REPLY', detail: 'unexpected reply after RCPT', reply: r };
+    }
+  }
+
+  #afterHello(): ReplayResult {
+    const attrs = this.#o.xclient ? this.capabilities.get('XCLIENT') : undefined;
+    if (attrs === undefined) return this.#mail();
+    return this.#send('xclient', this.#xclientLine(new Set(attrs.toUpperCase().split(/\s+/))));
+  }
+
+  /** After XCLIENT the back-end is back at its greeting stage (Postfix); replay the client's own greeting. */
+  #rehello(): ReplayResult {
+    const e = this.#o.envelope;
+    if (e.helo === '') return this.#send('rehello', `EHLO ${this.#o.serverName}`);
+    return this.#send('rehello', `${e.esmtp ? 'EHLO' : 'HELO'} ${e.helo}`);
+  }
+
+  #mail(): ReplayResult {
+    return this.#send('mail', this.#o.envelope.mailLine);
+  }
+
+  /** Only attributes the back-end advertised are sent (Postfix rejects unknown ones with 501). */
+  #xclientLine(advertised: Set<string>): string {
+    const { client, envelope } = this.#o;
+    const parts: string[] = [];
+    if (advertised.has('ADDR')) parts.push(`ADDR=${xtext(client.addr.includes(':') ? `IPV6:${client.addr}` : client.addr)}`);
+    if (advertised.has('PORT')) parts.push(`PORT=${client.port}`);
+    if (advertised.has('NAME')) parts.push(`NAME=${xtext(client.name)}`);
+    if (advertised.has('PROTO')) parts.push(`PROTO=${envelope.esmtp ? 'ESMTP' : 'SMTP'}`);
+    let line = `XCLIENT ${parts.join(' ')}`;
+    // HELO is also replayed after XCLIENT, so it is the attribute to drop when the line would be too long.
+    if (advertised.has('HELO') && envelope.helo !== '') {
+      const withHelo = `${line} HELO=${xtext(envelope.helo)}`;
+      if (withHelo.length + 2 <= XCLIENT_MAX) line = withHelo;
+    }
+    return line;
+  }
+
+  #readCapabilities(r: Reply): void {
+    for (let i = 1; i < r.lines.length; i++) {
+      const text = r.lines[i]!.trim();
+      if (text === '') continue;
+      const sp = text.indexOf(' ');
+      const key = (sp === -1 ? text : text.slice(0, sp)).toUpperCase();
+      this.capabilities.set(key, sp === -1 ? '' : text.slice(sp + 1));
+    }
+  }
+
+  #send(step: ReplayStep, line: string): ReplayResult {
+    this.step = step;
+    return { kind: 'send', data: Buffer.from(`${line}\r\n`, 'latin1') };
+  }
+
+  #fail(code: ErrorCode, r: Reply, note?: string): ReplayResult {
+    const text = r.lines.join(' / ');
+    return { kind: 'fail', code, detail: `${note ? `${note} ` : ''}${this.step}: ${r.code} ${text}`, reply: r };
+  }
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env node
+/**
+ * Command line: `postern [run] --config FILE`, `postern check-config --config FILE`, `--version`.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from './config/load.js';
+import { createLogger } from './log/logger.js';
+import { PosternServer } from './net/server.js';
+
+const USAGE = `Usage:
+  postern [run] --config FILE        run the proxy
+  postern check-config --config FILE validate the configuration and exit (like nginx -t)
+  postern --version                  print the version
+
+Options:
+  -c, --config FILE   configuration file (default: /etc/postern/postern.yaml)
+  -h, --help          this text`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      config: { type: 'string', short: 'c', default: '/etc/postern/postern.yaml' },
+      version: { type: 'boolean', short: 'v' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  if (values.version) {
+    process.stdout.write(`postern ${version()}\n`);
+    return 0;
+  }
+  const command = positionals[0] ?? 'run';
+  if (command !== 'run' && command !== 'check-config') {
+    process.stderr.write(`postern: unknown command ${JSON.stringify(command)}\n${USAGE}\n`);
+    return 2;
+  }
+  let config;
+  try {
+    config = loadConfig(values.config);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`postern: configuration ${err.message}\npostern: configuration file ${values.config} test failed\n`);
+      return 1;
+    }
+    throw err;
+  }
+  if (command === 'check-config') {
+    process.stdout.write(`postern: configuration file ${values.config} syntax is ok\npostern: configuration file ${values.config} test is successful\n`);
+    return 0;
+  }
+  return run(config);
+}
+
+async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
+  const logger = createLogger(config.log.level);
+  const server = new PosternServer(config, logger);
+  try {
+    await server.start();
+  } catch (err) {
+    logger.fatal({ err }, 'cannot listen');
+    logger.flush();
+    return 1;
+  }
+  logger.info({ version: version() }, 'postern started');
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      logger.info({ signal, sessions: server.connections }, 'stopping: no new connections, draining sessions');
+      void server.stop().then(resolve);
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+  logger.info('postern stopped');
+  await new Promise<void>((r) => logger.flush(() => r()));
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`postern: ${(err as Error).stack ?? String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,66 @@
+/**
+ * Reads, validates and freezes the configuration. Errors name the key path
+ * (`route.auth_http.url: Invalid URL`) so `postern check-config` reads like `nginx -t`.
+ */
+import { readFileSync } from 'node:fs';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { configSchema, type Config } from './schema.js';
+
+export class ConfigError extends Error {
+  constructor(readonly file: string, readonly problems: string[]) {
+    super(`${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Parses YAML text into a frozen, normalised Config, or throws ConfigError listing every problem. */
+export function parseConfig(text: string, file = '<config>'): Readonly<Config> {
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(file, doc.errors.map((e) => `YAML: ${e.message.split('\n')[0]}`));
+  }
+  const raw: unknown = doc.toJS() ?? {};
+  const result = configSchema.safeParse(raw);
+  if (!result.success) throw new ConfigError(file, result.error.issues.map((i) => describeIssue(i)));
+  return deepFreeze(result.data);
+}
+
+export function loadConfig(file: string): Readonly<Config> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(file, [`cannot read: ${(err as Error).message}`]);
+  }
+  return parseConfig(text, file);
+}
+
+function describeIssue(issue: z.core.$ZodIssue, prefix: PropertyKey[] = []): string {
+  const at = [...prefix, ...issue.path];
+  const path = at.length ? at.join('.') : '(top level)';
+  if (issue.code === 'unrecognized_keys') return `${path}: unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+  if (issue.code === 'invalid_union') {
+    // Explain the alternative the user most likely meant: the one that got furthest.
+    const branch = bestBranch(issue.errors);
+    if (branch) return branch.map((i) => describeIssue(i, at)).join('\n  ');
+    if (path === 'route') return `route: expected exactly one of "static: host:port" or "auth_http: {url: ...}"`;
+  }
+  return `${path}: ${issue.message}`;
+}
+
+/** The union branch whose errors are not just "wrong type here" or "this key is not mine". */
+function bestBranch(branches: z.core.$ZodIssue[][]): z.core.$ZodIssue[] | undefined {
+  const plausible = branches.filter(
+    (b) => b.length > 0 && !b.some((i) => i.path.length === 0 && (i.code === 'invalid_type' || i.code === 'unrecognized_keys')),
+  );
+  return plausible.length === 1 ? plausible[0] : undefined;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object' && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o)) deepFreeze(v);
+  }
+  return o;
+}

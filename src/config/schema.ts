@@ -1,0 +1,115 @@
+/**
+ * The one schema for Postern's YAML configuration: every setting, its default and its check.
+ * docs/configuration.md documents each key; the output is normalised (durations in ms, sizes in
+ * bytes, addresses split) and frozen by load.ts.
+ */
+import os from 'node:os';
+import { z } from 'zod';
+import { parseDuration, parseHostPort, parseSize } from './units.js';
+
+const duration = (def: string) =>
+  z.union([z.string(), z.number()]).default(def).transform((v, ctx) => {
+    const ms = parseDuration(v);
+    if (ms === null) {
+      ctx.addIssue({ code: 'custom', message: `not a duration: ${JSON.stringify(v)} (use e.g. 250ms, 30s, 5m, 1h)` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const size = (def: string | number, min = 0) =>
+  z.union([z.string(), z.number()]).default(def).transform((v, ctx) => {
+    const n = parseSize(v);
+    if (n === null || n < min) {
+      ctx.addIssue({ code: 'custom', message: `not a size${min ? ` of at least ${min} bytes` : ''}: ${JSON.stringify(v)} (use e.g. 4096, 64k, 10MiB)` });
+      return z.NEVER;
+    }
+    return n;
+  });
+
+const hostPort = z.string().transform((v, ctx) => {
+  const hp = parseHostPort(v);
+  if (!hp) {
+    ctx.addIssue({ code: 'custom', message: `expected host:port or [ipv6]:port, got ${JSON.stringify(v)}` });
+    return z.NEVER;
+  }
+  return hp;
+});
+
+const listener = z.union([
+  hostPort.transform((address) => ({ address })),
+  z.strictObject({ address: hostPort }),
+]);
+
+/** Extensions that need Postern's own support before the hand-off, so may not be listed verbatim. */
+const RESERVED_CAPS = ['CHUNKING', 'STARTTLS', 'AUTH', 'XCLIENT', 'XFORWARD', 'BDAT'];
+
+const capability = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9-]*( [\x21-\x7e]+)*$/, 'an EHLO keyword with optional parameters').refine(
+  (c) => !RESERVED_CAPS.includes(c.split(' ')[0]!.toUpperCase()),
+  { message: `${RESERVED_CAPS.join(', ')} cannot be listed: Postern cannot honour them before the hand-off (clients of nginx lost mail this way, Mailu #1766)` },
+);
+
+const headerName = z.string().regex(/^[A-Za-z0-9-]+$/, 'header names may contain only letters, digits and "-"');
+const headerValue = z.string().regex(/^[\t\x20-\x7e\x80-\xff]*$/, 'header values may not contain control characters');
+
+const authHttp = z.strictObject({
+  url: z.url({ protocol: /^https?$/ }),
+  /** Extra headers on every request (nginx `auth_http_header`), e.g. a shared secret. */
+  headers: z.record(headerName, headerValue).default({}),
+  /** Keep-alive connections to the auth service per worker. */
+  max_connections: z.int().min(1).max(1024).default(64),
+  /** How many `Auth-Status: WAIT` answers are followed with a new request before giving up. */
+  max_wait_retries: z.int().min(0).max(100).default(10),
+  /** Largest response header block accepted (nginx: a fixed 1024 bytes). */
+  max_header_size: size('16k', 1024),
+});
+
+const route = z.union([
+  z.strictObject({ static: hostPort }),
+  z.strictObject({ auth_http: authHttp }),
+]);
+
+const timeouts = z.strictObject({
+  /** Client idle before the hand-off (nginx `timeout`; RFC 5321 §4.5.3.2.7 asks for ≥ 5 min). */
+  idle: duration('5m'),
+  /** One auth_http request, connect to last header (nginx `auth_http_timeout`). */
+  auth: duration('30s'),
+  /** Back-end connect plus the whole replay (nginx covers this with `timeout`). */
+  backend: duration('30s'),
+  /** No bytes either way after the hand-off (nginx `proxy_timeout`; RFC 5321 §4.5.3.2.6 DATA termination is 10 min). */
+  relay_idle: duration('10m'),
+  /** How long SIGTERM waits for sessions to finish before closing them. */
+  shutdown: duration('30s'),
+});
+
+export const configSchema = z.strictObject({
+  /** Name in the greeting, the HELO/EHLO reply and Postern's own EHLO to the back-end (nginx `server_name`). */
+  server_name: z.string().regex(/^[A-Za-z0-9.-]+$/, 'a host name').default(() => os.hostname().replace(/[^A-Za-z0-9.-]/g, '') || 'localhost'),
+  listen: z.array(listener).min(1).default(['127.0.0.1:2525'].map((a) => ({ address: parseHostPort(a)! }))),
+  route: route.default({ static: { host: '127.0.0.1', port: 25 } }),
+  /** Send Postfix XCLIENT (ADDR, PORT, NAME, HELO, PROTO as advertised) so the back-end sees the real client. */
+  xclient: z.boolean().default(true),
+  /** Show the back-end's own reply text when it refuses a replay step (nginx `proxy_pass_error_message`). */
+  proxy_pass_error_message: z.boolean().default(false),
+  /** EHLO keywords advertised before the hand-off; `SIZE` gets max_message_size appended. */
+  capabilities: z.array(capability).default(['PIPELINING', '8BITMIME', 'SIZE', 'ENHANCEDSTATUSCODES']),
+  /** Largest SIZE= accepted at MAIL (RFC 1870); 0 = no limit. The back-end enforces the real size. */
+  max_message_size: size('10MiB'),
+  /** Longest command line before the hand-off, CRLF included (nginx `smtp_client_buffer`; RFC 5321 minimum 512). */
+  max_line_length: size(4096, 512),
+  /** Error replies before the session is closed (nginx `max_errors`); 0 = unlimited. */
+  max_errors: z.int().min(0).default(10),
+  /** Refuse MAIL until the client has sent HELO/EHLO (RFC 5321 §4.1.4). */
+  require_helo: z.boolean().default(true),
+  /** Hold the greeting this long and reject clients that talk first (nginx `smtp_greeting_delay`). */
+  greeting_delay: duration('0s'),
+  timeouts: timeouts.prefault({}),
+  log: z.strictObject({
+    level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+    /** One record per session at its end. */
+    access: z.boolean().default(true),
+  }).prefault({}),
+});
+
+export type Config = z.output<typeof configSchema>;
+export type AuthHttpConfig = z.output<typeof authHttp>;

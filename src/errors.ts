@@ -1,0 +1,80 @@
+/**
+ * The error catalogue: every failure Postern reports has one stable code, the SMTP reply the
+ * client gets (RFC 5321 §4.2, enhanced codes per RFC 3463), whether the session then closes,
+ * and the log level. `docs/errors.md` documents each entry; a test keeps the two in step.
+ *
+ * `{host}` in a reply is replaced by `server_name` (RFC 5321 §4.2: 421 replies name the host).
+ * Reply texts follow nginx's mail module where it has one, so clients and monitoring see the
+ * same strings after a switch.
+ */
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+export interface ErrorSpec {
+  /** SMTP reply line without CRLF; null when the session ends without a reply. */
+  reply: string | null;
+  /** Close the connection after the reply. */
+  close: boolean;
+  level: LogLevel;
+  /** Human description for the log and docs. */
+  message: string;
+}
+
+export const ERRORS = {
+  // Client protocol errors (before the hand-off).
+  PST_LINE_TOO_LONG: { reply: '500 5.5.2 Line too long', close: true, level: 'info', message: 'client sent a line over max_line_length' },
+  PST_BAD_BYTES: { reply: '500 5.5.2 Invalid character in command', close: false, level: 'info', message: 'client sent NUL, a bare CR or another control character in a command' },
+  PST_UNKNOWN_COMMAND: { reply: '500 5.5.1 Invalid command', close: false, level: 'info', message: 'client sent an unknown or unsupported command' },
+  PST_NOT_IMPLEMENTED: { reply: '502 5.5.1 Command not implemented', close: false, level: 'info', message: 'client sent a command Postern recognises but does not offer here' },
+  PST_HTTP_REQUEST: { reply: '554 5.7.0 HTTP requests are not accepted here', close: true, level: 'info', message: 'client sent an HTTP request to the SMTP port' },
+  PST_EARLY_TALKER: { reply: '503 5.5.0 Improper use of SMTP command pipelining', close: true, level: 'info', message: 'client sent data before the greeting' },
+  PST_TOO_MANY_ERRORS: { reply: '421 4.7.0 {host} Too many errors, closing connection', close: true, level: 'info', message: 'client reached max_errors' },
+  PST_NEED_HELO: { reply: '503 5.5.1 Send HELO/EHLO first', close: false, level: 'info', message: 'MAIL before HELO/EHLO' },
+  PST_NESTED_MAIL: { reply: '503 5.5.1 Nested MAIL command', close: false, level: 'info', message: 'MAIL inside a transaction' },
+  PST_NEED_MAIL: { reply: '503 5.5.1 Need MAIL command', close: false, level: 'info', message: 'RCPT or DATA before MAIL' },
+  PST_NEED_RCPT: { reply: '503 5.5.1 Need RCPT command', close: false, level: 'info', message: 'DATA or BDAT before any recipient' },
+  PST_INVALID_ARGUMENT: { reply: '501 5.5.4 Invalid argument', close: false, level: 'info', message: 'a command argument is missing or malformed' },
+  PST_BAD_SENDER: { reply: '501 5.1.7 Bad sender address syntax', close: false, level: 'info', message: 'MAIL FROM path is malformed' },
+  PST_BAD_RECIPIENT: { reply: '501 5.1.3 Bad recipient address syntax', close: false, level: 'info', message: 'RCPT TO path is malformed' },
+  PST_MESSAGE_TOO_BIG: { reply: '552 5.3.4 Message size exceeds fixed limit', close: false, level: 'info', message: 'MAIL SIZE= is above max_message_size' },
+  PST_NOT_PERMITTED: { reply: '550 5.7.0 Command not permitted', close: false, level: 'warn', message: 'client sent XCLIENT or XFORWARD; never forwarded' },
+  PST_IDLE_TIMEOUT: { reply: '421 4.4.2 {host} Error: timeout exceeded', close: true, level: 'info', message: 'client idle for timeouts.idle' },
+  PST_SHUTDOWN: { reply: '421 4.3.2 {host} Service shutting down, try again later', close: true, level: 'info', message: 'Postern is stopping' },
+
+  // Routing (auth_http or the built-in router).
+  PST_AUTH_HTTP_UNAVAILABLE: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'auth service refused the connection or failed mid-request' },
+  PST_AUTH_HTTP_TIMEOUT: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'auth service did not answer within timeouts.auth' },
+  PST_AUTH_HTTP_INVALID: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'auth service answered garbage, an oversized header block, or no usable Auth-Server/Auth-Port' },
+  PST_AUTH_REJECTED: { reply: '535 5.7.0 Authentication failed', close: true, level: 'info', message: 'auth service refused the session (Auth-Status text, Auth-Error-Code)' },
+  PST_ROUTE_RESOLVE: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end host name did not resolve' },
+
+  // Back-end connect and replay.
+  PST_BACKEND_UNREACHABLE: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'connecting to the back-end failed' },
+  PST_BACKEND_TIMEOUT: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end did not complete the replay within timeouts.backend' },
+  PST_BACKEND_REJECTED: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end refused a replay step (greeting, EHLO/HELO, XCLIENT or MAIL)' },
+  PST_BACKEND_INVALID_REPLY: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end sent a malformed or oversized reply' },
+  PST_BACKEND_CLOSED: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end closed the connection during the replay' },
+
+  // Relay phase: no reply of Postern's own may be injected into the relayed stream.
+  PST_RELAY_IDLE_TIMEOUT: { reply: null, close: true, level: 'info', message: 'no bytes either way for timeouts.relay_idle' },
+  PST_BACKEND_LOST: { reply: null, close: true, level: 'warn', message: 'the back-end connection failed while relaying; the client connection is closed so it cannot take silence for acceptance' },
+  PST_CLIENT_LOST: { reply: null, close: true, level: 'info', message: 'the client connection failed or was reset' },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+/** An error carrying a catalogue code; `detail` goes to the log, never to the client. */
+export class PosternError extends Error {
+  readonly code: ErrorCode;
+  readonly detail: string | undefined;
+  /** A reply that replaces the catalogue's (auth service text, or a back-end's with proxy_pass_error_message). */
+  readonly reply: string | undefined;
+
+  constructor(code: ErrorCode, detail?: string, reply?: string) {
+    super(detail ? `${ERRORS[code].message}: ${detail}` : ERRORS[code].message);
+    this.name = 'PosternError';
+    this.code = code;
+    this.detail = detail;
+    this.reply = reply;
+  }
+}

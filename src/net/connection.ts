@@ -1,0 +1,310 @@
+/**
+ * One client connection: carries out the session's actions on the socket, asks the router,
+ * connects the back-end and hands the socket over to the relay. The phases and their failure
+ * replies are those of docs/lifecycle.md.
+ */
+import type { Socket } from 'node:net';
+import type { RouteDecision } from '../auth/router.js';
+import { connectBackend, type BackendReady } from '../backend/connect.js';
+import { relay, type RelayStats } from '../backend/relay.js';
+import { ERRORS, type ErrorCode, PosternError } from '../errors.js';
+import { Session, type Action, type Envelope } from '../session/session.js';
+import { lineReply } from '../smtp/replies.js';
+import type { ServerContext } from './context.js';
+
+/** Grace period for the client to close after our final reply, before the socket is destroyed. */
+const LINGER_MS = 2000;
+
+export class Connection {
+  readonly socket: Socket;
+  readonly session: Session;
+  readonly #ctx: ServerContext;
+  readonly #started = Date.now();
+  readonly clientAddr: string;
+  readonly clientPort: number;
+  #envelope: Envelope | null = null;
+  #backend: string | null = null;
+  #backendSocket: Socket | null = null;
+  #abortBackend: (() => void) | null = null;
+  #greetTimer: NodeJS.Timeout | null = null;
+  #clientEnded = false;
+  /** Last reply code the client was sent, by Postern or the back-end. */
+  #lastCode = 0;
+  #outcome: string | null = null;
+  #relayStats: RelayStats | null = null;
+  #onClosed: (c: Connection) => void;
+
+  constructor(socket: Socket, ctx: ServerContext, onClosed: (c: Connection) => void) {
+    this.socket = socket;
+    this.#ctx = ctx;
+    this.#onClosed = onClosed;
+    this.clientAddr = unmapIPv4(socket.remoteAddress ?? '');
+    this.clientPort = socket.remotePort ?? 0;
+    this.session = new Session(ctx.book, ctx.limits);
+    socket.setNoDelay(true);
+    socket.setTimeout(ctx.config.timeouts.idle);
+    socket.on('data', clientOnData);
+    socket.on('end', clientOnEnd);
+    socket.on('error', clientOnError);
+    socket.on('timeout', clientOnTimeout);
+    socket.on('close', clientOnClose);
+    (socket as OwnedSocket)[kConn] = this;
+    const greetingDelay = ctx.config.greeting_delay;
+    if (greetingDelay > 0) {
+      this.#greetTimer = setTimeout(() => this.#run(this.session.greetingDue()), greetingDelay);
+    }
+    this.#run(this.session.start());
+  }
+
+  /** SIGTERM: tell an idle session at once; a session mid-command hears it at its next command. */
+  shutdown(): void {
+    if (this.session.phase === 'command' || this.session.phase === 'greeting') this.#run(this.session.shutdown());
+  }
+
+  /** Drain time is over: close whatever is left. */
+  destroy(): void {
+    this.#abortBackend?.();
+    this.#backendSocket?.destroy();
+    this.socket.destroy();
+  }
+
+  onData(chunk: Buffer): void {
+    if (this.session.phase === 'handed-off') return; // the relay owns the socket now
+    this.#run(this.session.receive(chunk));
+  }
+
+  onEnd(): void {
+    this.#clientEnded = true;
+    // Before the hand-off a client EOF ends the session, unless a routing decision is pending:
+    // then the pipelined commands it already sent are still delivered, and EOF follows them.
+    if (this.session.phase === 'command' || this.session.phase === 'greeting') {
+      this.#outcome ??= 'client-eof';
+      this.socket.end();
+    }
+  }
+
+  onTimeout(): void {
+    if (this.session.phase === 'closed') {
+      this.socket.destroy(); // the client did not close after our last reply
+      return;
+    }
+    if (this.session.phase === 'command' || this.session.phase === 'greeting') {
+      this.session.phase = 'closed';
+      this.#run([{ type: 'error', code: 'PST_IDLE_TIMEOUT' }]);
+    }
+  }
+
+  onClose(): void {
+    if (this.#greetTimer) clearTimeout(this.#greetTimer);
+    this.#abortBackend?.();
+    // Once relaying, the relay reports the end when both sides have closed.
+    if (this.#relayStats === null) this.#finish();
+  }
+
+  #run(actions: Action[]): void {
+    if (actions.length === 0) return;
+    const s = this.socket;
+    s.cork();
+    for (const a of actions) {
+      switch (a.type) {
+        case 'reply':
+          this.#write(a.data);
+          break;
+        case 'error':
+          this.#error(a.code, a.detail);
+          break;
+        case 'route':
+          this.#route(a.envelope);
+          break;
+        case 'close':
+          this.#close();
+          break;
+      }
+    }
+    s.uncork();
+    // Backpressure: a client that pipelines without reading its replies is not read further
+    // until it has taken what it was sent.
+    if (s.writableNeedDrain && this.session.phase === 'command') {
+      s.pause();
+      s.once('drain', () => {
+        if (this.session.phase === 'command') s.resume();
+      });
+    }
+  }
+
+  #write(data: Buffer): void {
+    if (data.length === 0 || this.socket.destroyed || this.socket.writableEnded) return;
+    this.#lastCode = (data[0]! - 0x30) * 100 + (data[1]! - 0x30) * 10 + (data[2]! - 0x30);
+    this.socket.write(data);
+  }
+
+  #error(code: ErrorCode, detail?: string, reply?: Buffer): void {
+    const spec = ERRORS[code];
+    this.#ctx.logger[spec.level]({ code, client: this.clientAddr, detail }, spec.message);
+    this.#write(reply ?? this.#ctx.book.error(code));
+    if (spec.close) {
+      this.#outcome ??= code;
+      this.session.phase = 'closed';
+      this.#close();
+    }
+  }
+
+  #close(): void {
+    this.#outcome ??= 'quit';
+    this.socket.end();
+    this.socket.setTimeout(LINGER_MS);
+  }
+
+  #route(envelope: Envelope): void {
+    this.#envelope = envelope;
+    // Nothing more is read from the client until the decision and the replay are done (nginx
+    // does the same); the idle timer is replaced by the auth and back-end timers.
+    this.socket.pause();
+    this.socket.setTimeout(0);
+    const decision = this.#ctx.router.route({
+      envelope,
+      clientAddr: this.clientAddr,
+      clientPort: this.clientPort,
+      clientHost: '[UNAVAILABLE]',
+    });
+    if (decision instanceof Promise) {
+      decision.then(
+        (d) => this.#routed(d),
+        (err: Error) => this.#routed({ kind: 'error', code: 'PST_AUTH_HTTP_UNAVAILABLE', detail: err.message }),
+      );
+    } else {
+      this.#routed(decision);
+    }
+  }
+
+  #routed(d: RouteDecision): void {
+    if (this.socket.destroyed) return;
+    if (d.kind === 'error') {
+      this.#routeFailed({ type: 'error', code: d.code, detail: d.detail }, false);
+      return;
+    }
+    if (d.kind === 'reject') {
+      this.#ctx.logger.info({ code: 'PST_AUTH_REJECTED', client: this.clientAddr, detail: d.reason, wait_ms: d.waitMs }, ERRORS.PST_AUTH_REJECTED.message);
+      const reply: Action = { type: 'reply', data: lineReply(d.reply) };
+      this.#outcome = d.waitMs > 0 ? null : 'PST_AUTH_REJECTED';
+      if (d.waitMs > 0) setTimeout(() => this.#routeFailed(reply, true), d.waitMs);
+      else this.#routeFailed(reply, false);
+      return;
+    }
+    this.#backend = `${d.host}:${d.port}`;
+    const cfg = this.#ctx.config;
+    this.#abortBackend = connectBackend(
+      d.host,
+      d.port,
+      {
+        serverName: cfg.server_name,
+        envelope: this.#envelope!,
+        client: { addr: this.clientAddr, port: this.clientPort, name: '[UNAVAILABLE]' },
+        xclient: cfg.xclient,
+      },
+      cfg.timeouts.backend,
+      (err, ready) => {
+        this.#abortBackend = null;
+        if (err) this.#backendFailed(err);
+        else this.#handOff(ready!);
+      },
+    );
+  }
+
+  #routeFailed(action: Action, keepOpen: boolean): void {
+    if (this.socket.destroyed) return;
+    if (keepOpen) this.socket.setTimeout(this.#ctx.config.timeouts.idle);
+    this.#run(this.session.routeFailed(action, keepOpen && !this.#clientEnded));
+    if (this.session.phase === 'command') {
+      this.socket.resume();
+      if (this.#clientEnded) this.socket.end();
+    }
+  }
+
+  #backendFailed(err: PosternError): void {
+    if (err.code === 'PST_CLIENT_LOST') return;
+    // proxy_pass_error_message: the back-end's own refusal, else nginx's generic 451.
+    const passText = this.#ctx.config.proxy_pass_error_message ? err.reply : undefined;
+    const reply = passText ? Buffer.from(passText, 'latin1') : undefined;
+    this.socket.cork();
+    this.#error(err.code, err.detail, reply);
+    this.socket.uncork();
+  }
+
+  #handOff({ socket: backend, reply }: BackendReady): void {
+    if (this.socket.destroyed) {
+      backend.destroy();
+      return;
+    }
+    this.#backendSocket = backend;
+    this.#outcome = 'relayed';
+    this.socket.removeListener('data', clientOnData);
+    this.#lastCode = reply.code;
+    this.socket.write(reply.raw);
+    // Commands the client pipelined after the RCPT (RFC 2920) go to the back-end untouched.
+    const rest = this.session.handOff();
+    if (rest.length > 0) backend.write(rest);
+    if (this.#clientEnded) backend.end();
+    this.#relayStats = { lastCode: reply.code, failure: null };
+    relay(this.socket, backend, this.#ctx.config.timeouts.relay_idle, this.#relayStats, () => this.#finish());
+  }
+
+  #finished = false;
+
+  /** The access-log record: one per session, at its end (nginx has no equivalent). */
+  #finish(): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    const rs = this.#relayStats;
+    if (rs?.failure) {
+      const spec = ERRORS[rs.failure];
+      this.#ctx.logger[spec.level]({ code: rs.failure, client: this.clientAddr, backend: this.#backend }, spec.message);
+    }
+    if (this.#ctx.config.log.access) {
+      const e = this.#envelope;
+      this.#ctx.logger.info(
+        {
+          type: 'access',
+          client: `${this.clientAddr}:${this.clientPort}`,
+          helo: this.session.helo || undefined,
+          from: e?.mailFrom,
+          to: e?.rcptTo,
+          backend: this.#backend ?? undefined,
+          bytes_in: this.socket.bytesRead,
+          bytes_out: this.socket.bytesWritten,
+          duration_ms: Date.now() - this.#started,
+          outcome: rs?.failure ?? this.#outcome ?? 'client-closed',
+          code: rs ? rs.lastCode : this.#lastCode || undefined,
+        },
+        'session',
+      );
+    }
+    this.#onClosed(this);
+  }
+}
+
+const kConn = Symbol('postern.connection');
+interface OwnedSocket extends Socket {
+  [kConn]: Connection;
+}
+
+// Module-level handlers (the ws style): no closures allocated per connection.
+function clientOnData(this: OwnedSocket, chunk: Buffer): void {
+  this[kConn].onData(chunk);
+}
+function clientOnEnd(this: OwnedSocket): void {
+  this[kConn].onEnd();
+}
+function clientOnError(this: OwnedSocket): void {
+  // 'close' follows; a reset client is logged through the access record.
+}
+function clientOnTimeout(this: OwnedSocket): void {
+  this[kConn].onTimeout();
+}
+function clientOnClose(this: OwnedSocket): void {
+  this[kConn].onClose();
+}
+
+function unmapIPv4(addr: string): string {
+  return addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
+}

@@ -1,0 +1,91 @@
+/**
+ * The listeners and the set of live connections, with a bounded drain on stop.
+ */
+import net from 'node:net';
+import { AuthHttpRouter } from '../auth/auth-http.js';
+import { StaticRouter, type Router } from '../auth/router.js';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log/logger.js';
+import { Connection } from './connection.js';
+import { buildContext, type ServerContext } from './context.js';
+
+export function createRouter(config: Readonly<Config>): Router {
+  const r = config.route;
+  if ('static' in r) return new StaticRouter(r.static.host, r.static.port);
+  return new AuthHttpRouter(r.auth_http, config.timeouts.auth);
+}
+
+export class PosternServer {
+  readonly #ctx: ServerContext;
+  readonly #servers: net.Server[] = [];
+  readonly #connections = new Set<Connection>();
+  #stopping: Promise<void> | null = null;
+  #onIdle: (() => void) | null = null;
+
+  constructor(config: Readonly<Config>, logger: Logger, router: Router = createRouter(config)) {
+    this.#ctx = buildContext(config, router, logger);
+  }
+
+  get connections(): number {
+    return this.#connections.size;
+  }
+
+  /** Binds every listener; resolves with the bound addresses (port 0 gets a real port). */
+  async start(): Promise<net.AddressInfo[]> {
+    const bound: net.AddressInfo[] = [];
+    for (const l of this.#ctx.config.listen) {
+      // allowHalfOpen: a client's FIN must not cut off the back-end's last replies (see relay.ts).
+      const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.#accept(socket));
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ host: l.address.host, port: l.address.port, backlog: 511 }, () => {
+          server.removeListener('error', reject);
+          resolve();
+        });
+      });
+      server.on('error', (err) => this.#ctx.logger.error({ err }, 'listener error'));
+      this.#servers.push(server);
+      bound.push(server.address() as net.AddressInfo);
+      this.#ctx.logger.info({ listen: `${l.address.host}:${(server.address() as net.AddressInfo).port}` }, 'listening');
+    }
+    return bound;
+  }
+
+  #accept(socket: net.Socket): void {
+    if (this.#stopping) {
+      socket.destroy();
+      return;
+    }
+    socket.on('error', noop);
+    this.#connections.add(new Connection(socket, this.#ctx, (c) => this.#closed(c)));
+  }
+
+  #closed(c: Connection): void {
+    this.#connections.delete(c);
+    if (this.#connections.size === 0) this.#onIdle?.();
+  }
+
+  /**
+   * Stops accepting, tells idle sessions (421), lets the others finish for up to `drainMs`,
+   * then closes what is left. Resolves when every connection is gone.
+   */
+  stop(drainMs = this.#ctx.config.timeouts.shutdown): Promise<void> {
+    this.#stopping ??= (async () => {
+      // close() stops accepting now; its callback would wait for every connection, so it is not awaited.
+      for (const s of this.#servers) s.close();
+      for (const c of this.#connections) c.shutdown();
+      if (this.#connections.size > 0) {
+        const idle = new Promise<void>((r) => (this.#onIdle = r));
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<void>((r) => (timer = setTimeout(r, drainMs)));
+        await Promise.race([idle, late]);
+        clearTimeout(timer);
+        for (const c of this.#connections) c.destroy();
+      }
+      await this.#ctx.router.close();
+    })();
+    return this.#stopping;
+  }
+}
+
+function noop(): void {}

@@ -1,0 +1,60 @@
+/**
+ * Pre-built reply Buffers for one configuration, so the dialog writes fixed bytes instead of
+ * formatting strings per command.
+ */
+import { ERRORS, type ErrorCode } from '../errors.js';
+
+export interface ReplyOptions {
+  serverName: string;
+  /** EHLO keywords after the greeting line, e.g. `['PIPELINING', 'SIZE 10485760']`. */
+  capabilities: readonly string[];
+}
+
+/** Formats a possibly multi-line reply (RFC 5321 §4.2.1): `code-text` on all but the last line. */
+export function formatReply(code: number | string, lines: readonly string[]): Buffer {
+  let out = '';
+  for (let i = 0; i < lines.length; i++) {
+    out += `${code}${i === lines.length - 1 ? ' ' : '-'}${lines[i]}\r\n`;
+  }
+  return Buffer.from(out, 'latin1');
+}
+
+/** Turns a one-line reply text such as `451 4.3.2 Busy` into wire bytes. */
+export function lineReply(text: string): Buffer {
+  return Buffer.from(`${text}\r\n`, 'latin1');
+}
+
+export class ReplyBook {
+  readonly greeting: Buffer;
+  readonly helo: Buffer;
+  readonly ehlo: Buffer;
+  readonly ok: Buffer;
+  readonly mailOk: Buffer;
+  readonly bye: Buffer;
+  readonly vrfy: Buffer;
+  readonly help: Buffer;
+  readonly #errors: Map<ErrorCode, Buffer>;
+
+  constructor(opts: ReplyOptions) {
+    const name = opts.serverName;
+    this.greeting = lineReply(`220 ${name} ESMTP ready`);
+    this.helo = lineReply(`250 ${name}`);
+    this.ehlo = formatReply(250, [name, ...opts.capabilities]);
+    this.ok = lineReply('250 2.0.0 OK');
+    this.mailOk = lineReply('250 2.1.0 OK');
+    this.bye = lineReply('221 2.0.0 Bye');
+    // RFC 5321 §3.5.3: a server that will not verify answers 252, not an error.
+    this.vrfy = lineReply('252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery');
+    this.help = lineReply('214 2.0.0 See RFC 5321');
+    this.#errors = new Map();
+    for (const code of Object.keys(ERRORS) as ErrorCode[]) {
+      const r = ERRORS[code].reply;
+      if (r !== null) this.#errors.set(code, lineReply(r.replace('{host}', name)));
+    }
+  }
+
+  /** The catalogue reply for an error code (empty for codes that send none). */
+  error(code: ErrorCode): Buffer {
+    return this.#errors.get(code) ?? Buffer.alloc(0);
+  }
+}
