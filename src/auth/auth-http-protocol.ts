@@ -64,7 +64,8 @@ function first(h: Headers, name: string): string | undefined {
   return (Array.isArray(v) ? v[0] : v)?.trim();
 }
 
-const ERROR_CODE = /^[45]\d\d [45]\.\d{1,3}\.\d{1,3}$/;
+/** nginx copies Auth-Error-Code verbatim; Postern takes it when it is a 4xx/5xx code, with or without an enhanced code. */
+const ERROR_CODE = /^[45]\d\d( [45]\.\d{1,3}\.\d{1,3})?$/;
 const DEFAULT_ERROR_CODE = '535 5.7.0';
 
 /**
@@ -96,15 +97,8 @@ export function parseAuthAnswer(h: Headers): AuthAnswer {
   const answer: AuthAnswer = { status: 'ok', server: host, port };
   const user = first(h, 'auth-user');
   const pass = first(h, 'auth-pass');
-  if (user !== undefined) answer.user = decodeURIComponentSafe(user);
-  if (pass !== undefined) answer.pass = decodeURIComponentSafe(pass);
+  // Taken raw, as nginx takes them (it escapes only what it sends, not what it receives).
+  if (user !== undefined) answer.user = user;
+  if (pass !== undefined) answer.pass = pass;
   return answer;
-}
-
-function decodeURIComponentSafe(v: string): string {
-  try {
-    return decodeURIComponent(v);
-  } catch {
-    return v;
-  }
 }

@@ -81,13 +81,16 @@ export class Replay {
   #afterHello(): ReplayResult {
     const attrs = this.#o.xclient ? this.capabilities.get('XCLIENT') : undefined;
     if (attrs === undefined) return this.#mail();
-    return this.#send('xclient', this.#xclientLine(new Set(attrs.toUpperCase().split(/\s+/))));
+    const line = this.#xclientLine(new Set(attrs.toUpperCase().split(/\s+/)));
+    // A back-end offering none of the attributes Postern sends gets no (empty, invalid) XCLIENT.
+    return line === null ? this.#mail() : this.#send('xclient', line);
   }
 
   /** After XCLIENT the back-end is back at its greeting stage (Postfix); replay the client's own greeting. */
   #rehello(): ReplayResult {
     const e = this.#o.envelope;
-    if (e.helo === '') return this.#send('rehello', `EHLO ${this.#o.serverName}`);
+    // nginx sends no second greeting for a client that never sent one.
+    if (e.helo === '') return this.#mail();
     return this.#send('rehello', `${e.esmtp ? 'EHLO' : 'HELO'} ${e.helo}`);
   }
 
@@ -96,14 +99,15 @@ export class Replay {
   }
 
   /** Only attributes the back-end advertised are sent (Postfix rejects unknown ones with 501). */
-  #xclientLine(advertised: Set<string>): string {
+  #xclientLine(advertised: Set<string>): string | null {
     const { client, envelope } = this.#o;
     const parts: string[] = [];
     if (advertised.has('ADDR')) parts.push(`ADDR=${xtext(client.addr.includes(':') ? `IPV6:${client.addr}` : client.addr)}`);
     if (advertised.has('PORT')) parts.push(`PORT=${client.port}`);
     if (advertised.has('NAME')) parts.push(`NAME=${xtext(client.name)}`);
     if (advertised.has('PROTO')) parts.push(`PROTO=${envelope.esmtp ? 'ESMTP' : 'SMTP'}`);
-    let line = `XCLIENT ${parts.join(' ')}`;
+    if (parts.length === 0 && !(advertised.has('HELO') && envelope.helo !== '')) return null;
+    let line = parts.length ? `XCLIENT ${parts.join(' ')}` : 'XCLIENT';
     // HELO is also replayed after XCLIENT, so it is the attribute to drop when the line would be too long.
     if (advertised.has('HELO') && envelope.helo !== '') {
       const withHelo = `${line} HELO=${xtext(envelope.helo)}`;

@@ -7,11 +7,12 @@ import os from 'node:os';
 import { z } from 'zod';
 import { parseDuration, parseHostPort, parseSize } from './units.js';
 
-const duration = (def: string) =>
+const duration = (def: string, min = 1) =>
   z.union([z.string(), z.number()]).default(def).transform((v, ctx) => {
     const ms = parseDuration(v);
-    if (ms === null) {
-      ctx.addIssue({ code: 'custom', message: `not a duration: ${JSON.stringify(v)} (use e.g. 250ms, 30s, 5m, 1h)` });
+    if (ms === null || ms < min) {
+      const what = ms === null ? 'not a duration' : 'must be above zero';
+      ctx.addIssue({ code: 'custom', message: `${what}: ${JSON.stringify(v)} (use e.g. 250ms, 30s, 5m, 1h)` });
       return z.NEVER;
     }
     return ms;
@@ -27,18 +28,22 @@ const size = (def: string | number, min = 0) =>
     return n;
   });
 
-const hostPort = z.string().transform((v, ctx) => {
-  const hp = parseHostPort(v);
-  if (!hp) {
-    ctx.addIssue({ code: 'custom', message: `expected host:port or [ipv6]:port, got ${JSON.stringify(v)}` });
-    return z.NEVER;
-  }
-  return hp;
-});
+const hostPortOf = (allowPortZero: boolean) =>
+  z.string().transform((v, ctx) => {
+    const hp = parseHostPort(v, allowPortZero);
+    if (!hp) {
+      ctx.addIssue({ code: 'custom', message: `expected host:port or [ipv6]:port, got ${JSON.stringify(v)}` });
+      return z.NEVER;
+    }
+    return hp;
+  });
+const hostPort = hostPortOf(false);
+/** Port 0 asks the kernel for a free port (tests, smoke runs). */
+const listenAddress = hostPortOf(true);
 
 const listener = z.union([
-  hostPort.transform((address) => ({ address })),
-  z.strictObject({ address: hostPort }),
+  listenAddress.transform((address) => ({ address })),
+  z.strictObject({ address: listenAddress }),
 ]);
 
 /** Extensions that need Postern's own support before the hand-off, so may not be listed verbatim. */
@@ -79,7 +84,7 @@ const timeouts = z.strictObject({
   /** No bytes either way after the hand-off (nginx `proxy_timeout`; RFC 5321 §4.5.3.2.6 DATA termination is 10 min). */
   relay_idle: duration('10m'),
   /** How long SIGTERM waits for sessions to finish before closing them. */
-  shutdown: duration('30s'),
+  shutdown: duration('30s', 0),
 });
 
 export const configSchema = z.strictObject({
@@ -102,7 +107,7 @@ export const configSchema = z.strictObject({
   /** Refuse MAIL until the client has sent HELO/EHLO (RFC 5321 §4.1.4). */
   require_helo: z.boolean().default(true),
   /** Hold the greeting this long and reject clients that talk first (nginx `smtp_greeting_delay`). */
-  greeting_delay: duration('0s'),
+  greeting_delay: duration('0s', 0),
   timeouts: timeouts.prefault({}),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),

@@ -25,10 +25,10 @@ export function parseSize(v: string | number): number | null {
 }
 
 /** Splits `host:port` or `[v6]:port`. Returns null when malformed. */
-export function parseHostPort(v: string): { host: string; port: number } | null {
+export function parseHostPort(v: string, allowPortZero = false): { host: string; port: number } | null {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(v.trim());
   if (!m) return null;
   const port = Number(m[3]);
-  if (port < 1 || port > 65535) return null;
+  if (port > 65535 || (port === 0 && !allowPortZero)) return null;
   return { host: (m[1] ?? m[2])!, port };
 }

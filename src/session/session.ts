@@ -98,6 +98,8 @@ export class Session {
       out.push({ type: 'error', code: 'PST_EARLY_TALKER', detail: printable(chunk) });
       return out;
     }
+    // After close nothing more is read; after the hand-off the relay owns the bytes.
+    if (this.phase === 'closed' || this.phase === 'handed-off') return out;
     this.#reader.push(chunk);
     if (this.phase === 'command') this.#drain(out);
     return out;
@@ -116,6 +118,11 @@ export class Session {
     }
     this.phase = 'command';
     this.#drain(out);
+    // A stop requested while the router was busy is announced now rather than at the next command.
+    if (this.#draining && this.phase === 'command') {
+      this.phase = 'closed';
+      out.push({ type: 'error', code: 'PST_SHUTDOWN' });
+    }
     return out;
   }
 

@@ -48,7 +48,8 @@ export function parseCommand(line: Buffer): Command {
   if (end === -1) end = line.length;
   if (end === 0 || end > MAX_VERB) return { verb: 'UNKNOWN', arg: '' };
   const word = line.toString('latin1', 0, end).toUpperCase();
-  const arg = end < line.length ? line.toString('latin1', end + 1).trim() : '';
+  // Only SP and HTAB are trimmed: String#trim would also eat 0xA0 and other 8-bit bytes.
+  const arg = end < line.length ? line.toString('latin1', end + 1).replace(/^[ \t]+|[ \t]+$/g, '') : '';
   if (KNOWN.has(word)) return { verb: word as Verb, arg };
   if (HTTP_METHODS.has(word) && /^\S+ HTTP\/\d/.test(arg)) return { verb: 'HTTP', arg };
   return { verb: 'UNKNOWN', arg: '' };

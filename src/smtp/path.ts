@@ -24,7 +24,7 @@ export function parsePathArg(arg: string, keyword: 'FROM:' | 'TO:'): PathArg | n
   if (rest.length === 0) return null;
   let address: string;
   if (rest[0] === '<') {
-    const close = rest.indexOf('>');
+    const close = closingBracket(rest);
     if (close === -1) return null;
     address = rest.slice(1, close);
     rest = rest.slice(close + 1);
@@ -34,15 +34,27 @@ export function parsePathArg(arg: string, keyword: 'FROM:' | 'TO:'): PathArg | n
     address = sp === -1 ? rest : rest.slice(0, sp);
     rest = sp === -1 ? '' : rest.slice(sp);
   }
-  if (address.includes('<') || address.includes(' ')) return null;
+  if (address.includes('<') || (address.includes(' ') && !address.includes('"'))) return null;
   return { address, params: rest.trim() };
+}
+
+/** Index of the `>` closing the path, skipping a quoted local part (RFC 5321 §4.1.2 Quoted-string). */
+function closingBracket(s: string): number {
+  let quoted = false;
+  for (let i = 1; i < s.length; i++) {
+    const c = s[i];
+    if (c === '\\' && quoted) i++;
+    else if (c === '"') quoted = !quoted;
+    else if (c === '>' && !quoted) return i;
+  }
+  return -1;
 }
 
 /** The value of the SIZE parameter (RFC 1870 §6), NaN when malformed, or undefined when absent. */
 export function sizeParam(params: string): number | undefined {
   if (params.length === 0) return undefined;
   for (const p of params.split(' ')) {
-    if (p.length > 5 && p.slice(0, 5).toUpperCase() === 'SIZE=') {
+    if (p.length >= 5 && p.slice(0, 5).toUpperCase() === 'SIZE=') {
       const v = p.slice(5);
       return /^\d{1,20}$/.test(v) ? Number(v) : NaN;
     }

@@ -1,0 +1,302 @@
+/**
+ * A real Postfix on loopback, one private instance per call (recipe: shared/reference/postfix-loopback.md).
+ *
+ * Constraints:
+ * - Needs root: the master drops privileges to `postfix` and virtual(8) delivers as uid 65534.
+ * - Instances may run concurrently, in one process or several: each has its own config, queue and data
+ *   directory (Postfix refuses two masters on one queue/data directory) and its own port. Nothing under
+ *   /etc/postfix is read except the defaults `postconf` compiles in; no `alternate_config_directories` needed,
+ *   because that check applies only to the set-gid commands (postdrop, postqueue), not to `postfix` run as root.
+ * - The master detaches into its own session (`start-fg` runs `master -s` unless it is PID 1), so it is stopped
+ *   through its pid file, not by killing the child we spawned.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { constants, rmSync, readFileSync } from 'node:fs';
+import { access, chmod, chown, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+const POSTFIX = '/usr/sbin/postfix';
+const NOBODY = 65534;
+
+export interface PostfixInstance {
+  port: number;
+  host: '127.0.0.1';
+  mailDir: string;
+  dir: string;
+  log(): string;
+  waitForMessages(n: number, timeoutMs?: number): Promise<string[]>;
+  stop(): Promise<void>;
+}
+
+/** Throws (never skips) when a peer binary is missing, naming the Debian package to install. */
+export async function requireBinary(name: string, debianPackage: string): Promise<string> {
+  const dirs = name.includes('/')
+    ? ['']
+    : [...(process.env.PATH ?? '').split(path.delimiter), '/usr/sbin', '/sbin'].filter(Boolean);
+  for (const dir of dirs) {
+    const file = path.join(dir, name);
+    try {
+      await access(file, constants.X_OK);
+      return file;
+    } catch {}
+  }
+  throw new Error(`${name} not found: install it with "apt-get install -y ${debianPackage}"`);
+}
+
+/** A port that was free a moment ago; callers retry if someone else grabs it first. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves once `port` answers with a 220 greeting; `isDead` aborts the wait early. */
+export async function waitForBanner(port: number, timeoutMs: number, isDead: () => boolean): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = 'no attempt';
+  while (Date.now() < deadline && !isDead()) {
+    try {
+      const line = await readGreeting(port, Math.max(100, deadline - Date.now()));
+      if (/^220[ -]/.test(line)) return;
+      last = `greeting ${JSON.stringify(line)}`;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    await sleep(100);
+  }
+  throw new Error(isDead() ? 'process exited before answering 220' : `no 220 on port ${port} within ${timeoutMs} ms (${last})`);
+}
+
+function readGreeting(port: number, timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1');
+    let buf = '';
+    sock.setTimeout(timeoutMs, () => sock.destroy(new Error('timed out waiting for greeting')));
+    sock.on('data', (chunk) => {
+      buf += chunk.toString('latin1');
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      sock.end('QUIT\r\n');
+      resolve(buf.slice(0, nl).replace(/\r$/, ''));
+    });
+    sock.on('error', reject);
+    sock.on('close', () => reject(new Error('closed before greeting')));
+  });
+}
+
+function mainCf(dir: string): string {
+  const settings: Record<string, string> = {
+    compatibility_level: '3.6',
+    queue_directory: `${dir}/queue`,
+    data_directory: `${dir}/data`,
+    mail_owner: 'postfix',
+    setgid_group: 'postdrop',
+    inet_interfaces: '127.0.0.1',
+    inet_protocols: 'ipv4',
+    myhostname: 'backend.test',
+    mydestination: '',
+    mynetworks: '127.0.0.0/8',
+    smtpd_authorized_xclient_hosts: '127.0.0.0/8',
+    // Accept any client (XCLIENT may claim any ADDR) for y.test; reject other domains at once (5xx)
+    // instead of queueing them for a delivery that can never happen.
+    smtpd_relay_restrictions: 'reject_unauth_destination',
+    smtpd_recipient_restrictions: '',
+    smtpd_helo_required: 'no',
+    smtpd_tls_security_level: 'none',
+    virtual_mailbox_domains: 'y.test',
+    virtual_mailbox_base: `${dir}/mail`,
+    virtual_mailbox_maps: 'static:inbox/',
+    virtual_uid_maps: `static:${NOBODY}`,
+    virtual_gid_maps: `static:${NOBODY}`,
+    alias_maps: '',
+    alias_database: '',
+    biff: 'no',
+    maillog_file: '/dev/stdout',
+    // Tests should fail fast, not wait out production timeouts or tarpits.
+    smtpd_timeout: '30s',
+    smtpd_error_sleep_time: '0',
+    smtpd_soft_error_limit: '100',
+    smtpd_hard_error_limit: '200',
+    in_flow_delay: '0',
+    queue_run_delay: '1s',
+    minimal_backoff_time: '1s',
+    maximal_backoff_time: '2s',
+  };
+  return Object.entries(settings).map(([k, v]) => `${k} = ${v}`.trimEnd() + '\n').join('');
+}
+
+// Own master.cf rather than a copy of /etc/postfix/master.cf: nothing chrooted (a chroot would need
+// /etc files copied into the queue directory), and independent of what the host has edited there.
+function masterCf(port: number): string {
+  return `127.0.0.1:${port} inet n - n - - smtpd
+pickup    unix  n - n 60   1 pickup
+cleanup   unix  n - n -    0 cleanup
+qmgr      unix  n - n 300  1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n -    - trivial-rewrite
+bounce    unix  - - n -    0 bounce
+defer     unix  - - n -    0 bounce
+trace     unix  - - n -    0 bounce
+verify    unix  - - n -    1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -    - proxymap
+proxywrite unix - - n -    1 proxymap
+smtp      unix  - - n -    - smtp
+relay     unix  - - n -    - smtp
+showq     unix  n - n -    - showq
+error     unix  - - n -    - error
+retry     unix  - - n -    - error
+discard   unix  - - n -    - discard
+local     unix  - n n -    - local
+virtual   unix  - n n -    - virtual
+lmtp      unix  - - n -    - lmtp
+anvil     unix  - - n -    1 anvil
+scache    unix  - - n -    1 scache
+postlog   unix-dgram n - n - 1 postlogd
+`;
+}
+
+function readMasterPid(dir: string): number | undefined {
+  try {
+    const pid = Number.parseInt(readFileSync(`${dir}/queue/pid/master.pid`, 'utf8').trim(), 10);
+    return pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** SIGKILLs the master's process group (it is a session leader, so this takes its daemons too) and our child. */
+function killAll(dir: string, child: ChildProcess): void {
+  const pid = readMasterPid(dir);
+  for (const target of [pid && -pid, child.pid && -child.pid]) {
+    if (!target) continue;
+    try {
+      process.kill(target, 'SIGKILL');
+    } catch {}
+  }
+}
+
+async function waitUntil(cond: () => boolean, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() >= deadline) return false;
+    await sleep(50);
+  }
+  return true;
+}
+
+export async function startPostfix(_opts?: { tls?: false }): Promise<PostfixInstance> {
+  if (process.getuid?.() !== 0) throw new Error('startPostfix needs root (Postfix drops privileges itself)');
+  await requireBinary(POSTFIX, 'postfix');
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(await freePort());
+    } catch (err) {
+      if (attempt >= 3 || !/Address already in use/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+async function startOnce(port: number): Promise<PostfixInstance> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'postern-postfix-'));
+  const etc = path.join(dir, 'etc');
+  const mailDir = path.join(dir, 'mail', 'inbox', 'new');
+  // Daemons run as postfix/nobody and must traverse the 0700 mkdtemp directory.
+  await chmod(dir, 0o755);
+  await mkdir(etc);
+  await mkdir(path.join(dir, 'queue')); // postfix-script only fills in its subdirectories
+  await mkdir(path.join(dir, 'data'));
+  await chown(path.join(dir, 'data'), ...postfixIds());
+  await mkdir(path.join(dir, 'mail'));
+  await chown(path.join(dir, 'mail'), NOBODY, NOBODY);
+  await writeFile(path.join(etc, 'main.cf'), mainCf(dir));
+  await writeFile(path.join(etc, 'master.cf'), masterCf(port));
+
+  let output = '';
+  // detached: our child (postfix-script) gets its own group, so killAll() cannot hit the test runner.
+  const child = spawn(POSTFIX, ['-c', etc, 'start-fg'], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+  let exited = false;
+  child.on('exit', () => (exited = true));
+  const onExit = () => {
+    killAll(dir, child);
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.on('exit', onExit);
+
+  let stopped: Promise<void> | undefined;
+  const stop = () =>
+    (stopped ??= (async () => {
+      process.off('exit', onExit);
+      const pid = readMasterPid(dir);
+      // SIGTERM makes the master terminate its daemons and exit; SIGKILL if it takes too long.
+      if (pid && alive(pid)) {
+        try {
+          process.kill(pid, 'SIGTERM');
+        } catch {}
+      }
+      const clean = await waitUntil(() => exited && !(pid && alive(pid)), 10_000);
+      if (!clean) {
+        killAll(dir, child);
+        await waitUntil(() => exited, 2_000);
+      }
+      child.stdout.destroy();
+      child.stderr.destroy();
+      if (!process.env.KEEP) await rm(dir, { recursive: true, force: true });
+    })());
+
+  try {
+    await waitForBanner(port, 20_000, () => exited);
+  } catch (err) {
+    await sleep(100); // let the last log lines arrive
+    await stop();
+    throw new Error(`Postfix did not start: ${(err as Error).message}\n--- log ---\n${output}`);
+  }
+
+  return {
+    port,
+    host: '127.0.0.1',
+    mailDir,
+    dir,
+    log: () => output,
+    stop,
+    async waitForMessages(n, timeoutMs = 10_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const files = await readdir(mailDir).catch(() => [] as string[]);
+        if (files.length >= n) return files.sort().map((f) => path.join(mailDir, f));
+        if (Date.now() >= deadline) {
+          throw new Error(`expected ${n} message(s) in ${mailDir}, found ${files.length} after ${timeoutMs} ms\n--- log ---\n${output}`);
+        }
+        await sleep(50);
+      }
+    },
+  };
+}
+
+function postfixIds(): [number, number] {
+  const line = readFileSync('/etc/passwd', 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('postfix:'));
+  const [, , uid, gid] = line?.split(':') ?? [];
+  if (uid === undefined || gid === undefined) throw new Error('no "postfix" user: install it with "apt-get install -y postfix"');
+  return [Number(uid), Number(gid)];
+}
