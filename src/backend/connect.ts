@@ -73,7 +73,7 @@ export function connectBackend(host: string, port: number, replayOptions: Replay
   const onError = (err: NodeJS.ErrnoException): void => {
     const where = `${host}:${port}`;
     if (err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN') return finish(new PosternError('PST_ROUTE_RESOLVE', `${where}: ${err.code}`));
-    const code = socket.connecting || replay.step === 'greeting' && socket.bytesRead === 0 ? 'PST_BACKEND_UNREACHABLE' : 'PST_BACKEND_CLOSED';
+    const code = socket.connecting ? 'PST_BACKEND_UNREACHABLE' : 'PST_BACKEND_CLOSED';
     finish(new PosternError(code, `${where} at ${replay.step}: ${err.code ?? err.message}`));
   };
   const onEnd = (): void => finish(new PosternError('PST_BACKEND_CLOSED', `${host}:${port} closed the connection at ${replay.step}`));
