@@ -27,6 +27,8 @@ export function connectBackend(host: string, port: number, replayOptions: Replay
   const replay = new Replay(replayOptions);
   const reader = new ReplyReader();
   let finished = false;
+  let connected = false;
+  socket.once('connect', () => (connected = true));
 
   const finish = (err: PosternError | null, reply?: Reply): void => {
     if (finished) return;
@@ -73,7 +75,7 @@ export function connectBackend(host: string, port: number, replayOptions: Replay
   const onError = (err: NodeJS.ErrnoException): void => {
     const where = `${host}:${port}`;
     if (err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN') return finish(new PosternError('PST_ROUTE_RESOLVE', `${where}: ${err.code}`));
-    const code = socket.connecting ? 'PST_BACKEND_UNREACHABLE' : 'PST_BACKEND_CLOSED';
+    const code = connected ? 'PST_BACKEND_CLOSED' : 'PST_BACKEND_UNREACHABLE';
     finish(new PosternError(code, `${where} at ${replay.step}: ${err.code ?? err.message}`));
   };
   const onEnd = (): void => finish(new PosternError('PST_BACKEND_CLOSED', `${host}:${port} closed the connection at ${replay.step}`));
