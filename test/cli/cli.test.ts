@@ -1,0 +1,177 @@
+/**
+ * The command line as an admin uses it: check-config like `nginx -t`, --version, running from the
+ * compiled dist/, and SIGTERM's bounded drain.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { FakeBackend, closedPort } from '../helpers/fake-backend.js';
+import { SmtpClient, replyText } from '../helpers/smtp-client.js';
+
+const run = promisify(execFile);
+const root = path.resolve(import.meta.dirname, '../..');
+const tsxCli = ['--import', 'tsx', path.join(root, 'src/cli.ts')];
+const dir = mkdtempSync(path.join(os.tmpdir(), 'postern-cli-'));
+
+function configFile(name: string, text: string): string {
+  const f = path.join(dir, name);
+  writeFileSync(f, text);
+  return f;
+}
+
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, [...tsxCli, ...args], { cwd: root });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+/** Starts `postern --config` and resolves once it logs "postern started". */
+async function startProcess(argv: string[]): Promise<{ child: ChildProcess; logs: string[] }> {
+  const child = spawn(process.execPath, argv, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  const logs: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`postern did not start: ${logs.join('')}`)), 15000);
+    child.stdout!.on('data', (d: Buffer) => {
+      logs.push(d.toString());
+      if (logs.join('').includes('postern started')) {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    child.stderr!.on('data', (d: Buffer) => logs.push(d.toString()));
+    child.once('exit', (code) => reject(new Error(`postern exited with ${code}: ${logs.join('')}`)));
+  });
+  return { child, logs };
+}
+
+function exited(child: ChildProcess): Promise<number | null> {
+  return new Promise((r) => (child.exitCode !== null ? r(child.exitCode) : child.once('exit', (code) => r(code))));
+}
+
+describe('postern check-config', () => {
+  it('accepts the shipped default config, in nginx -t words', async () => {
+    const r = await cli(['check-config', '--config', path.join(root, 'config/postern.yaml')]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /syntax is ok\n.*test is successful/);
+  });
+
+  it('names the key path of every error and exits 1', async () => {
+    const f = configFile('bad.yaml', 'route:\n  auth_http:\n    url: ftp://x\ntimeouts:\n  idle: soon\nlisten: [ "127.0.0.1" ]\nmax_errrors: 3\n');
+    const r = await cli(['check-config', '-c', f]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /4 problems/);
+    assert.match(r.stderr, /route\.auth_http\.url: /);
+    assert.match(r.stderr, /timeouts\.idle: not a duration: "soon"/);
+    assert.match(r.stderr, /listen\.0: expected host:port/);
+    assert.match(r.stderr, /\(top level\): unknown key "max_errrors"/);
+    assert.match(r.stderr, /test failed/);
+  });
+
+  it('reports a missing file and a YAML syntax error', async () => {
+    assert.match((await cli(['check-config', '-c', path.join(dir, 'none.yaml')])).stderr, /cannot read: ENOENT/);
+    const r = await cli(['check-config', '-c', configFile('syntax.yaml', 'listen: [\n')]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /YAML: /);
+  });
+
+  it('--version prints the package version; an unknown command is a usage error', async () => {
+    assert.match((await cli(['--version'])).stdout, /^postern \d+\.\d+\.\d+\n$/);
+    assert.equal((await cli(['frobnicate'])).code, 2);
+  });
+});
+
+describe('postern run', () => {
+  let backend: FakeBackend;
+  before(async () => {
+    backend = await FakeBackend.start();
+  });
+  after(() => backend.stop());
+
+  it('runs from the compiled dist/ after npm run build', async () => {
+    await run('npm', ['run', 'build'], { cwd: root });
+    const port = await closedPort();
+    const f = configFile('dist.yaml', `server_name: dist.test\nlisten: ["127.0.0.1:${port}"]\nroute: { static: "127.0.0.1:${backend.port}" }\n`);
+    const { child } = await startProcess([path.join(root, 'dist/cli.js'), '--config', f]);
+    try {
+      const c = await SmtpClient.connect(port);
+      assert.equal(replyText(await c.reply()), '220 dist.test ESMTP ready');
+      await c.cmd('HELO c.test');
+      await c.cmd('MAIL FROM:<a@x.test>');
+      assert.equal(await c.cmd('RCPT TO:<u@y.test>'), '250 2.1.5 Ok');
+      assert.equal(await c.data('Subject: x\r\n\r\nhello\r\n'), '250 2.0.0 Ok: queued');
+      c.close();
+    } finally {
+      child.kill('SIGTERM');
+      assert.equal(await exited(child), 0);
+    }
+  });
+
+  it('SIGTERM: stops accepting, tells idle sessions 421, lets a relayed message finish, then exits 0', async () => {
+    const port = await closedPort();
+    const f = configFile('drain.yaml', `server_name: drain.test\nlisten: ["127.0.0.1:${port}"]\nroute: { static: "127.0.0.1:${backend.port}" }\ntimeouts: { shutdown: 10s }\n`);
+    const { child, logs } = await startProcess([...tsxCli, '--config', f]);
+    const busy = await SmtpClient.connect(port);
+    await busy.reply();
+    await busy.cmd('HELO busy.test');
+    await busy.cmd('MAIL FROM:<a@x.test>');
+    await busy.cmd('RCPT TO:<u@y.test>');
+    assert.equal(await busy.cmd('DATA'), '354 End data with <CR><LF>.<CR><LF>');
+    busy.write('Subject: in flight\r\n\r\n');
+    const idle = await SmtpClient.connect(port);
+    await idle.reply();
+    await idle.cmd('EHLO idle.test');
+
+    child.kill('SIGTERM');
+    assert.equal(replyText(await idle.reply()), '421 4.3.2 drain.test Service shutting down, try again later');
+    assert.ok(await idle.waitClosed());
+    await new Promise((r) => setTimeout(r, 200));
+    await assert.rejects(SmtpClient.connect(port), 'new connections are refused');
+
+    busy.write('the end\r\n.\r\n');
+    assert.equal(replyText(await busy.reply()), '250 2.0.0 Ok: queued');
+    assert.equal(await busy.cmd('QUIT'), '221 2.0.0 Bye');
+    assert.equal(await exited(child), 0);
+    assert.match(logs.join(''), /"msg":"postern stopped"/);
+  });
+
+  it('SIGTERM: sessions still open at timeouts.shutdown are closed and the process exits', async () => {
+    const port = await closedPort();
+    const f = configFile('deadline.yaml', `listen: ["127.0.0.1:${port}"]\nroute: { static: "127.0.0.1:${backend.port}" }\ntimeouts: { shutdown: 500ms }\n`);
+    const { child } = await startProcess([...tsxCli, '--config', f]);
+    const c = await SmtpClient.connect(port);
+    await c.reply();
+    await c.cmd('HELO stuck.test');
+    await c.cmd('MAIL FROM:<a@x.test>');
+    await c.cmd('RCPT TO:<u@y.test>');
+    await c.cmd('DATA');
+    const t0 = Date.now();
+    child.kill('SIGTERM');
+    assert.equal(await exited(child), 0);
+    assert.ok(Date.now() - t0 < 5000);
+    assert.ok(await c.waitClosed(2000));
+    assert.doesNotMatch(c.transcript, /\r\n250 2\.0\.0/, 'no acceptance was invented');
+  });
+
+  it('fails with a clear log line when the port is taken', async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
+    const port = (blocker.address() as net.AddressInfo).port;
+    try {
+      const f = configFile('taken.yaml', `listen: ["127.0.0.1:${port}"]\n`);
+      const r = await cli(['--config', f]);
+      assert.equal(r.code, 1);
+      assert.match(r.stdout, /EADDRINUSE/);
+    } finally {
+      blocker.close();
+    }
+  });
+});
