@@ -3,9 +3,11 @@
  * Command line: `postern [run] --config FILE`, `postern check-config --config FILE`, `--version`.
  */
 import { readFileSync } from 'node:fs';
+import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/load.js';
 import { createLogger } from './log/logger.js';
+import { runPrimary, workerCount } from './net/cluster.js';
 import { PosternServer } from './net/server.js';
 
 const USAGE = `Usage:
@@ -64,6 +66,14 @@ async function main(argv: string[]): Promise<number> {
 
 async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
   const logger = createLogger(config.log.level);
+  const workers = workerCount(config);
+  if (workers > 1 && cluster.isPrimary) {
+    logger.info({ version: version(), workers }, 'postern started');
+    await runPrimary(workers, logger);
+    logger.info('postern stopped');
+    await new Promise<void>((r) => logger.flush(() => r()));
+    return 0;
+  }
   const server = new PosternServer(config, logger);
   try {
     await server.start();
@@ -72,7 +82,7 @@ async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
     logger.flush();
     return 1;
   }
-  logger.info({ version: version() }, 'postern started');
+  logger.info({ version: version(), worker: cluster.isWorker ? process.pid : undefined }, cluster.isWorker ? 'worker started' : 'postern started');
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       logger.info({ signal, sessions: server.connections }, 'stopping: no new connections, draining sessions');
@@ -81,8 +91,10 @@ async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
   });
-  logger.info('postern stopped');
+  logger.info(cluster.isWorker ? 'worker stopped' : 'postern stopped');
   await new Promise<void>((r) => logger.flush(() => r()));
+  // A worker's IPC channel would keep it alive after its server has drained.
+  if (cluster.isWorker) cluster.worker!.disconnect();
   return 0;
 }
 

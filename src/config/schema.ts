@@ -90,6 +90,8 @@ const timeouts = z.strictObject({
 export const configSchema = z.strictObject({
   /** Name in the greeting, the HELO/EHLO reply and Postern's own EHLO to the back-end (nginx `server_name`). */
   server_name: z.string().regex(/^[A-Za-z0-9.-]+$/, 'a host name').default(() => os.hostname().replace(/[^A-Za-z0-9.-]/g, '') || 'localhost'),
+  /** Worker processes (nginx `worker_processes`): a number, or `auto` for one per CPU core. */
+  workers: z.union([z.int().min(1).max(256), z.literal('auto')]).default(1),
   listen: z.array(listener).min(1).default(['127.0.0.1:2525'].map((a) => ({ address: parseHostPort(a)! }))),
   route: route.default({ static: { host: '127.0.0.1', port: 25 } }),
   /** Send Postfix XCLIENT (ADDR, PORT, NAME, HELO, PROTO as advertised) so the back-end sees the real client. */

@@ -39,7 +39,10 @@ async function startProcess(argv: string[]): Promise<{ child: ChildProcess; logs
   const child = spawn(process.execPath, argv, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: string[] = [];
   await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`postern did not start: ${logs.join('')}`)), 15000);
+    const t = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`postern did not start: ${logs.join('')}`));
+    }, 15000);
     child.stdout!.on('data', (d: Buffer) => {
       logs.push(d.toString());
       if (logs.join('').includes('postern started')) {
@@ -159,6 +162,58 @@ describe('postern run', () => {
     assert.ok(Date.now() - t0 < 5000);
     assert.ok(await c.waitClosed(2000));
     assert.doesNotMatch(c.transcript, /\r\n250 2\.0\.0/, 'no acceptance was invented');
+  });
+
+  it('workers: 2 — two processes serve; a killed worker is replaced and its peer is untouched', async () => {
+    const port = await closedPort();
+    const f = configFile('workers.yaml', `listen: ["127.0.0.1:${port}"]\nworkers: 2\nroute: { static: "127.0.0.1:${backend.port}" }\n`);
+    const { child, logs } = await startProcess([path.join(root, 'dist/cli.js'), '--config', f]);
+    try {
+      const workerPids = async (gone?: number): Promise<number[]> => {
+        const deadline = Date.now() + 10000;
+        for (;;) {
+          const pids = [...logs.join('').matchAll(/"worker":(\d+),"msg":"worker started"/g)].map((m) => Number(m[1]));
+          const alive = pids.filter((pid) => {
+            try {
+              process.kill(pid, 0);
+              return true;
+            } catch {
+              return false;
+            }
+          });
+          if ((alive.length >= 2 && !alive.includes(gone ?? -1)) || Date.now() > deadline) return alive;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      };
+      const [first, second] = await workerPids();
+      assert.ok(first && second, logs.join(''));
+      // A session on some worker stays up while a worker is killed.
+      const c = await SmtpClient.connect(port);
+      await c.reply();
+      await c.cmd('HELO steady.test');
+      process.kill(first, 'SIGKILL');
+      const replaced = await workerPids(first);
+      assert.equal(replaced.length, 2, logs.join(''));
+      assert.ok(!replaced.includes(first));
+      assert.match(logs.join(''), /worker died; starting a new one/);
+      for (let i = 0; i < 4; i++) {
+        const d = await SmtpClient.connect(port);
+        assert.equal((await d.reply()).code, 220);
+        d.close();
+      }
+      // The surviving session may have been on the killed worker; if not, it still works.
+      if (!c.socket.destroyed) {
+        try {
+          assert.equal(await c.cmd('NOOP'), '250 2.0.0 OK');
+        } catch {
+          /* it was on the killed worker */
+        }
+      }
+      c.close();
+    } finally {
+      child.kill('SIGTERM');
+      assert.equal(await exited(child), 0);
+    }
   });
 
   it('fails with a clear log line when the port is taken', async () => {

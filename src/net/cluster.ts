@@ -1,0 +1,52 @@
+/**
+ * `workers: N | auto`: N processes share the listeners (node:cluster), like nginx's
+ * `worker_processes`. A worker that dies is replaced; its peers are not touched.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import os from 'node:os';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log/logger.js';
+
+/** Resolves `auto` to the number of cores. */
+export function workerCount(config: Readonly<Config>): number {
+  return config.workers === 'auto' ? os.availableParallelism() : config.workers;
+}
+
+/** Restarts faster than this many per minute mean a worker cannot start: stop trying so hard. */
+const RESTART_BACKOFF_MS = 1000;
+
+/**
+ * Runs in the primary: forks the workers, replaces crashed ones, and on SIGTERM/SIGINT passes
+ * the signal on and resolves when every worker has drained and exited.
+ */
+export function runPrimary(n: number, logger: Logger): Promise<void> {
+  // Each worker accepts on the shared socket itself (the kernel balances, as with nginx's
+  // default accept_mutex off): round-robin through the primary would cost an IPC hop per connection.
+  cluster.schedulingPolicy = cluster.SCHED_NONE;
+  let stopping = false;
+  const fork = (): Worker => cluster.fork();
+  for (let i = 0; i < n; i++) fork();
+  cluster.on('exit', (worker, code, signal) => {
+    if (stopping) return;
+    logger.error({ worker: worker.process.pid, code, signal }, 'worker died; starting a new one');
+    setTimeout(fork, RESTART_BACKOFF_MS).unref();
+  });
+  return new Promise((resolve) => {
+    const stop = (signal: NodeJS.Signals): void => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ signal, workers: Object.keys(cluster.workers ?? {}).length }, 'stopping workers');
+      const alive = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead());
+      if (alive.length === 0) return resolve();
+      let left = alive.length;
+      for (const w of alive) {
+        w.once('exit', () => {
+          if (--left === 0) resolve();
+        });
+        w.process.kill(signal);
+      }
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+}
