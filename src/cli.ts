@@ -25,15 +25,22 @@ function version(): string {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      config: { type: 'string', short: 'c', default: '/etc/postern/postern.yaml' },
-      version: { type: 'boolean', short: 'v' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        config: { type: 'string', short: 'c', default: '/etc/postern/postern.yaml' },
+        version: { type: 'boolean', short: 'v' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (err) {
+    process.stderr.write(`postern: ${(err as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
@@ -66,6 +73,8 @@ async function main(argv: string[]): Promise<number> {
 
 async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
   const logger = createLogger(config.log.level);
+  // Without a handler SIGHUP would kill the process with no drain; reload is not implemented yet.
+  process.on('SIGHUP', () => logger.warn('SIGHUP received: configuration reload is not supported yet; restart to apply changes'));
   const workers = workerCount(config);
   if (workers > 1 && cluster.isPrimary) {
     logger.info({ version: version(), workers }, 'postern started');

@@ -11,6 +11,8 @@ export interface BackendReady {
   socket: net.Socket;
   /** The back-end's reply to the replayed RCPT: the client's reply. */
   reply: Reply;
+  /** Whether XCLIENT was sent and accepted. */
+  xclient: boolean;
 }
 
 export type BackendCallback = (err: PosternError | null, ready?: BackendReady) => void;
@@ -49,7 +51,7 @@ export function connectBackend(host: string, port: number, replayOptions: Replay
       done(err);
       return;
     }
-    done(null, { socket, reply: reply! });
+    done(null, { socket, reply: reply!, xclient: replay.xclientDone });
   };
 
   const onData = (chunk: Buffer): void => {

@@ -37,6 +37,8 @@ const XCLIENT_MAX = 512;
 
 export class Replay {
   step: ReplayStep = 'greeting';
+  /** True once XCLIENT has been accepted: the back-end sees the real client. */
+  xclientDone = false;
   /** EHLO keywords of the back-end, upper-cased, with their parameters. */
   readonly capabilities = new Map<string, string>();
   readonly #o: ReplayOptions;
@@ -65,6 +67,7 @@ export class Replay {
         if (r.code !== 220 && r.code !== 250) {
           return this.#fail('PST_BACKEND_REJECTED', r, 'XCLIENT refused: is Postern in smtpd_authorized_xclient_hosts?');
         }
+        this.xclientDone = true;
         return this.#rehello();
       case 'rehello':
         return r.code === 250 ? this.#mail() : this.#fail('PST_BACKEND_REJECTED', r);

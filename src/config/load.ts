@@ -23,6 +23,8 @@ export function parseConfig(text: string, file = '<config>'): Readonly<Config> {
   const raw: unknown = doc.toJS() ?? {};
   const result = configSchema.safeParse(raw);
   if (!result.success) throw new ConfigError(file, result.error.issues.map((i) => describeIssue(i)));
+  const problems = crossCheck(result.data);
+  if (problems.length > 0) throw new ConfigError(file, problems);
   return deepFreeze(result.data);
 }
 
@@ -34,6 +36,21 @@ export function loadConfig(file: string): Readonly<Config> {
     throw new ConfigError(file, [`cannot read: ${(err as Error).message}`]);
   }
   return parseConfig(text, file);
+}
+
+/** Rules that involve more than one key. */
+function crossCheck(c: Config): string[] {
+  const problems: string[] = [];
+  if (c.greeting_delay >= c.timeouts.idle) {
+    problems.push(`greeting_delay: must be shorter than timeouts.idle (${c.timeouts.idle} ms), or every client times out before the greeting`);
+  }
+  const seen = new Set<string>();
+  c.listen.forEach((l, i) => {
+    const key = `${l.address.host}:${l.address.port}`;
+    if (l.address.port !== 0 && seen.has(key)) problems.push(`listen.${i}: ${key} is listed twice`);
+    seen.add(key);
+  });
+  return problems;
 }
 
 function describeIssue(issue: z.core.$ZodIssue, prefix: PropertyKey[] = []): string {

@@ -231,10 +231,16 @@ export class Connection {
     this.socket.uncork();
   }
 
-  #handOff({ socket: backend, reply }: BackendReady): void {
+  #handOff({ socket: backend, reply, xclient }: BackendReady): void {
     if (this.socket.destroyed) {
       backend.destroy();
       return;
+    }
+    if (this.#ctx.config.xclient && !xclient && !this.#ctx.noXclient.has(this.#backend!)) {
+      // Postfix offers XCLIENT only to smtpd_authorized_xclient_hosts: without it every session
+      // looks as if it came from Postern, which matters if Postern is in the back-end's mynetworks.
+      this.#ctx.noXclient.add(this.#backend!);
+      this.#ctx.logger.warn({ backend: this.#backend }, 'xclient is on but the back-end does not offer XCLIENT: it sees Postern as the client (add Postern to smtpd_authorized_xclient_hosts)');
     }
     this.#backendSocket = backend;
     this.#outcome = 'relayed';

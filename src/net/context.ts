@@ -11,6 +11,8 @@ export interface ServerContext {
   readonly limits: SessionLimits;
   readonly router: Router;
   readonly logger: Logger;
+  /** Back-ends already warned about for not offering XCLIENT (warn once each, not per session). */
+  readonly noXclient: Set<string>;
 }
 
 export function buildContext(config: Readonly<Config>, router: Router, logger: Logger): ServerContext {
@@ -21,6 +23,7 @@ export function buildContext(config: Readonly<Config>, router: Router, logger: L
     config,
     router,
     logger,
+    noXclient: new Set(),
     book: new ReplyBook({ serverName: config.server_name, capabilities }),
     limits: {
       maxLineLength: config.max_line_length,

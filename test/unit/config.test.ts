@@ -34,6 +34,7 @@ describe('parseConfig defaults', () => {
     const { server_name, ...rest } = c;
     assert.equal(server_name, os.hostname().replace(/[^A-Za-z0-9.-]/g, '') || 'localhost');
     assert.deepEqual(rest, {
+      workers: 1,
       listen: [{ address: { host: '127.0.0.1', port: 2525 } }],
       route: { static: { host: '127.0.0.1', port: 25 } },
       xclient: true,
@@ -310,5 +311,19 @@ describe('units', () => {
     for (const v of ['', '127.0.0.1', '127.0.0.1:', ':25', '::1:25', '[::1]', 'h:0', 'h:65536', 'h:123456', 'a b:25', '[nothex]:25', 'h:25x', 'h:-1']) {
       assert.equal(parseHostPort(v), null, JSON.stringify(v));
     }
+  });
+});
+
+describe('parseConfig cross-key rules', () => {
+  it('greeting_delay must be shorter than timeouts.idle', () => {
+    assert.throws(() => parseConfig('greeting_delay: 10s\ntimeouts: { idle: 5s }\n'), /greeting_delay: must be shorter than timeouts\.idle/);
+  });
+  it('the same listen address twice is an error naming the second entry', () => {
+    assert.throws(() => parseConfig('listen: ["127.0.0.1:2525", "127.0.0.1:2525"]\n'), /listen\.1: 127\.0\.0\.1:2525 is listed twice/);
+  });
+  it('workers takes a number or auto', () => {
+    assert.equal(parseConfig('workers: auto\n').workers, 'auto');
+    assert.equal(parseConfig('workers: 4\n').workers, 4);
+    assert.throws(() => parseConfig('workers: 0\n'), /workers/);
   });
 });
