@@ -11,7 +11,7 @@
  *   through its pid file, not by killing the child we spawned.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { constants, rmSync, readFileSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync, rmSync } from 'node:fs';
 import { access, chmod, chown, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -164,6 +164,37 @@ postlog   unix-dgram n - n - 1 postlogd
 `;
 }
 
+const cleanups = new Set<() => void>();
+let hooked = false;
+
+/**
+ * Runs `fn` (synchronously) if the process exits or is interrupted while it is registered, so a failed or
+ * cancelled test run leaves no daemons behind. Returns the unregister function.
+ */
+export function cleanupOnExit(fn: () => void): () => void {
+  if (!hooked) {
+    hooked = true;
+    process.on('exit', runCleanups);
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+      process.once(sig, () => {
+        runCleanups();
+        process.kill(process.pid, sig); // listener is gone: default action (or the test runner's) applies
+      });
+    }
+  }
+  cleanups.add(fn);
+  return () => cleanups.delete(fn);
+}
+
+function runCleanups(): void {
+  for (const fn of cleanups) {
+    try {
+      fn();
+    } catch {}
+  }
+  cleanups.clear();
+}
+
 function readMasterPid(dir: string): number | undefined {
   try {
     const pid = Number.parseInt(readFileSync(`${dir}/queue/pid/master.pid`, 'utf8').trim(), 10);
@@ -229,23 +260,26 @@ async function startOnce(port: number): Promise<PostfixInstance> {
   await writeFile(path.join(etc, 'main.cf'), mainCf(dir));
   await writeFile(path.join(etc, 'master.cf'), masterCf(port));
 
-  let output = '';
+  // stdout must be a file (or pipe): Node's 'pipe' stdio is a socketpair, and open("/dev/stdout") on a socket
+  // fails with ENXIO, so postlog/postlogd could not write maillog_file and `postfix start-fg` exits 1 silently.
+  const logFile = path.join(dir, 'maillog');
+  const fd = openSync(logFile, 'a');
   // detached: our child (postfix-script) gets its own group, so killAll() cannot hit the test runner.
-  const child = spawn(POSTFIX, ['-c', etc, 'start-fg'], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-  child.stdout.on('data', (d: Buffer) => (output += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+  const child = spawn(POSTFIX, ['-c', etc, 'start-fg'], { stdio: ['ignore', fd, fd], detached: true });
+  closeSync(fd);
+  let finalLog: string | undefined;
+  const log = () => finalLog ?? readFileSync(logFile, 'utf8');
   let exited = false;
   child.on('exit', () => (exited = true));
-  const onExit = () => {
+  const unregister = cleanupOnExit(() => {
     killAll(dir, child);
     rmSync(dir, { recursive: true, force: true });
-  };
-  process.on('exit', onExit);
+  });
 
   let stopped: Promise<void> | undefined;
   const stop = () =>
     (stopped ??= (async () => {
-      process.off('exit', onExit);
+      unregister();
       const pid = readMasterPid(dir);
       // SIGTERM makes the master terminate its daemons and exit; SIGKILL if it takes too long.
       if (pid && alive(pid)) {
@@ -258,17 +292,15 @@ async function startOnce(port: number): Promise<PostfixInstance> {
         killAll(dir, child);
         await waitUntil(() => exited, 2_000);
       }
-      child.stdout.destroy();
-      child.stderr.destroy();
-      if (!process.env.KEEP) await rm(dir, { recursive: true, force: true });
+      finalLog = log();
+      await rm(dir, { recursive: true, force: true });
     })());
 
   try {
     await waitForBanner(port, 20_000, () => exited);
   } catch (err) {
-    await sleep(100); // let the last log lines arrive
     await stop();
-    throw new Error(`Postfix did not start: ${(err as Error).message}\n--- log ---\n${output}`);
+    throw new Error(`Postfix did not start: ${(err as Error).message}\n--- log ---\n${log()}`);
   }
 
   return {
@@ -276,7 +308,7 @@ async function startOnce(port: number): Promise<PostfixInstance> {
     host: '127.0.0.1',
     mailDir,
     dir,
-    log: () => output,
+    log,
     stop,
     async waitForMessages(n, timeoutMs = 10_000) {
       const deadline = Date.now() + timeoutMs;
@@ -284,7 +316,7 @@ async function startOnce(port: number): Promise<PostfixInstance> {
         const files = await readdir(mailDir).catch(() => [] as string[]);
         if (files.length >= n) return files.sort().map((f) => path.join(mailDir, f));
         if (Date.now() >= deadline) {
-          throw new Error(`expected ${n} message(s) in ${mailDir}, found ${files.length} after ${timeoutMs} ms\n--- log ---\n${output}`);
+          throw new Error(`expected ${n} message(s) in ${mailDir}, found ${files.length} after ${timeoutMs} ms\n--- log ---\n${log()}`);
         }
         await sleep(50);
       }

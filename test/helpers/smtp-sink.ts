@@ -1,0 +1,87 @@
+/**
+ * Postfix's smtp-sink on loopback: accepts and discards mail, optionally dumping each message to its own file.
+ * Quirks (shared/reference/peers.md §4.4): answers XCLIENT/XFORWARD/AUTH with a plain 250, has no STARTTLS
+ * or SIZE, and caps itself at 256 connections unless -m is raised.
+ */
+import { spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { chmod, mkdtemp, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { cleanupOnExit, freePort, requireBinary, waitForBanner } from './postfix.js';
+
+const SMTP_SINK = '/usr/sbin/smtp-sink';
+
+export interface SmtpSinkInstance {
+  port: number;
+  host: '127.0.0.1';
+  dumpDir?: string;
+  stop(): Promise<void>;
+  /** Absolute paths of the dump files, sorted; a message still being received may already be listed. */
+  files(): Promise<string[]>;
+}
+
+export async function startSmtpSink(opts: { extraArgs?: string[]; dumpDir?: boolean } = {}): Promise<SmtpSinkInstance> {
+  await requireBinary(SMTP_SINK, 'postfix');
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(await freePort(), opts);
+    } catch (err) {
+      if (attempt >= 3 || !/Address already in use/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+async function startOnce(port: number, opts: { extraArgs?: string[]; dumpDir?: boolean }): Promise<SmtpSinkInstance> {
+  let dumpDir: string | undefined;
+  const args: string[] = [];
+  // As root smtp-sink refuses to run without -u; as anyone else it cannot switch user.
+  if (process.getuid?.() === 0) args.push('-u', 'nobody');
+  args.push('-m', '1000');
+  if (opts.dumpDir) {
+    dumpDir = await mkdtemp(path.join(os.tmpdir(), 'postern-sink-'));
+    await chmod(dumpDir, 0o777); // written after dropping to nobody
+    // smtp-sink appends a random hex suffix, so "%M." yields one file per message (e.g. "05.809a62e3").
+    args.push('-d', `${dumpDir}/%M.`);
+  }
+  args.push(...(opts.extraArgs ?? []), `127.0.0.1:${port}`, '1024');
+
+  const child = spawn(SMTP_SINK, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  let exited = false;
+  child.on('close', () => (exited = true)); // 'close', not 'exit': stderr has been read in full by then
+  const unregister = cleanupOnExit(() => {
+    child.kill('SIGKILL');
+    if (dumpDir) rmSync(dumpDir, { recursive: true, force: true });
+  });
+
+  let stopped: Promise<void> | undefined;
+  const stop = () =>
+    (stopped ??= (async () => {
+      unregister();
+      if (!exited) child.kill('SIGTERM');
+      for (let i = 0; !exited && i < 100; i++) await sleep(50);
+      if (!exited) child.kill('SIGKILL');
+      if (dumpDir) await rm(dumpDir, { recursive: true, force: true });
+    })());
+
+  try {
+    await waitForBanner(port, 10_000, () => exited);
+  } catch (err) {
+    await stop();
+    throw new Error(`smtp-sink did not start: ${(err as Error).message}\n${stderr}`);
+  }
+
+  return {
+    port,
+    host: '127.0.0.1',
+    ...(dumpDir ? { dumpDir } : {}),
+    stop,
+    async files() {
+      if (!dumpDir) return [];
+      return (await readdir(dumpDir)).sort().map((f) => path.join(dumpDir, f));
+    },
+  };
+}
