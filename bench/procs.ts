@@ -1,0 +1,199 @@
+/**
+ * The processes of a benchmark run: smtp-sink, the nginx auth responder, nginx mail, Postern.
+ * Each is a separate process so its CPU and memory can be read from /proc.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+const root = path.resolve(import.meta.dirname, '..');
+const work = mkdtempSync(path.join(os.tmpdir(), 'postern-bench-'));
+const CLK_TCK = 100;
+
+export interface Proc {
+  port: number;
+  /** The process whose CPU and memory are measured (with its children). */
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/** Installs the Debian packages the benchmark needs, when one is missing (never by hand). */
+export function ensurePackages(): void {
+  const need: string[] = [];
+  if (!existsSync('/usr/sbin/smtp-source') || !existsSync('/usr/sbin/smtp-sink')) need.push('postfix');
+  if (!existsSync('/usr/sbin/nginx')) need.push('nginx-light');
+  if (!existsSync('/usr/lib/nginx/modules/ngx_mail_module.so')) need.push('libnginx-mod-mail');
+  if (need.length === 0) return;
+  process.stderr.write(`installing ${need.join(' ')}\n`);
+  execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit' });
+  execFileSync('apt-get', ['install', '-y', '-qq', ...need], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitPort(port: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((r) => {
+      const s = net.connect(port, '127.0.0.1', () => {
+        s.destroy();
+        r(true);
+      });
+      s.on('error', () => r(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function stopper(child: ChildProcess): () => Promise<void> {
+  return () =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.once('exit', () => resolve());
+      child.kill('SIGTERM');
+      setTimeout(() => child.kill('SIGKILL'), 5000).unref();
+    });
+}
+
+/** smtp-sink with running counters (-c) so delivered messages can be counted. */
+export async function startSink(): Promise<Proc & { received(): number; waitReceived(n: number, timeoutMs: number): Promise<number> }> {
+  const port = await freePort();
+  // -m: more simultaneous sessions than the default 256; -c: counters on stdout.
+  const child = spawn('/usr/sbin/smtp-sink', ['-u', 'nobody', '-m', '20000', '-c', `127.0.0.1:${port}`, '4096'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let last = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    last = (last + d.toString()).slice(-200);
+  });
+  await waitPort(port);
+  // smtp-sink -c rewrites one line: "sess=N quit=N mesg=N\r".
+  const received = (): number => {
+    const all = [...last.matchAll(/mesg=(\d+)/g)];
+    return all.length ? Number(all.at(-1)![1]) : 0;
+  };
+  return {
+    port,
+    pid: child.pid!,
+    stop: stopper(child),
+    received,
+    async waitReceived(n, timeoutMs) {
+      const deadline = Date.now() + timeoutMs;
+      while (received() < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      return received();
+    },
+  };
+}
+
+function nginx(name: string, conf: string, port: number): Promise<Proc> {
+  const dir = path.join(work, name);
+  execFileSync('mkdir', ['-p', dir]);
+  const file = path.join(dir, 'nginx.conf');
+  writeFileSync(file, conf.replaceAll('@DIR@', dir));
+  const child = spawn('/usr/sbin/nginx', ['-p', dir, '-c', file, '-e', path.join(dir, 'error.log')], { stdio: 'inherit' });
+  return waitPort(port).then(() => ({ port, pid: child.pid!, stop: stopper(child) }));
+}
+
+/** The shared auth_http responder: an nginx http{} block answering a static route. */
+export async function startAuthResponder(sinkPort: number): Promise<Proc> {
+  const port = await freePort();
+  return nginx('auth', `
+daemon off;
+worker_processes 1;
+pid @DIR@/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    keepalive_requests 100000;
+    location / {
+      add_header Auth-Status OK;
+      add_header Auth-Server 127.0.0.1;
+      add_header Auth-Port ${sinkPort};
+      return 204;
+    }
+  }
+}
+`, port);
+}
+
+/** nginx's mail proxy as the seed setup has it: smtp_auth none, xclient off. */
+export async function startNginxMail(authPort: number, workers: number): Promise<Proc> {
+  const port = await freePort();
+  return nginx('mail', `
+load_module /usr/lib/nginx/modules/ngx_mail_module.so;
+daemon off;
+worker_processes ${workers};
+worker_rlimit_nofile 30000;
+pid @DIR@/nginx.pid;
+events { worker_connections 20000; }
+mail {
+  server_name proxy.test;
+  auth_http 127.0.0.1:${authPort}/auth;
+  xclient off;
+  smtp_auth none;
+  smtp_capabilities PIPELINING 8BITMIME "SIZE 10485760" ENHANCEDSTATUSCODES;
+  server { listen 127.0.0.1:${port} backlog=4096; protocol smtp; }
+}
+`, port);
+}
+
+export async function startPostern(authPort: number, workers: number): Promise<Proc> {
+  const port = await freePort();
+  const file = path.join(work, 'postern.yaml');
+  writeFileSync(file, `server_name: proxy.test
+listen: ["127.0.0.1:${port}"]
+workers: ${workers}
+route:
+  auth_http:
+    url: http://127.0.0.1:${authPort}/auth
+xclient: false
+log: { level: warn, access: ${process.env.BENCH_ACCESS_LOG === '1'} }
+`);
+  const child = spawn(process.execPath, [path.join(root, 'dist/cli.js'), '--config', file], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitPort(port);
+  return { port, pid: child.pid!, stop: stopper(child) };
+}
+
+/** A process and all its descendants (nginx master + workers, Postern primary + workers). */
+export function pidsOf(p: Proc): number[] {
+  const all = readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number);
+  const parent = new Map<number, number>();
+  for (const pid of all) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      parent.set(pid, Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {}
+  }
+  const out = [p.pid];
+  for (let i = 0; i < out.length; i++) for (const [pid, pp] of parent) if (pp === out[i]) out.push(pid);
+  return out;
+}
+
+/** user+sys CPU (ms) and resident memory (bytes) summed over the processes. */
+export function procStats(pids: number[]): { cpuMs: number; rss: number } {
+  let cpuMs = 0;
+  let rss = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      cpuMs += ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
+      const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+      rss += Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) * 1024;
+    } catch {}
+  }
+  return { cpuMs, rss };
+}
