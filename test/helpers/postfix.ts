@@ -1,12 +1,15 @@
 /**
  * A real Postfix on loopback, one private instance per call (recipe: shared/reference/postfix-loopback.md).
  *
- * Constraints:
+ * Constraints (verified with Postfix 3.7.11 on Debian 12):
  * - Needs root: the master drops privileges to `postfix` and virtual(8) delivers as uid 65534.
  * - Instances may run concurrently, in one process or several: each has its own config, queue and data
- *   directory (Postfix refuses two masters on one queue/data directory) and its own port. Nothing under
- *   /etc/postfix is read except the defaults `postconf` compiles in; no `alternate_config_directories` needed,
- *   because that check applies only to the set-gid commands (postdrop, postqueue), not to `postfix` run as root.
+ *   directory (Postfix refuses two masters on one queue/data directory) and its own port.
+ * - `postfix -c DIR` works without listing DIR in `alternate_config_directories` of /etc/postfix/main.cf
+ *   (only the set-gid postdrop/postqueue check that). /etc/postfix is still read, never written: postfix-script
+ *   reads `multi_instance_directories` there (must stay empty: start-fg refuses multi-instance setups), and
+ *   post-install reads `postfix-files`.
+ * - Start takes about 2.5-3 s, mostly postfix-script's integrity checks.
  * - The master detaches into its own session (`start-fg` runs `master -s` unless it is PID 1), so it is stopped
  *   through its pid file, not by killing the child we spawned.
  */
@@ -279,7 +282,6 @@ async function startOnce(port: number): Promise<PostfixInstance> {
   let stopped: Promise<void> | undefined;
   const stop = () =>
     (stopped ??= (async () => {
-      unregister();
       const pid = readMasterPid(dir);
       // SIGTERM makes the master terminate its daemons and exit; SIGKILL if it takes too long.
       if (pid && alive(pid)) {
@@ -294,6 +296,7 @@ async function startOnce(port: number): Promise<PostfixInstance> {
       }
       finalLog = log();
       await rm(dir, { recursive: true, force: true });
+      unregister();
     })());
 
   try {

@@ -60,11 +60,11 @@ async function startOnce(port: number, opts: { extraArgs?: string[]; dumpDir?: b
   let stopped: Promise<void> | undefined;
   const stop = () =>
     (stopped ??= (async () => {
-      unregister();
       if (!exited) child.kill('SIGTERM');
       for (let i = 0; !exited && i < 100; i++) await sleep(50);
       if (!exited) child.kill('SIGKILL');
       if (dumpDir) await rm(dumpDir, { recursive: true, force: true });
+      unregister();
     })());
 
   try {
