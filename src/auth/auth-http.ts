@@ -3,9 +3,10 @@
  * unlike nginx, which opens a new connection per request.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Pool, errors as undiciErrors } from 'undici';
+import type { IncomingHttpHeaders } from 'node:http';
+import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
 import type { AuthHttpConfig } from '../config/schema.js';
-import { buildAuthHeaders, parseAuthAnswer } from './auth-http-protocol.js';
+import { buildAuthHeaders, parseAuthAnswer, type AuthAnswer } from './auth-http-protocol.js';
 import type { RouteDecision, RouteRequest, Router } from './router.js';
 
 export class AuthHttpRouter implements Router {
@@ -21,6 +22,8 @@ export class AuthHttpRouter implements Router {
     this.#timeoutMs = timeoutMs;
     this.#path = `${url.pathname}${url.search}`;
     this.#host = url.hostname;
+    // connectTimeout and headersTimeout bound the exchange (nginx's auth_http_timeout); the body,
+    // which nginx ignores, gets the same bound.
     this.#pool = new Pool(url.origin, {
       connections: cfg.max_connections,
       keepAliveTimeout: 30_000,
@@ -57,24 +60,45 @@ export class AuthHttpRouter implements Router {
     }
   }
 
-  async #ask(headers: string[]): Promise<ReturnType<typeof parseAuthAnswer> | RouteDecision> {
-    try {
-      const res = await this.#pool.request({
-        path: this.#path,
-        method: 'GET',
-        headers,
-        signal: AbortSignal.timeout(this.#timeoutMs),
-      });
-      // The body is ignored (as nginx does) but must be drained for the connection to be reused.
-      await res.body.dump({ limit: 65536 });
-      return parseAuthAnswer(res.headers);
-    } catch (err) {
-      return classify(err as Error);
-    }
+  /**
+   * One request through undici's dispatch API: no body stream, no AbortSignal, no promise chain per
+   * chunk (request() costs several times more per call). The body is ignored, as nginx ignores it;
+   * undici still reads it off the connection, so the connection is reused.
+   */
+  #ask(headers: string[]): Promise<AuthAnswer | RouteDecision> {
+    return new Promise((resolve) => {
+      this.#pool.dispatch({ path: this.#path, method: 'GET', headers }, new AnswerHandler(resolve));
+    });
   }
 
   async close(): Promise<void> {
     await this.#pool.close();
+  }
+}
+
+class AnswerHandler implements Dispatcher.DispatchHandler {
+  #answer: AuthAnswer | null = null;
+  readonly #resolve: (a: AuthAnswer | RouteDecision) => void;
+
+  constructor(resolve: (a: AuthAnswer | RouteDecision) => void) {
+    this.#resolve = resolve;
+  }
+
+  onRequestStart(): void {}
+
+  onResponseStart(_c: Dispatcher.DispatchController, _status: number, headers: IncomingHttpHeaders): void {
+    // The HTTP status is ignored, as nginx ignores it.
+    this.#answer = parseAuthAnswer(headers);
+  }
+
+  onResponseData(): void {}
+
+  onResponseEnd(): void {
+    this.#resolve(this.#answer ?? { kind: 'error', code: 'PST_AUTH_HTTP_INVALID', detail: 'no response headers' });
+  }
+
+  onResponseError(_c: Dispatcher.DispatchController, err: Error): void {
+    this.#resolve(classify(err));
   }
 }
 

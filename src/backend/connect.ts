@@ -63,6 +63,8 @@ export function connectBackend(host: string, port: number, replayOptions: Replay
       const step = replay.onReply(r);
       if (step.kind === 'send') {
         socket.write(step.data);
+      } else if (step.kind === 'wait') {
+        continue;
       } else if (step.kind === 'fail') {
         const text = step.reply && step.reply.code >= 400 ? step.reply.raw.toString('latin1') : undefined;
         return finish(new BackendRefusal(step.code, step.detail, text));

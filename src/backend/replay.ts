@@ -28,9 +28,13 @@ export interface ReplayOptions {
 
 export type ReplayResult =
   | { kind: 'send'; data: Buffer }
+  /** Nothing to send: the reply to an already pipelined command is still to come. */
+  | { kind: 'wait' }
   /** The back-end's reply to the client's RCPT: relay it to the client and hand off. */
   | { kind: 'done'; reply: Reply }
   | { kind: 'fail'; code: ErrorCode; detail: string; reply: Reply | null };
+
+const WAIT: ReplayResult = Object.freeze({ kind: 'wait' });
 
 /** Postfix limits an XCLIENT command line to 512 bytes (XCLIENT_README). */
 const XCLIENT_MAX = 512;
@@ -42,6 +46,7 @@ export class Replay {
   /** EHLO keywords of the back-end, upper-cased, with their parameters. */
   readonly capabilities = new Map<string, string>();
   readonly #o: ReplayOptions;
+  #rcptSent = false;
 
   constructor(options: ReplayOptions) {
     this.#o = options;
@@ -70,9 +75,17 @@ export class Replay {
         this.xclientDone = true;
         return this.#rehello();
       case 'rehello':
-        return r.code === 250 ? this.#mail() : this.#fail('PST_BACKEND_REJECTED', r);
+        if (r.code !== 250) return this.#fail('PST_BACKEND_REJECTED', r);
+        this.capabilities.clear();
+        this.#readCapabilities(r);
+        return this.#mail();
       case 'mail':
-        return r.code === 250 ? this.#send('rcpt', this.#o.envelope.rcptLine) : this.#fail('PST_BACKEND_REJECTED', r);
+        if (r.code !== 250) return this.#fail('PST_BACKEND_REJECTED', r);
+        if (this.#rcptSent) {
+          this.step = 'rcpt';
+          return WAIT;
+        }
+        return this.#send('rcpt', this.#o.envelope.rcptLine);
       case 'rcpt':
         this.step = 'done';
         return { kind: 'done', reply: r };
@@ -97,8 +110,16 @@ export class Replay {
     return this.#send('rehello', `${e.esmtp ? 'EHLO' : 'HELO'} ${e.helo}`);
   }
 
+  /**
+   * With PIPELINING (RFC 2920 §3.1: MAIL and RCPT may be grouped) MAIL and RCPT leave in one
+   * write, saving a round trip; their replies are still read and checked one by one.
+   */
   #mail(): ReplayResult {
-    return this.#send('mail', this.#o.envelope.mailLine);
+    const e = this.#o.envelope;
+    if (!this.capabilities.has('PIPELINING')) return this.#send('mail', e.mailLine);
+    this.#rcptSent = true;
+    this.step = 'mail';
+    return { kind: 'send', data: Buffer.from(`${e.mailLine}\r\n${e.rcptLine}\r\n`, 'latin1') };
   }
 
   /** Only attributes the back-end advertised are sent (Postfix rejects unknown ones with 501). */

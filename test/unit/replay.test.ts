@@ -24,6 +24,8 @@ function show(r: ReplayResult): string {
   switch (r.kind) {
     case 'send':
       return `send ${r.data.toString('latin1')}`;
+    case 'wait':
+      return 'wait';
     case 'done':
       return `done ${r.reply.raw.toString('latin1')}`;
     case 'fail':
@@ -81,9 +83,10 @@ describe('Replay: Postfix with XCLIENT', () => {
     // Postfix answers XCLIENT with a fresh greeting and forgets the EHLO: the client's own greeting is replayed.
     assert.equal(show(rp.onReply(reply(GREETING))), 'send EHLO client.example\r\n');
     assert.equal(rp.step, 'rehello');
-    assert.equal(show(rp.onReply(reply(POSTFIX_EHLO_AFTER_XCLIENT))), 'send MAIL FROM:<alice@example.org> SIZE=500 BODY=8BITMIME\r\n');
+    // PIPELINING (RFC 2920): MAIL and RCPT leave in one write; their replies are checked in turn.
+    assert.equal(show(rp.onReply(reply(POSTFIX_EHLO_AFTER_XCLIENT))), 'send MAIL FROM:<alice@example.org> SIZE=500 BODY=8BITMIME\r\nRCPT TO:<bob@example.net> NOTIFY=NEVER\r\n');
     assert.equal(rp.step, 'mail');
-    assert.equal(show(rp.onReply(reply('250 2.1.0 Ok\r\n'))), 'send RCPT TO:<bob@example.net> NOTIFY=NEVER\r\n');
+    assert.equal(show(rp.onReply(reply('250 2.1.0 Ok\r\n'))), 'wait');
     assert.equal(rp.step, 'rcpt');
     const done = rp.onReply(reply('250 2.1.5 Ok\r\n'));
     assert.equal(done.kind, 'done');
@@ -138,7 +141,7 @@ describe('Replay: Postfix with XCLIENT', () => {
     assert.deepEqual(drive(rp, [GREETING, POSTFIX_EHLO, GREETING]), [
       'send EHLO px.example\r\n',
       'send XCLIENT ADDR=192.0.2.7 PORT=40123 NAME=[UNAVAILABLE] PROTO=SMTP\r\n',
-      'send MAIL FROM:<alice@example.org> SIZE=500 BODY=8BITMIME\r\n',
+      `send ${ENVELOPE.mailLine}\r\n${ENVELOPE.rcptLine}\r\n`,
     ]);
   });
 
@@ -206,14 +209,24 @@ describe('Replay: other back-ends', () => {
     const rp = replay({ xclient: false });
     assert.deepEqual(drive(rp, [GREETING, POSTFIX_EHLO, '250 2.1.0 Ok\r\n']), [
       'send EHLO px.example\r\n',
-      `send ${ENVELOPE.mailLine}\r\n`,
-      `send ${ENVELOPE.rcptLine}\r\n`,
+      `send ${ENVELOPE.mailLine}\r\n${ENVELOPE.rcptLine}\r\n`,
+      'wait',
     ]);
   });
 
   it('back-end without XCLIENT: straight from EHLO to MAIL', () => {
     const rp = replay();
     assert.deepEqual(drive(rp, [GREETING, PLAIN_EHLO, '250 2.1.0 Ok\r\n', '250 2.1.5 Ok\r\n']), [
+      'send EHLO px.example\r\n',
+      `send ${ENVELOPE.mailLine}\r\n${ENVELOPE.rcptLine}\r\n`,
+      'wait',
+      'done 250 2.1.5 Ok\r\n',
+    ]);
+  });
+
+  it('back-end without PIPELINING: MAIL and RCPT one at a time, in lock-step', () => {
+    const rp = replay();
+    assert.deepEqual(drive(rp, [GREETING, '250-mx\r\n250 8BITMIME\r\n', '250 2.1.0 Ok\r\n', '250 2.1.5 Ok\r\n']), [
       'send EHLO px.example\r\n',
       `send ${ENVELOPE.mailLine}\r\n`,
       `send ${ENVELOPE.rcptLine}\r\n`,
@@ -290,7 +303,7 @@ describe('Replay: failures before RCPT become kind "fail" (PST_BACKEND_REJECTED)
     const r = drive(replay(), [GREETING, PLAIN_EHLO, '451 4.3.0 Temporary lookup failure\r\n']);
     assert.deepEqual(r, [
       'send EHLO px.example\r\n',
-      `send ${ENVELOPE.mailLine}\r\n`,
+      `send ${ENVELOPE.mailLine}\r\n${ENVELOPE.rcptLine}\r\n`,
       'fail PST_BACKEND_REJECTED | mail: 451 4.3.0 Temporary lookup failure | 451 4.3.0 Temporary lookup failure\r\n',
     ]);
   });
