@@ -69,7 +69,7 @@ const ERROR_CODE = /^[45]\d\d( [45]\.\d{1,3}\.\d{1,3})?$/;
 const DEFAULT_ERROR_CODE = '535 5.7.0';
 
 /**
- * Interprets the auth service's response headers (names lower-cased, as undici delivers them).
+ * Interprets the auth service's response headers (names lower-cased by the response reader).
  * The HTTP status is ignored, as nginx ignores it.
  */
 export function parseAuthAnswer(h: Headers): AuthAnswer {

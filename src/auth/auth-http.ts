@@ -1,43 +1,40 @@
 /**
- * The auth_http router: asks an nginx-compatible auth service over a keep-alive pool (undici),
- * unlike nginx, which opens a new connection per request.
+ * The auth_http router: asks an nginx-compatible auth service over a keep-alive pool, unlike
+ * nginx, which opens a new connection per request.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { IncomingHttpHeaders } from 'node:http';
-import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
 import type { AuthHttpConfig } from '../config/schema.js';
 import { buildAuthHeaders, parseAuthAnswer, type AuthAnswer } from './auth-http-protocol.js';
+import { HttpPool } from './http-pool.js';
 import type { RouteDecision, RouteRequest, Router } from './router.js';
 
+// eslint-disable-next-line no-control-regex
+const UNSAFE = /[\x00\r\n]/;
+
 export class AuthHttpRouter implements Router {
-  readonly #pool: Pool;
-  readonly #path: string;
+  readonly #pool: HttpPool;
+  readonly #requestLine: string;
   readonly #host: string;
   readonly #cfg: AuthHttpConfig;
-  readonly #timeoutMs: number;
 
   constructor(cfg: AuthHttpConfig, timeoutMs: number) {
     const url = new URL(cfg.url);
     this.#cfg = cfg;
-    this.#timeoutMs = timeoutMs;
-    this.#path = `${url.pathname}${url.search}`;
-    this.#host = url.hostname;
-    // connectTimeout and headersTimeout bound the exchange (nginx's auth_http_timeout); the body,
-    // which nginx ignores, gets the same bound.
-    this.#pool = new Pool(url.origin, {
-      connections: cfg.max_connections,
-      keepAliveTimeout: 30_000,
-      connectTimeout: timeoutMs,
-      headersTimeout: timeoutMs,
-      bodyTimeout: timeoutMs,
+    this.#requestLine = `GET ${url.pathname}${url.search} HTTP/1.1\r\n`;
+    this.#host = url.hostname.replace(/^\[|\]$/g, '');
+    this.#pool = new HttpPool(url, {
+      maxConnections: cfg.max_connections,
+      timeoutMs,
       maxHeaderSize: cfg.max_header_size,
+      keepAliveMs: 30_000,
     });
   }
 
   async route(req: RouteRequest): Promise<RouteDecision> {
-    const headers = buildAuthHeaders(req, { host: this.#host, extra: this.#cfg.headers });
+    const request = this.#request(buildAuthHeaders(req, { host: this.#host, extra: this.#cfg.headers }));
+    if (request === null) return { kind: 'error', code: 'PST_AUTH_HTTP_INVALID', detail: 'a request header value holds CR, LF or NUL' };
     for (let tries = 0; ; tries++) {
-      const answer = await this.#ask(headers);
+      const answer = await this.#ask(request);
       if ('kind' in answer) return answer;
       switch (answer.status) {
         case 'ok': {
@@ -61,60 +58,27 @@ export class AuthHttpRouter implements Router {
   }
 
   /**
-   * One request through undici's dispatch API: no body stream, no AbortSignal, no promise chain per
-   * chunk (request() costs several times more per call). The body is ignored, as nginx ignores it;
-   * undici still reads it off the connection, so the connection is reused.
+   * The request bytes, or null if a value could break the header block. Session values are
+   * checked for control bytes when the command is read; this is the last line of defence.
    */
-  #ask(headers: string[]): Promise<AuthAnswer | RouteDecision> {
-    return new Promise((resolve) => {
-      this.#pool.dispatch({ path: this.#path, method: 'GET', headers }, new AnswerHandler(resolve));
-    });
+  #request(headers: string[]): Buffer | null {
+    let text = this.#requestLine;
+    for (let i = 0; i < headers.length; i += 2) {
+      const value = headers[i + 1]!;
+      if (UNSAFE.test(value)) return null;
+      text += `${headers[i]}: ${value}\r\n`;
+    }
+    return Buffer.from(`${text}\r\n`, 'latin1');
+  }
+
+  async #ask(request: Buffer): Promise<AuthAnswer | RouteDecision> {
+    const r = await this.#pool.request(request);
+    if (r.ok) return parseAuthAnswer(r.head.headers); // the status code is ignored, as nginx ignores it
+    const code = r.reason === 'timeout' ? 'PST_AUTH_HTTP_TIMEOUT' : r.reason === 'invalid' ? 'PST_AUTH_HTTP_INVALID' : 'PST_AUTH_HTTP_UNAVAILABLE';
+    return { kind: 'error', code, detail: r.detail };
   }
 
   async close(): Promise<void> {
     await this.#pool.close();
   }
-}
-
-class AnswerHandler implements Dispatcher.DispatchHandler {
-  #answer: AuthAnswer | null = null;
-  readonly #resolve: (a: AuthAnswer | RouteDecision) => void;
-
-  constructor(resolve: (a: AuthAnswer | RouteDecision) => void) {
-    this.#resolve = resolve;
-  }
-
-  onRequestStart(): void {}
-
-  onResponseStart(_c: Dispatcher.DispatchController, _status: number, headers: IncomingHttpHeaders): void {
-    // The HTTP status is ignored, as nginx ignores it.
-    this.#answer = parseAuthAnswer(headers);
-  }
-
-  onResponseData(): void {}
-
-  onResponseEnd(): void {
-    this.#resolve(this.#answer ?? { kind: 'error', code: 'PST_AUTH_HTTP_INVALID', detail: 'no response headers' });
-  }
-
-  onResponseError(_c: Dispatcher.DispatchController, err: Error): void {
-    this.#resolve(classify(err));
-  }
-}
-
-function classify(err: Error): RouteDecision {
-  const detail = `${(err as { code?: string }).code ?? err.name}: ${err.message}`;
-  if (
-    err instanceof undiciErrors.HeadersTimeoutError ||
-    err instanceof undiciErrors.ConnectTimeoutError ||
-    err instanceof undiciErrors.BodyTimeoutError ||
-    err.name === 'TimeoutError' ||
-    err.name === 'AbortError'
-  ) {
-    return { kind: 'error', code: 'PST_AUTH_HTTP_TIMEOUT', detail };
-  }
-  if (err instanceof undiciErrors.HeadersOverflowError || (err as { code?: string }).code === 'HPE_INVALID_HEADER_TOKEN' || err.name === 'HTTPParserError') {
-    return { kind: 'error', code: 'PST_AUTH_HTTP_INVALID', detail };
-  }
-  return { kind: 'error', code: 'PST_AUTH_HTTP_UNAVAILABLE', detail };
 }
