@@ -10,7 +10,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ensurePackages, freePort, pidsOf, procStats, startAuthResponder, startNginxMail, startPostern, startSink, type Proc } from './procs.js';
+import { ensurePackages, pidsOf, procStats, startAuthResponder, startNginxMail, startPostern, startSink, type Proc } from './procs.js';
 import { holdIdle, runSource } from './load.js';
 
 const quick = process.env.BENCH_QUICK === '1';
@@ -97,7 +97,8 @@ async function main(): Promise<void> {
     };
     const report = render(results, idle);
     process.stdout.write(report);
-    writeFileSync(path.join(root, quick ? 'bench/results.quick.md' : 'bench/results.md'), report);
+    const file = quick ? 'results.quick.md' : workers === 1 ? 'results.md' : `results-workers-${workers}.md`;
+    writeFileSync(path.join(root, 'bench', file), report);
     if (idle && (idle.nginx.dropped > 0 || idle.postern.dropped > 0)) lost += idle.nginx.dropped + idle.postern.dropped;
   } finally {
     await postern.stop();
@@ -157,7 +158,6 @@ function render(results: Map<string, Map<Target, Sample[]>>, idle: { nginx: { by
   return lines.join('\n');
 }
 
-void freePort;
 main().catch((err: unknown) => {
   console.error(err);
   process.exitCode = 1;
