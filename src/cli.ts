@@ -9,6 +9,7 @@ import { ConfigError, loadConfig } from './config/load.js';
 import { createLogger } from './log/logger.js';
 import { runPrimary, workerCount } from './net/cluster.js';
 import { PosternServer } from './net/server.js';
+import { TlsContexts, TlsLoadError } from './tls/contexts.js';
 
 const USAGE = `Usage:
   postern [run] --config FILE        run the proxy
@@ -64,6 +65,15 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
+  if (config.listen.some((l) => l.implicit_tls || l.starttls !== 'off')) {
+    try {
+      new TlsContexts(config.tls);
+    } catch (err) {
+      if (!(err instanceof TlsLoadError)) throw err;
+      process.stderr.write(`postern: configuration ${values.config}: ${err.problems.length} problem(s)\n  ${err.problems.join('\n  ')}\npostern: configuration file ${values.config} test failed\n`);
+      return 1;
+    }
+  }
   if (command === 'check-config') {
     process.stdout.write(`postern: configuration file ${values.config} syntax is ok\npostern: configuration file ${values.config} test is successful\n`);
     return 0;
@@ -73,10 +83,22 @@ async function main(argv: string[]): Promise<number> {
 
 async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
   const logger = createLogger(config.log.level);
-  // Without a handler SIGHUP would kill the process with no drain; reload is not implemented yet.
-  process.on('SIGHUP', () => logger.warn('SIGHUP received: configuration reload is not supported yet; restart to apply changes'));
+  // SIGHUP re-reads the TLS certificates (certificate renewal without a restart); the rest of
+  // the configuration needs a restart for now.
+  let reloadTls = (): void => {};
+  process.on('SIGHUP', () => {
+    try {
+      reloadTls();
+      logger.info('SIGHUP: TLS certificates reloaded; other configuration changes need a restart');
+    } catch (err) {
+      logger.error({ err: (err as Error).message }, 'SIGHUP: TLS reload failed; the previous certificates stay in use');
+    }
+  });
   const workers = workerCount(config);
   if (workers > 1 && cluster.isPrimary) {
+    reloadTls = () => {
+      for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
+    };
     logger.info({ version: version(), workers }, 'postern started');
     await runPrimary(workers, logger);
     logger.info('postern stopped');
@@ -84,6 +106,7 @@ async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
     return 0;
   }
   const server = new PosternServer(config, logger);
+  reloadTls = () => server.reloadTls();
   try {
     await server.start();
   } catch (err) {

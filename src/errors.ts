@@ -38,6 +38,12 @@ export const ERRORS = {
   PST_BAD_RECIPIENT: { reply: '501 5.1.3 Bad recipient address syntax', close: false, level: 'info', message: 'RCPT TO path is malformed' },
   PST_MESSAGE_TOO_BIG: { reply: '552 5.3.4 Message size exceeds fixed limit', close: false, level: 'info', message: 'MAIL SIZE= is above max_message_size' },
   PST_NOT_PERMITTED: { reply: '550 5.7.0 Command not permitted', close: false, level: 'warn', message: 'client sent XCLIENT or XFORWARD; never forwarded' },
+  PST_TLS_REQUIRED: { reply: '530 5.7.0 Must issue a STARTTLS command first', close: false, level: 'info', message: 'MAIL or RCPT before STARTTLS on a starttls: only listener' },
+  PST_TLS_ACTIVE: { reply: '503 5.5.1 TLS already active', close: false, level: 'info', message: 'STARTTLS inside a TLS session' },
+  PST_TLS_HANDSHAKE: { reply: null, close: true, level: 'info', message: 'the client TLS handshake failed (garbage, plaintext on an implicit-TLS port, no shared protocol or cipher)' },
+  PST_TLS_HANDSHAKE_TIMEOUT: { reply: null, close: true, level: 'info', message: 'the client did not finish its TLS handshake within timeouts.handshake' },
+  PST_TLS_CLIENT_CERT_MISSING: { reply: '421 4.7.1 No required SSL certificate', close: true, level: 'info', message: 'verify_client on and the client sent no certificate' },
+  PST_TLS_CLIENT_CERT_INVALID: { reply: '421 4.7.1 SSL certificate error', close: true, level: 'info', message: 'the client certificate did not verify (expired, unknown CA, self-signed, chain too deep)' },
   PST_IDLE_TIMEOUT: { reply: '421 4.4.2 {host} Error: timeout exceeded', close: true, level: 'info', message: 'client idle for timeouts.idle' },
   PST_SHUTDOWN: { reply: '421 4.3.2 {host} Service shutting down, try again later', close: true, level: 'info', message: 'Postern is stopping' },
 
@@ -53,6 +59,8 @@ export const ERRORS = {
   PST_BACKEND_TIMEOUT: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end did not complete the replay within timeouts.backend' },
   PST_BACKEND_REJECTED: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end refused a replay step (greeting, EHLO/HELO, XCLIENT or MAIL)' },
   PST_BACKEND_INVALID_REPLY: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end sent a malformed or oversized reply' },
+  PST_BACKEND_TLS_REQUIRED: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'backend_tls required but the back-end did not offer or accept STARTTLS' },
+  PST_BACKEND_TLS_FAILED: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the TLS handshake with the back-end failed or its certificate did not verify' },
   PST_BACKEND_CLOSED: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end closed the connection during the replay' },
 
   // Relay phase: no reply of Postern's own may be injected into the relayed stream.

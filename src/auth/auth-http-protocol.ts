@@ -47,6 +47,19 @@ export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): s
     'Auth-SMTP-From', e.mailLine,
     'Auth-SMTP-To', e.rcptLine,
   ];
+  const t = req.tls;
+  if (t) {
+    // nginx sends each Auth-SSL-* header only when it has a value.
+    h.push('Auth-SSL', 'on');
+    if (t.protocol) h.push('Auth-SSL-Protocol', t.protocol);
+    if (t.cipher) h.push('Auth-SSL-Cipher', t.cipher);
+    if (t.verify) h.push('Auth-SSL-Verify', t.verify);
+    if (t.subject) h.push('Auth-SSL-Subject', t.subject);
+    if (t.issuer) h.push('Auth-SSL-Issuer', t.issuer);
+    if (t.serial) h.push('Auth-SSL-Serial', t.serial);
+    if (t.fingerprint) h.push('Auth-SSL-Fingerprint', t.fingerprint);
+    if (t.cert) h.push('Auth-SSL-Cert', t.cert);
+  }
   for (const name of Object.keys(opts.extra)) h.push(name, opts.extra[name]!);
   return h;
 }

@@ -4,6 +4,7 @@
  */
 import type { ErrorCode } from '../errors.js';
 import type { Envelope } from '../session/session.js';
+import type { TlsInfo } from '../tls/client-cert.js';
 
 export interface RouteRequest {
   envelope: Envelope;
@@ -11,6 +12,8 @@ export interface RouteRequest {
   clientPort: number;
   /** Reverse name or `[UNAVAILABLE]`, sent as Client-Host. */
   clientHost: string;
+  /** The client's TLS session, when there is one (Auth-SSL-* headers). */
+  tls?: TlsInfo;
 }
 
 export type RouteDecision =

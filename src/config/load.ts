@@ -44,6 +44,16 @@ function crossCheck(c: Config): string[] {
   if (c.greeting_delay >= c.timeouts.idle) {
     problems.push(`greeting_delay: must be shorter than timeouts.idle (${c.timeouts.idle} ms), or every client times out before the greeting`);
   }
+  const tlsListeners = c.listen.filter((l) => l.starttls !== 'off' || l.implicit_tls);
+  if (tlsListeners.length > 0 && c.tls.certificates.length === 0) {
+    problems.push('tls.certificates: a listener uses STARTTLS or implicit TLS, so at least one certificate is needed');
+  }
+  c.listen.forEach((l, i) => {
+    if (l.implicit_tls && l.starttls !== 'off') problems.push(`listen.${i}: starttls makes no sense on an implicit_tls listener`);
+  });
+  if ((c.tls.verify_client === 'on' || c.tls.verify_client === 'optional') && !c.tls.client_ca) {
+    problems.push(`tls.client_ca: verify_client ${c.tls.verify_client} needs a CA bundle to verify against`);
+  }
   const seen = new Set<string>();
   c.listen.forEach((l, i) => {
     const key = `${l.address.host}:${l.address.port}`;

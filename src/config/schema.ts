@@ -41,10 +41,52 @@ const hostPort = hostPortOf(false);
 /** Port 0 asks the kernel for a free port (tests, smoke runs). */
 const listenAddress = hostPortOf(true);
 
+const starttls = z.enum(['off', 'on', 'only']);
+
 const listener = z.union([
-  listenAddress.transform((address) => ({ address })),
-  z.strictObject({ address: listenAddress }),
+  listenAddress.transform((address) => ({ address, starttls: 'off' as const, implicit_tls: false })),
+  z.strictObject({
+    address: listenAddress,
+    /** STARTTLS (RFC 3207) like nginx's `starttls`; `only` refuses MAIL and RCPT before TLS (nginx does not). */
+    starttls: starttls.default('off'),
+    /** TLS from the first byte, the port-465 style (nginx `listen … ssl`). */
+    implicit_tls: z.boolean().default(false),
+  }),
 ]);
+
+const tlsVersion = z.enum(['TLSv1.2', 'TLSv1.3']);
+
+const tls = z.strictObject({
+  /** Certificate chains and keys (PEM files). The first is the default; the others are chosen by SNI from their names. */
+  certificates: z.array(z.strictObject({ cert: z.string().min(1), key: z.string().min(1) })).default([]),
+  /** Protocol floor (nginx `ssl_protocols`; TLS 1.0/1.1 are never offered). */
+  min_version: tlsVersion.default('TLSv1.2'),
+  /** OpenSSL cipher list for TLS 1.2 (nginx `ssl_ciphers`); TLS 1.3 suites are OpenSSL's defaults. */
+  ciphers: z.string().min(1).optional(),
+  /** Session resumption: ticket and cache lifetime (nginx `ssl_session_timeout`). */
+  session_timeout: duration('5m'),
+  /** Client certificates, as nginx's `ssl_verify_client`. */
+  verify_client: z.enum(['off', 'on', 'optional', 'optional_no_ca']).default('off'),
+  /** CA bundle for client certificates (nginx `ssl_client_certificate`). */
+  client_ca: z.string().min(1).optional(),
+  /** Longest accepted client chain below the CA (nginx `ssl_verify_depth`). */
+  verify_depth: z.int().min(1).max(10).default(1),
+  /** Send the client certificate to the auth service as Auth-SSL-Cert (nginx `auth_http_pass_client_cert`). */
+  pass_client_cert: z.boolean().default(false),
+});
+
+/** TLS from Postern to the back-end (nginx has none). */
+const backendTls = z.strictObject({
+  /** off; opportunistic: STARTTLS when offered; required: STARTTLS or 451; implicit: TLS from the first byte. */
+  mode: z.enum(['off', 'opportunistic', 'required', 'implicit']).default('off'),
+  /** CA bundle to verify the back-end's certificate (default: the system's). */
+  ca: z.string().min(1).optional(),
+  /** Verify the back-end's certificate and name; false is an explicit opt-out. */
+  verify: z.boolean().default(true),
+  /** Name expected in the back-end's certificate (default: the route's host). */
+  server_name: z.string().regex(/^[A-Za-z0-9.-]+$/).optional(),
+  min_version: tlsVersion.default('TLSv1.2'),
+});
 
 /** Extensions that need Postern's own support before the hand-off, so may not be listed verbatim. */
 const RESERVED_CAPS = ['CHUNKING', 'STARTTLS', 'AUTH', 'XCLIENT', 'XFORWARD', 'BDAT'];
@@ -81,6 +123,8 @@ const timeouts = z.strictObject({
   auth: duration('30s'),
   /** Back-end connect plus the whole replay (nginx covers this with `timeout`). */
   backend: duration('30s'),
+  /** A TLS handshake, with the client or the back-end (nginx covers it with `timeout`). */
+  handshake: duration('30s'),
   /** No bytes either way after the hand-off (nginx `proxy_timeout`; RFC 5321 §4.5.3.2.6 DATA termination is 10 min). */
   relay_idle: duration('10m'),
   /** How long SIGTERM waits for sessions to finish before closing them. */
@@ -92,7 +136,7 @@ export const configSchema = z.strictObject({
   server_name: z.string().regex(/^[A-Za-z0-9.-]+$/, 'a host name').default(() => os.hostname().replace(/[^A-Za-z0-9.-]/g, '') || 'localhost'),
   /** Worker processes (nginx `worker_processes`): a number, or `auto` for one per CPU core. */
   workers: z.union([z.int().min(1).max(256), z.literal('auto')]).default(1),
-  listen: z.array(listener).min(1).default(['127.0.0.1:2525'].map((a) => ({ address: parseHostPort(a)! }))),
+  listen: z.array(listener).min(1).prefault(['127.0.0.1:2525']),
   route: route.default({ static: { host: '127.0.0.1', port: 25 } }),
   /** Send Postfix XCLIENT (ADDR, PORT, NAME, HELO, PROTO as advertised) so the back-end sees the real client. */
   xclient: z.boolean().default(true),
@@ -110,6 +154,8 @@ export const configSchema = z.strictObject({
   require_helo: z.boolean().default(true),
   /** Hold the greeting this long and reject clients that talk first (nginx `smtp_greeting_delay`). */
   greeting_delay: duration('0s', 0),
+  tls: tls.prefault({}),
+  backend_tls: backendTls.prefault({}),
   timeouts: timeouts.prefault({}),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
@@ -120,3 +166,6 @@ export const configSchema = z.strictObject({
 
 export type Config = z.output<typeof configSchema>;
 export type AuthHttpConfig = z.output<typeof authHttp>;
+export type TlsConfig = z.output<typeof tls>;
+export type BackendTlsConfig = z.output<typeof backendTls>;
+export type ListenerConfig = z.output<typeof listener>;

@@ -4,21 +4,28 @@
  * replies are those of docs/lifecycle.md.
  */
 import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import type { RouteDecision } from '../auth/router.js';
 import { connectBackend, type BackendReady } from '../backend/connect.js';
 import { relay, type RelayStats } from '../backend/relay.js';
 import { ERRORS, type ErrorCode, PosternError } from '../errors.js';
 import { Session, type Action, type Envelope } from '../session/session.js';
 import { lineReply } from '../smtp/replies.js';
-import type { ServerContext } from './context.js';
+import { inspectClientTls, type TlsInfo } from '../tls/client-cert.js';
+import type { ListenerContext, ServerContext } from './context.js';
 
 /** Grace period for the client to close after our final reply, before the socket is destroyed. */
 const LINGER_MS = 2000;
 
 export class Connection {
-  readonly socket: Socket;
+  /** The client socket: the TCP socket, or the TLS socket over it once TLS has started. */
+  socket: Socket;
   readonly session: Session;
   readonly #ctx: ServerContext;
+  /** The TCP socket, for byte counts on the wire. */
+  readonly #raw: Socket;
+  #tls: TlsInfo | null = null;
+  readonly #book: ListenerContext['book'];
   readonly #started = Date.now();
   readonly clientAddr: string;
   readonly clientPort: number;
@@ -34,26 +41,74 @@ export class Connection {
   #relayStats: RelayStats | null = null;
   #onClosed: (c: Connection) => void;
 
-  constructor(socket: Socket, ctx: ServerContext, onClosed: (c: Connection) => void) {
+  constructor(socket: Socket, ctx: ServerContext, listener: ListenerContext, onClosed: (c: Connection) => void) {
     this.socket = socket;
+    this.#raw = socket;
     this.#ctx = ctx;
     this.#onClosed = onClosed;
     this.clientAddr = unmapIPv4(socket.remoteAddress ?? '');
     this.clientPort = socket.remotePort ?? 0;
-    this.session = new Session(ctx.book, ctx.limits);
+    this.#book = listener.book;
+    this.session = new Session(listener.book, listener.limits);
     socket.setNoDelay(true);
     socket.setTimeout(ctx.config.timeouts.idle);
-    socket.on('data', clientOnData);
-    socket.on('end', clientOnEnd);
-    socket.on('error', clientOnError);
-    socket.on('timeout', clientOnTimeout);
-    socket.on('close', clientOnClose);
-    (socket as OwnedSocket)[kConn] = this;
-    const greetingDelay = ctx.config.greeting_delay;
-    if (greetingDelay > 0) {
-      this.#greetTimer = setTimeout(() => this.#run(this.session.greetingDue()), greetingDelay);
-    }
+    attach(socket, this);
     this.#run(this.session.start());
+    if (listener.limits.implicitTls) this.#startTls();
+    else this.#armGreetingDelay();
+  }
+
+  #armGreetingDelay(): void {
+    const delay = this.#ctx.config.greeting_delay;
+    if (delay > 0 && this.session.phase === 'greeting') {
+      this.#greetTimer = setTimeout(() => this.#run(this.session.greetingDue()), delay);
+    }
+  }
+
+  /**
+   * Server side of a TLS handshake over the client's TCP socket (implicit TLS, or after the
+   * STARTTLS reply has been written). Whatever the client sends now is TLS records: plaintext
+   * pipelined after STARTTLS fails the handshake instead of being read as commands.
+   */
+  #startTls(): void {
+    const tlsContexts = this.#ctx.tls!;
+    const plain = this.socket;
+    detach(plain);
+    const secure = new TLSSocket(plain, {
+      isServer: true,
+      secureContext: tlsContexts.defaultContext,
+      SNICallback: (name, cb) => cb(null, tlsContexts.contextFor(name)),
+      requestCert: tlsContexts.requestCert,
+      rejectUnauthorized: false, // verify_client is applied after the handshake, with nginx's replies
+    });
+    this.socket = secure;
+    attach(secure, this);
+    secure.once('secure', () => this.#onSecure(secure));
+    secure.setTimeout(this.#ctx.config.timeouts.handshake);
+  }
+
+  #onSecure(secure: TLSSocket): void {
+    const t = this.#ctx.config.tls;
+    const { error, detail, info } = inspectClientTls(secure, t.verify_client, t.verify_depth, t.pass_client_cert);
+    this.#tls = info;
+    if (error) {
+      this.session.phase = 'closed';
+      this.#run([detail === undefined ? { type: 'error', code: error } : { type: 'error', code: error, detail }]);
+      return;
+    }
+    secure.setTimeout(this.#ctx.config.timeouts.idle);
+    this.#ctx.logger.debug({ client: this.clientAddr, protocol: info.protocol, cipher: info.cipher, verify: info.verify }, 'TLS established');
+    this.#run(this.session.tlsStarted());
+    this.#armGreetingDelay();
+  }
+
+  /** A client-side TLS failure (handshake, or a TLS error later before the hand-off). */
+  onError(err: Error): void {
+    if (this.session.phase === 'tls-handshake') {
+      this.session.phase = 'closed';
+      this.#outcome = 'PST_TLS_HANDSHAKE';
+      this.#ctx.logger.info({ code: 'PST_TLS_HANDSHAKE', client: this.clientAddr, detail: (err as NodeJS.ErrnoException).code ?? err.message }, ERRORS.PST_TLS_HANDSHAKE.message);
+    }
   }
 
   /** SIGTERM: tell an idle session at once; a session mid-command hears it at its next command. */
@@ -80,10 +135,21 @@ export class Connection {
     if (this.session.phase === 'command' || this.session.phase === 'greeting') {
       this.#outcome ??= 'client-eof';
       this.socket.end();
+    } else if (this.session.phase === 'tls-handshake') {
+      this.#outcome ??= 'PST_TLS_HANDSHAKE';
+      this.socket.destroy();
     }
   }
 
   onTimeout(): void {
+    if (this.session.phase === 'tls-handshake') {
+      // No SMTP reply is possible in the middle of a handshake.
+      this.session.phase = 'closed';
+      this.#outcome = 'PST_TLS_HANDSHAKE_TIMEOUT';
+      this.#ctx.logger.info({ code: 'PST_TLS_HANDSHAKE_TIMEOUT', client: this.clientAddr }, ERRORS.PST_TLS_HANDSHAKE_TIMEOUT.message);
+      this.socket.destroy();
+      return;
+    }
     if (this.session.phase === 'closed') {
       this.socket.destroy(); // the client did not close after our last reply
       return;
@@ -104,6 +170,7 @@ export class Connection {
   #run(actions: Action[]): void {
     if (actions.length === 0) return;
     const s = this.socket;
+    let startTls = false;
     s.cork();
     for (const a of actions) {
       switch (a.type) {
@@ -119,9 +186,19 @@ export class Connection {
         case 'close':
           this.#close();
           break;
+        case 'starttls':
+          if (a.discarded > 0) {
+            this.#ctx.logger.info({ client: this.clientAddr, bytes: a.discarded }, 'discarded bytes pipelined after STARTTLS (RFC 3207 §4.2)');
+          }
+          startTls = true;
+          break;
       }
     }
     s.uncork();
+    if (startTls) {
+      this.#startTls();
+      return;
+    }
     // Backpressure: a client that pipelines without reading its replies is not read further
     // until it has taken what it was sent.
     if (s.writableNeedDrain && this.session.phase === 'command') {
@@ -141,7 +218,7 @@ export class Connection {
   #error(code: ErrorCode, detail?: string, reply?: Buffer): void {
     const spec = ERRORS[code];
     this.#ctx.logger[spec.level]({ code, client: this.clientAddr, detail }, spec.message);
-    this.#write(reply ?? this.#ctx.book.error(code));
+    this.#write(reply ?? this.#book.error(code));
     if (spec.close) {
       this.#outcome ??= code;
       this.session.phase = 'closed';
@@ -166,6 +243,7 @@ export class Connection {
       clientAddr: this.clientAddr,
       clientPort: this.clientPort,
       clientHost: '[UNAVAILABLE]',
+      ...(this.#tls ? { tls: this.#tls } : {}),
     });
     if (decision instanceof Promise) {
       decision.then(
@@ -276,8 +354,9 @@ export class Connection {
           from: e?.mailFrom,
           to: e?.rcptTo,
           backend: this.#backend ?? undefined,
-          bytes_in: this.socket.bytesRead,
-          bytes_out: this.socket.bytesWritten,
+          tls: this.#tls?.protocol,
+          bytes_in: this.#raw.bytesRead,
+          bytes_out: this.#raw.bytesWritten,
           duration_ms: Date.now() - this.#started,
           outcome: rs?.failure ?? this.#outcome ?? 'client-closed',
           code: rs ? rs.lastCode : this.#lastCode || undefined,
@@ -301,14 +380,34 @@ function clientOnData(this: OwnedSocket, chunk: Buffer): void {
 function clientOnEnd(this: OwnedSocket): void {
   this[kConn].onEnd();
 }
-function clientOnError(this: OwnedSocket): void {
+function clientOnError(this: OwnedSocket, err: Error): void {
   // 'close' follows; a reset client is logged through the access record.
+  this[kConn].onError(err);
 }
 function clientOnTimeout(this: OwnedSocket): void {
   this[kConn].onTimeout();
 }
 function clientOnClose(this: OwnedSocket): void {
   this[kConn].onClose();
+}
+
+function attach(socket: Socket, conn: Connection): void {
+  (socket as OwnedSocket)[kConn] = conn;
+  socket.on('data', clientOnData);
+  socket.on('end', clientOnEnd);
+  socket.on('error', clientOnError);
+  socket.on('timeout', clientOnTimeout);
+  socket.on('close', clientOnClose);
+}
+
+/** The TCP socket under a TLS socket is the TLS layer's now: Postern's handlers come off it. */
+function detach(socket: Socket): void {
+  socket.removeListener('data', clientOnData);
+  socket.removeListener('end', clientOnEnd);
+  socket.removeListener('timeout', clientOnTimeout);
+  socket.removeListener('close', clientOnClose);
+  socket.removeListener('error', clientOnError);
+  socket.setTimeout(0);
 }
 
 function unmapIPv4(addr: string): string {

@@ -7,7 +7,8 @@ import { StaticRouter, type Router } from '../auth/router.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { Connection } from './connection.js';
-import { buildContext, type ServerContext } from './context.js';
+import { buildContext, type ListenerContext, type ServerContext } from './context.js';
+import { TlsContexts } from '../tls/contexts.js';
 
 export function createRouter(config: Readonly<Config>): Router {
   const r = config.route;
@@ -23,7 +24,13 @@ export class PosternServer {
   #onIdle: (() => void) | null = null;
 
   constructor(config: Readonly<Config>, logger: Logger, router: Router = createRouter(config)) {
-    this.#ctx = buildContext(config, router, logger);
+    const needsTls = config.listen.some((l) => l.implicit_tls || l.starttls !== 'off');
+    this.#ctx = buildContext(config, router, logger, needsTls ? new TlsContexts(config.tls) : null);
+  }
+
+  /** Re-reads the certificate files (SIGHUP); on error the running certificates stay. */
+  reloadTls(): void {
+    this.#ctx.tls?.reload();
   }
 
   get connections(): number {
@@ -33,9 +40,10 @@ export class PosternServer {
   /** Binds every listener; resolves with the bound addresses (port 0 gets a real port). */
   async start(): Promise<net.AddressInfo[]> {
     const bound: net.AddressInfo[] = [];
-    for (const l of this.#ctx.config.listen) {
+    for (const listener of this.#ctx.listeners) {
+      const l = listener.config;
       // allowHalfOpen: a client's FIN must not cut off the back-end's last replies (see relay.ts).
-      const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.#accept(socket));
+      const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.#accept(socket, listener));
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen({ host: l.address.host, port: l.address.port, backlog: 511 }, () => {
@@ -51,13 +59,13 @@ export class PosternServer {
     return bound;
   }
 
-  #accept(socket: net.Socket): void {
+  #accept(socket: net.Socket, listener: ListenerContext): void {
     if (this.#stopping) {
       socket.destroy();
       return;
     }
     socket.on('error', noop);
-    this.#connections.add(new Connection(socket, this.#ctx, (c) => this.#closed(c)));
+    this.#connections.add(new Connection(socket, this.#ctx, listener, (c) => this.#closed(c)));
   }
 
   #closed(c: Connection): void {

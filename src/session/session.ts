@@ -13,7 +13,7 @@ import { LINE_TOO_LONG, LineReader } from '../smtp/line-reader.js';
 import { parsePathArg, sizeParam } from '../smtp/path.js';
 import type { ReplyBook } from '../smtp/replies.js';
 
-export type Phase = 'greeting' | 'command' | 'routing' | 'handed-off' | 'closed';
+export type Phase = 'tls-handshake' | 'greeting' | 'command' | 'routing' | 'handed-off' | 'closed';
 
 export interface SessionLimits {
   /** Longest command line in bytes, CRLF included (nginx `smtp_client_buffer`). */
@@ -26,6 +26,10 @@ export interface SessionLimits {
   requireHelo: boolean;
   /** Hold the greeting until {@link Session.greetingDue}; input before it is an early talker. */
   greetingDelay: boolean;
+  /** STARTTLS on this listener: `only` refuses MAIL and RCPT before TLS. */
+  starttls: 'off' | 'on' | 'only';
+  /** TLS from the first byte: the greeting follows the handshake. */
+  implicitTls: boolean;
 }
 
 /** What the router needs to choose a back-end, and what the replay sends to it. */
@@ -50,7 +54,9 @@ export type Action =
   | { type: 'error'; code: ErrorCode; detail?: string }
   | { type: 'route'; envelope: Envelope }
   /** Close after the replies already queued have been written. */
-  | { type: 'close' };
+  | { type: 'close' }
+  /** Start the server side of a TLS handshake once the queued replies are written. */
+  | { type: 'starttls'; discarded: number };
 
 interface Transaction {
   line: string;
@@ -63,6 +69,8 @@ export class Session {
   esmtp = false;
   errors = 0;
   attempts = 0;
+  /** TLS is active (implicit, or after STARTTLS). */
+  secure = false;
   #mail: Transaction | null = null;
   #draining = false;
   readonly #reader: LineReader;
@@ -77,9 +85,32 @@ export class Session {
 
   /** Connection accepted: greet now, or wait for the greeting delay. */
   start(): Action[] {
+    if (this.#limits.implicitTls) {
+      this.phase = 'tls-handshake';
+      return [];
+    }
     if (this.#limits.greetingDelay) return [];
     this.phase = 'command';
     return [{ type: 'reply', data: this.#book.greeting }];
+  }
+
+  /**
+   * The TLS handshake succeeded. RFC 3207 §4.2: everything learnt before it (HELO, the
+   * transaction) is forgotten; the client starts again with EHLO. On an implicit-TLS port this is
+   * where the greeting is sent (or the greeting delay starts).
+   */
+  tlsStarted(): Action[] {
+    const first = !this.secure && this.#limits.implicitTls;
+    this.secure = true;
+    this.helo = '';
+    this.esmtp = false;
+    this.#mail = null;
+    if (first) {
+      this.phase = 'greeting';
+      return this.#limits.greetingDelay ? [] : this.greetingDue();
+    }
+    this.phase = 'command';
+    return [];
   }
 
   /** The greeting delay has passed without the client speaking. */
@@ -99,7 +130,7 @@ export class Session {
       return out;
     }
     // After close nothing more is read; after the hand-off the relay owns the bytes.
-    if (this.phase === 'closed' || this.phase === 'handed-off') return out;
+    if (this.phase === 'closed' || this.phase === 'handed-off' || this.phase === 'tls-handshake') return out;
     this.#reader.push(chunk);
     if (this.phase === 'command') this.#drain(out);
     return out;
@@ -189,8 +220,9 @@ export class Session {
         return this.#fail(out, this.#mail ? 'PST_NEED_RCPT' : 'PST_NEED_MAIL');
       case 'BDAT':
         return this.#bdat(arg, out);
-      case 'EXPN':
       case 'STARTTLS':
+        return this.#startTls(arg, out);
+      case 'EXPN':
       case 'AUTH':
         return this.#fail(out, 'PST_NOT_IMPLEMENTED', verb);
       case 'XCLIENT':
@@ -210,10 +242,24 @@ export class Session {
     this.helo = arg;
     this.esmtp = verb === 'EHLO';
     this.#mail = null; // RFC 5321 §4.1.4: HELO/EHLO resets the transaction.
-    reply(out, this.esmtp ? this.#book.ehlo : this.#book.helo);
+    const ehlo = this.secure || this.#limits.starttls === 'off' ? this.#book.ehlo : this.#book.ehloStarttls;
+    reply(out, this.esmtp ? ehlo : this.#book.helo);
+  }
+
+  #startTls(arg: string, out: Action[]): void {
+    if (this.#limits.starttls === 'off') return this.#fail(out, 'PST_NOT_IMPLEMENTED', 'STARTTLS');
+    if (arg !== '') return this.#fail(out, 'PST_INVALID_ARGUMENT', `STARTTLS ${arg}`);
+    if (this.secure) return this.#fail(out, 'PST_TLS_ACTIVE');
+    reply(out, this.#book.startTls);
+    // RFC 3207 §4.2 and CVE-2011-0411 / nginx CVE-2014-3556: bytes the client pipelined after
+    // STARTTLS were sent in the clear and must never be read as commands of the TLS session.
+    const discarded = this.#reader.rest().length;
+    this.phase = 'tls-handshake';
+    out.push({ type: 'starttls', discarded });
   }
 
   #mailFrom(line: Buffer, arg: string, out: Action[]): void {
+    if (this.#limits.starttls === 'only' && !this.secure) return this.#fail(out, 'PST_TLS_REQUIRED');
     if (this.#limits.requireHelo && this.helo === '') return this.#fail(out, 'PST_NEED_HELO');
     if (this.#mail) return this.#fail(out, 'PST_NESTED_MAIL');
     const path = parsePathArg(arg, 'FROM:');
@@ -228,6 +274,7 @@ export class Session {
   }
 
   #rcptTo(line: Buffer, arg: string, out: Action[]): void {
+    if (this.#limits.starttls === 'only' && !this.secure) return this.#fail(out, 'PST_TLS_REQUIRED');
     if (!this.#mail) return this.#fail(out, 'PST_NEED_MAIL');
     const path = parsePathArg(arg, 'TO:');
     if (!path || path.address === '') return this.#fail(out, 'PST_BAD_RECIPIENT', arg);

@@ -8,6 +8,8 @@ export interface ReplyOptions {
   serverName: string;
   /** EHLO keywords after the greeting line, e.g. `['PIPELINING', 'SIZE 10485760']`. */
   capabilities: readonly string[];
+  /** Offer STARTTLS in EHLO before TLS is active. */
+  starttls?: boolean;
 }
 
 /** Formats a possibly multi-line reply (RFC 5321 §4.2.1): `code-text` on all but the last line. */
@@ -28,6 +30,9 @@ export class ReplyBook {
   readonly greeting: Buffer;
   readonly helo: Buffer;
   readonly ehlo: Buffer;
+  /** The EHLO reply before TLS on a STARTTLS listener (RFC 3207 §4: STARTTLS listed). */
+  readonly ehloStarttls: Buffer;
+  readonly startTls: Buffer;
   readonly ok: Buffer;
   readonly mailOk: Buffer;
   readonly bye: Buffer;
@@ -40,6 +45,8 @@ export class ReplyBook {
     this.greeting = lineReply(`220 ${name} ESMTP ready`);
     this.helo = lineReply(`250 ${name}`);
     this.ehlo = formatReply(250, [name, ...opts.capabilities]);
+    this.ehloStarttls = opts.starttls ? formatReply(250, [name, ...opts.capabilities, 'STARTTLS']) : this.ehlo;
+    this.startTls = lineReply('220 2.0.0 Start TLS'); // nginx's text
     this.ok = lineReply('250 2.0.0 OK');
     this.mailOk = lineReply('250 2.1.0 OK');
     this.bye = lineReply('221 2.0.0 Bye');

@@ -12,20 +12,37 @@
  * - Start takes about 2.5-3 s, mostly postfix-script's integrity checks.
  * - The master detaches into its own session (`start-fg` runs `master -s` unless it is PID 1), so it is stopped
  *   through its pid file, not by killing the child we spawned.
+ * - TLS (`{ tls: true }`): smtpd offers STARTTLS with test/fixtures/tls/backend.pem (backend.test, IP 127.0.0.1,
+ *   signed by the test CA). smtpd loads key and certificate as root before dropping privileges, so the copies in
+ *   the instance's etc/ can be root-owned and 0600.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, constants, openSync, readFileSync, rmSync } from 'node:fs';
-import { access, chmod, chown, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { access, chmod, chown, copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import tls from 'node:tls';
+import { fileURLToPath } from 'node:url';
 
 const POSTFIX = '/usr/sbin/postfix';
 const NOBODY = 65534;
+/** Committed test certificates (test/fixtures/tls/make.sh). */
+export const TLS_FIXTURES = fileURLToPath(new URL('../fixtures/tls/', import.meta.url));
+
+export interface PostfixOptions {
+  /** Offer STARTTLS (smtpd_tls_security_level = may) with the backend.test certificate. Default false. */
+  tls?: boolean;
+  /** Also listen on a second port with implicit TLS (smtpd_tls_wrappermode = yes), returned as `tlsPort`. Needs `tls`. */
+  implicitTlsPort?: boolean;
+}
 
 export interface PostfixInstance {
+  /** Plain SMTP port (offers STARTTLS when started with `tls: true`). */
   port: number;
+  /** Implicit-TLS ("smtps") port; only with `{ tls: true, implicitTlsPort: true }`. */
+  tlsPort?: number;
   host: '127.0.0.1';
   mailDir: string;
   dir: string;
@@ -78,9 +95,28 @@ export async function waitForBanner(port: number, timeoutMs: number, isDead: () 
   throw new Error(isDead() ? 'process exited before answering 220' : `no 220 on port ${port} within ${timeoutMs} ms (${last})`);
 }
 
-function readGreeting(port: number, timeoutMs: number): Promise<string> {
+/** Like waitForBanner, for a port that speaks TLS from the first byte (the certificate is not checked). */
+async function waitForTlsBanner(port: number, timeoutMs: number, isDead: () => boolean): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = 'no attempt';
+  while (Date.now() < deadline && !isDead()) {
+    try {
+      const line = await readGreeting(port, Math.max(100, deadline - Date.now()), true);
+      if (/^220[ -]/.test(line)) return;
+      last = `greeting ${JSON.stringify(line)}`;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    await sleep(100);
+  }
+  throw new Error(isDead() ? 'process exited before answering 220' : `no TLS 220 on port ${port} within ${timeoutMs} ms (${last})`);
+}
+
+function readGreeting(port: number, timeoutMs: number, implicitTls = false): Promise<string> {
   return new Promise((resolve, reject) => {
-    const sock = net.connect(port, '127.0.0.1');
+    const sock = implicitTls
+      ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false })
+      : net.connect(port, '127.0.0.1');
     let buf = '';
     sock.setTimeout(timeoutMs, () => sock.destroy(new Error('timed out waiting for greeting')));
     sock.on('data', (chunk) => {
@@ -95,7 +131,7 @@ function readGreeting(port: number, timeoutMs: number): Promise<string> {
   });
 }
 
-function mainCf(dir: string): string {
+function mainCf(dir: string, withTls: boolean): string {
   const settings: Record<string, string> = {
     compatibility_level: '3.6',
     queue_directory: `${dir}/queue`,
@@ -114,6 +150,14 @@ function mainCf(dir: string): string {
     smtpd_recipient_restrictions: '',
     smtpd_helo_required: 'no',
     smtpd_tls_security_level: 'none',
+    ...(withTls && {
+      smtpd_tls_security_level: 'may',
+      smtpd_tls_cert_file: `${dir}/etc/backend.pem`,
+      smtpd_tls_key_file: `${dir}/etc/backend.key`,
+      // Received: ... (using TLSv1.3 with cipher ...), so tests can see that a hop was encrypted.
+      smtpd_tls_received_header: 'yes',
+      smtpd_tls_loglevel: '1',
+    }),
     virtual_mailbox_domains: 'y.test',
     virtual_mailbox_base: `${dir}/mail`,
     virtual_mailbox_maps: 'static:inbox/',
@@ -138,9 +182,16 @@ function mainCf(dir: string): string {
 
 // Own master.cf rather than a copy of /etc/postfix/master.cf: nothing chrooted (a chroot would need
 // /etc files copied into the queue directory), and independent of what the host has edited there.
-function masterCf(port: number): string {
+function masterCf(port: number, tlsPort?: number): string {
+  const smtps =
+    tlsPort === undefined
+      ? ''
+      : `127.0.0.1:${tlsPort} inet n - n - - smtpd
+  -o syslog_name=postfix/smtps
+  -o smtpd_tls_wrappermode=yes
+`;
   return `127.0.0.1:${port} inet n - n - - smtpd
-pickup    unix  n - n 60   1 pickup
+${smtps}pickup    unix  n - n 60   1 pickup
 cleanup   unix  n - n -    0 cleanup
 qmgr      unix  n - n 300  1 qmgr
 tlsmgr    unix  - - n 1000? 1 tlsmgr
@@ -236,19 +287,23 @@ async function waitUntil(cond: () => boolean, timeoutMs: number): Promise<boolea
   return true;
 }
 
-export async function startPostfix(_opts?: { tls?: false }): Promise<PostfixInstance> {
+export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixInstance> {
   if (process.getuid?.() !== 0) throw new Error('startPostfix needs root (Postfix drops privileges itself)');
+  if (opts.implicitTlsPort && !opts.tls) throw new Error('startPostfix: implicitTlsPort needs tls: true');
   await requireBinary(POSTFIX, 'postfix');
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startOnce(await freePort());
+      const port = await freePort();
+      let tlsPort: number | undefined;
+      while (opts.implicitTlsPort && (tlsPort === undefined || tlsPort === port)) tlsPort = await freePort();
+      return await startOnce(port, !!opts.tls, tlsPort);
     } catch (err) {
       if (attempt >= 3 || !/Address already in use/.test((err as Error).message)) throw err;
     }
   }
 }
 
-async function startOnce(port: number): Promise<PostfixInstance> {
+async function startOnce(port: number, withTls: boolean, tlsPort: number | undefined): Promise<PostfixInstance> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'postern-postfix-'));
   const etc = path.join(dir, 'etc');
   const mailDir = path.join(dir, 'mail', 'inbox', 'new');
@@ -260,8 +315,14 @@ async function startOnce(port: number): Promise<PostfixInstance> {
   await chown(path.join(dir, 'data'), ...postfixIds());
   await mkdir(path.join(dir, 'mail'));
   await chown(path.join(dir, 'mail'), NOBODY, NOBODY);
-  await writeFile(path.join(etc, 'main.cf'), mainCf(dir));
-  await writeFile(path.join(etc, 'master.cf'), masterCf(port));
+  if (withTls) {
+    for (const [file, mode] of [['backend.pem', 0o644], ['backend.key', 0o600]] as const) {
+      await copyFile(path.join(TLS_FIXTURES, file), path.join(etc, file));
+      await chmod(path.join(etc, file), mode);
+    }
+  }
+  await writeFile(path.join(etc, 'main.cf'), mainCf(dir, withTls));
+  await writeFile(path.join(etc, 'master.cf'), masterCf(port, tlsPort));
 
   // stdout must be a file (or pipe): Node's 'pipe' stdio is a socketpair, and open("/dev/stdout") on a socket
   // fails with ENXIO, so postlog/postlogd could not write maillog_file and `postfix start-fg` exits 1 silently.
@@ -301,6 +362,7 @@ async function startOnce(port: number): Promise<PostfixInstance> {
 
   try {
     await waitForBanner(port, 20_000, () => exited);
+    if (tlsPort !== undefined) await waitForTlsBanner(tlsPort, 10_000, () => exited);
   } catch (err) {
     await stop();
     throw new Error(`Postfix did not start: ${(err as Error).message}\n--- log ---\n${log()}`);
@@ -308,6 +370,7 @@ async function startOnce(port: number): Promise<PostfixInstance> {
 
   return {
     port,
+    ...(tlsPort !== undefined && { tlsPort }),
     host: '127.0.0.1',
     mailDir,
     dir,

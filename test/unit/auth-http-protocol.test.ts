@@ -65,7 +65,7 @@ describe('buildAuthHeaders (Auth-Method: none)', () => {
     // The envelopes come from the real Session, fed hostile command lines; every RCPT that
     // reaches routing is answered "try later" so all of them are seen.
     const book = new ReplyBook({ serverName: 'px.example', capabilities: [] });
-    const session = new Session(book, { maxLineLength: 512, maxErrors: 0, maxMessageSize: 0, requireHelo: false, greetingDelay: false });
+    const session = new Session(book, { maxLineLength: 512, maxErrors: 0, maxMessageSize: 0, requireHelo: false, greetingDelay: false, starttls: 'off', implicitTls: false });
     session.start();
     const tempfail: Action = { type: 'reply', data: lineReply('450 4.7.1 later') };
     const envelopes: Envelope[] = [];

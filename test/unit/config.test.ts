@@ -35,7 +35,7 @@ describe('parseConfig defaults', () => {
     assert.equal(server_name, os.hostname().replace(/[^A-Za-z0-9.-]/g, '') || 'localhost');
     assert.deepEqual(rest, {
       workers: 1,
-      listen: [{ address: { host: '127.0.0.1', port: 2525 } }],
+      listen: [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false }],
       route: { static: { host: '127.0.0.1', port: 25 } },
       xclient: true,
       proxy_pass_error_message: false,
@@ -45,7 +45,9 @@ describe('parseConfig defaults', () => {
       max_errors: 10,
       require_helo: true,
       greeting_delay: 0,
-      timeouts: { idle: 300_000, auth: 30_000, backend: 30_000, relay_idle: 600_000, shutdown: 30_000 },
+      tls: { certificates: [], min_version: 'TLSv1.2', session_timeout: 300_000, verify_client: 'off', verify_depth: 1, pass_client_cert: false },
+      backend_tls: { mode: 'off', verify: true, min_version: 'TLSv1.2' },
+      timeouts: { idle: 300_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000 },
       log: { level: 'info', access: true },
     });
   });
@@ -60,7 +62,7 @@ describe('parseConfig defaults', () => {
 
   it('partial sections keep the other defaults', () => {
     const c = parseConfig('timeouts:\n  idle: 90\nlog:\n  level: debug\n');
-    assert.deepEqual(c.timeouts, { idle: 90_000, auth: 30_000, backend: 30_000, relay_idle: 600_000, shutdown: 30_000 });
+    assert.deepEqual(c.timeouts, { idle: 90_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000 });
     assert.deepEqual(c.log, { level: 'debug', access: true });
   });
 
@@ -87,7 +89,7 @@ describe('parseConfig defaults', () => {
       ].join('\n'),
     );
     assert.equal(c.server_name, 'mx.example');
-    assert.deepEqual(c.listen, [{ address: { host: '::1', port: 2525 } }, { address: { host: '0.0.0.0', port: 25 } }]);
+    assert.deepEqual(c.listen, [{ address: { host: '::1', port: 2525 }, starttls: 'off', implicit_tls: false }, { address: { host: '0.0.0.0', port: 25 }, starttls: 'off', implicit_tls: false }]);
     assert.deepEqual(c.route, { static: { host: '2001:db8::25', port: 2525 } });
     assert.equal(c.xclient, false);
     assert.deepEqual(c.capabilities, ['PIPELINING', 'SIZE', 'SMTPUTF8', 'DSN']);
@@ -95,14 +97,14 @@ describe('parseConfig defaults', () => {
     assert.equal(c.max_line_length, 1024);
     assert.equal(c.max_errors, 0);
     assert.equal(c.greeting_delay, 250);
-    assert.deepEqual(c.timeouts, { idle: 90_000, auth: 2000, backend: 45_000, relay_idle: 3_600_000, shutdown: 0 });
+    assert.deepEqual(c.timeouts, { idle: 90_000, auth: 2000, backend: 45_000, handshake: 30_000, relay_idle: 3_600_000, shutdown: 0 });
   });
 
   it('the shipped config/postern.yaml loads', () => {
     const c = loadConfig(path.join(ROOT, 'config/postern.yaml'));
     assert.equal(c.server_name, 'postern.localdomain');
     assert.deepEqual(c.route, { static: { host: '127.0.0.1', port: 25 } });
-    assert.deepEqual(c.listen, [{ address: { host: '127.0.0.1', port: 2525 } }]);
+    assert.deepEqual(c.listen, [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false }]);
   });
 });
 

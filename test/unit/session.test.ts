@@ -16,7 +16,7 @@ const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 
 const SERVER = 'px.example';
 const book = new ReplyBook({ serverName: SERVER, capabilities: ['PIPELINING', '8BITMIME', 'SIZE 1000000', 'ENHANCEDSTATUSCODES'] });
-const LIMITS: SessionLimits = { maxLineLength: 512, maxErrors: 10, maxMessageSize: 1_000_000, requireHelo: true, greetingDelay: false };
+const LIMITS: SessionLimits = { maxLineLength: 512, maxErrors: 10, maxMessageSize: 1_000_000, requireHelo: true, greetingDelay: false, starttls: 'off', implicitTls: false };
 
 // Wire texts written out literally, so the tests also pin the ReplyBook and the error catalogue.
 const GREETING = '220 px.example ESMTP ready\r\n';
@@ -59,6 +59,8 @@ function token(a: Action): string {
       return `route ${JSON.stringify(a.envelope)}`;
     case 'close':
       return 'close';
+    case 'starttls':
+      return `starttls ${a.discarded}`;
   }
 }
 

@@ -1,0 +1,95 @@
+/**
+ * What the client's TLS session tells the auth service, in nginx's formats (ngx_mail_ssl_module,
+ * ngx_event_openssl.c): protocol, cipher, the client-certificate verdict and its fields.
+ */
+import { X509Certificate } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import type { ErrorCode } from '../errors.js';
+
+export type VerifyClient = 'off' | 'on' | 'optional' | 'optional_no_ca';
+
+export interface TlsInfo {
+  protocol: string;
+  cipher: string;
+  /** `SUCCESS`, `FAILED:<reason>` or `NONE`; undefined when verify_client is off. */
+  verify?: string;
+  subject?: string;
+  issuer?: string;
+  serial?: string;
+  fingerprint?: string;
+  /** PEM, URL-escaped as nginx sends it (only with pass_client_cert). */
+  cert?: string;
+}
+
+/** OpenSSL's X509_verify_cert_error_string texts for Node's error codes, as nginx reports them. */
+const REASONS: Record<string, string> = {
+  CERT_HAS_EXPIRED: 'certificate has expired',
+  CERT_NOT_YET_VALID: 'certificate is not yet valid',
+  DEPTH_ZERO_SELF_SIGNED_CERT: 'self-signed certificate',
+  SELF_SIGNED_CERT_IN_CHAIN: 'self-signed certificate in certificate chain',
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: 'unable to get local issuer certificate',
+  UNABLE_TO_GET_ISSUER_CERT: 'unable to get issuer certificate',
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: 'unable to verify the first certificate',
+  CERT_SIGNATURE_FAILURE: 'certificate signature failure',
+  CERT_REVOKED: 'certificate revoked',
+  CERT_CHAIN_TOO_LONG: 'certificate chain too long',
+};
+
+export function verifyReason(code: string): string {
+  return REASONS[code] ?? code.toLowerCase().replace(/_/g, ' ');
+}
+
+/**
+ * Applies `verify_client` after the handshake: an error code when the session must end (nginx's
+ * 421 4.7.1 replies), plus the TLS facts for the auth request.
+ */
+export function inspectClientTls(socket: TLSSocket, policy: VerifyClient, depth: number, passCert: boolean): { error: ErrorCode | null; detail?: string; info: TlsInfo } {
+  const info: TlsInfo = { protocol: socket.getProtocol() ?? '', cipher: socket.getCipher()?.name ?? '' };
+  if (policy === 'off') return { error: null, info };
+  const peer = socket.getPeerX509Certificate();
+  if (!peer) {
+    info.verify = 'NONE';
+    return policy === 'on' ? { error: 'PST_TLS_CLIENT_CERT_MISSING', info } : { error: null, info };
+  }
+  let reason = socket.authorized ? null : verifyReason(String(socket.authorizationError ?? 'UNKNOWN'));
+  if (!reason && chainDepth(peer) > depth) reason = verifyReason('CERT_CHAIN_TOO_LONG');
+  info.verify = reason ? `FAILED:${reason}` : 'SUCCESS';
+  info.subject = rfc2253(peer.subject);
+  info.issuer = rfc2253(peer.issuer);
+  info.serial = peer.serialNumber.toUpperCase();
+  info.fingerprint = peer.fingerprint.replace(/:/g, '').toLowerCase();
+  if (passCert) info.cert = encodeURIComponent(peer.toString());
+  if (reason && policy !== 'optional_no_ca') return { error: 'PST_TLS_CLIENT_CERT_INVALID', detail: reason, info };
+  return { error: null, info };
+}
+
+/** Certificates above the leaf, up to a self-issued one (OpenSSL's verify depth). */
+function chainDepth(leaf: X509Certificate): number {
+  let n = 0;
+  let cur = leaf;
+  while (n < 10) {
+    const up = cur.issuerCertificate;
+    if (!up) break;
+    n++;
+    if (up.subject === up.issuer || up.fingerprint256 === cur.fingerprint256) break;
+    cur = up;
+  }
+  return n;
+}
+
+/**
+ * Node prints a DN one attribute per line in certificate order; RFC 2253 lists the RDNs in
+ * reverse, comma-separated, with `,+"\<>;` escaped (what nginx ≥ 1.11.6 sends).
+ */
+export function rfc2253(dn: string): string {
+  return dn
+    .split('\n')
+    .filter(Boolean)
+    .reverse()
+    .map((rdn) => {
+      const eq = rdn.indexOf('=');
+      const value = rdn.slice(eq + 1).replace(/([,+"\\<>;])/g, '\\$1').replace(/^([ #])/, '\\$1').replace(/ $/, '\\ ');
+      return `${rdn.slice(0, eq)}=${value}`;
+    })
+    .join(',');
+}

@@ -1,0 +1,114 @@
+/**
+ * Server-side TLS material: certificates loaded from files, chosen by SNI (nginx mail has no SNI),
+ * rebuilt on reload without a restart. Session tickets use one key for the process lifetime, so
+ * resumption survives a certificate reload.
+ */
+import { randomBytes, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import tls, { type SecureContext } from 'node:tls';
+import type { TlsConfig } from '../config/schema.js';
+
+export class TlsLoadError extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join('; '));
+    this.name = 'TlsLoadError';
+  }
+}
+
+interface Named {
+  /** Lower-case DNS names, wildcards as `*.example.com`. */
+  names: string[];
+  context: SecureContext;
+}
+
+export class TlsContexts {
+  #default: SecureContext;
+  #named: Named[];
+  readonly #cfg: TlsConfig;
+  readonly #ticketKeys = randomBytes(48);
+
+  constructor(cfg: TlsConfig) {
+    this.#cfg = cfg;
+    const built = this.#build();
+    this.#default = built.default;
+    this.#named = built.named;
+  }
+
+  get defaultContext(): SecureContext {
+    return this.#default;
+  }
+
+  /** Whether clients are asked for a certificate (verify_client not off). */
+  get requestCert(): boolean {
+    return this.#cfg.verify_client !== 'off';
+  }
+
+  /** Re-reads every file; on any error the current contexts stay in use and the error is thrown. */
+  reload(): void {
+    const built = this.#build();
+    this.#default = built.default;
+    this.#named = built.named;
+  }
+
+  /** The context for an SNI name (exact name first, then a matching wildcard), else the default. */
+  contextFor(servername: string | undefined): SecureContext {
+    if (!servername) return this.#default;
+    const name = servername.toLowerCase();
+    const wildcard = `*${name.slice(name.indexOf('.'))}`;
+    let wild: SecureContext | undefined;
+    for (const n of this.#named) {
+      if (n.names.includes(name)) return n.context;
+      if (!wild && n.names.includes(wildcard)) wild = n.context;
+    }
+    return wild ?? this.#default;
+  }
+
+  #build(): { default: SecureContext; named: Named[] } {
+    const cfg = this.#cfg;
+    const problems: string[] = [];
+    const read = (file: string, key: string): Buffer | null => {
+      try {
+        return readFileSync(file);
+      } catch (err) {
+        problems.push(`${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        return null;
+      }
+    };
+    const ca = cfg.client_ca ? read(cfg.client_ca, 'tls.client_ca') : null;
+    const named: Named[] = [];
+    cfg.certificates.forEach((c, i) => {
+      const cert = read(c.cert, `tls.certificates.${i}.cert`);
+      const key = read(c.key, `tls.certificates.${i}.key`);
+      if (!cert || !key) return;
+      try {
+        const context = tls.createSecureContext({
+          cert,
+          key,
+          ...(ca ? { ca } : {}),
+          minVersion: cfg.min_version,
+          ...(cfg.ciphers ? { ciphers: cfg.ciphers } : {}),
+          sessionTimeout: Math.round(cfg.session_timeout / 1000),
+          ticketKeys: this.#ticketKeys,
+        });
+        named.push({ names: certificateNames(cert), context });
+      } catch (err) {
+        problems.push(`tls.certificates.${i}: ${(err as Error).message}`);
+      }
+    });
+    if (problems.length > 0) throw new TlsLoadError(problems);
+    if (named.length === 0) throw new TlsLoadError(['tls.certificates: no certificate configured']);
+    return { default: named[0]!.context, named };
+  }
+}
+
+/** DNS names a certificate answers for: its subjectAltName DNS entries, else its CN. */
+export function certificateNames(pem: Buffer): string[] {
+  const x = new X509Certificate(pem);
+  const sans = (x.subjectAltName ?? '')
+    .split(/,\s*/)
+    .filter((s) => s.startsWith('DNS:'))
+    .map((s) => s.slice(4).toLowerCase());
+  if (sans.length > 0) return sans;
+  const cn = /(?:^|\n)CN=([^\n]+)/.exec(x.subject)?.[1];
+  return cn ? [cn.toLowerCase()] : [];
+}
