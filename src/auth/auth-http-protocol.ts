@@ -3,7 +3,9 @@
  * Header names, order and value formats follow ngx_mail_auth_http_module.c so that an auth
  * service written for nginx works unchanged (see docs/configuration.md, "auth_http").
  */
-import type { RouteRequest } from './router.js';
+import type { BackendTlsChoice, RouteRequest } from './router.js';
+
+const TLS_MODES = new Set(['off', 'opportunistic', 'required', 'implicit']);
 
 /**
  * nginx's escaping of Auth-User / Auth-Pass (ngx_escape_uri with NGX_ESCAPE_MAIL_AUTH): only
@@ -65,7 +67,7 @@ export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): s
 }
 
 export type AuthAnswer =
-  | { status: 'ok'; server: string; port: number; user?: string; pass?: string }
+  | { status: 'ok'; server: string; port: number; user?: string; pass?: string; tls?: BackendTlsChoice }
   | { status: 'wait'; waitMs: number }
   | { status: 'fail'; reply: string; waitMs: number; text: string }
   | { status: 'invalid'; reason: string };
@@ -113,5 +115,15 @@ export function parseAuthAnswer(h: Headers): AuthAnswer {
   // Taken raw, as nginx takes them (it escapes only what it sends, not what it receives).
   if (user !== undefined) answer.user = user;
   if (pass !== undefined) answer.pass = pass;
+  // Postern's own headers (nginx ignores unknown ones, so one auth service can serve both).
+  const mode = first(h, 'x-postern-backend-tls')?.toLowerCase();
+  const name = first(h, 'x-postern-backend-tls-name');
+  if (mode !== undefined && !TLS_MODES.has(mode)) return { status: 'invalid', reason: `invalid X-Postern-Backend-TLS ${JSON.stringify(mode)}` };
+  if (name !== undefined && !/^[A-Za-z0-9.-]+$/.test(name)) return { status: 'invalid', reason: `invalid X-Postern-Backend-TLS-Name ${JSON.stringify(name)}` };
+  if (mode !== undefined || name !== undefined) {
+    answer.tls = {};
+    if (mode !== undefined) answer.tls.mode = mode as NonNullable<BackendTlsChoice['mode']>;
+    if (name !== undefined) answer.tls.name = name;
+  }
   return answer;
 }

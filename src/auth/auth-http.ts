@@ -41,6 +41,7 @@ export class AuthHttpRouter implements Router {
           const d: RouteDecision = { kind: 'ok', host: answer.server, port: answer.port };
           if (answer.user !== undefined) d.user = answer.user;
           if (answer.pass !== undefined) d.pass = answer.pass;
+          if (answer.tls !== undefined) d.tls = answer.tls;
           return d;
         }
         case 'fail':

@@ -6,6 +6,12 @@ import type { ErrorCode } from '../errors.js';
 import type { Envelope } from '../session/session.js';
 import type { TlsInfo } from '../tls/client-cert.js';
 
+/** The auth service's choice of TLS to this back-end (Postern's own response headers). */
+export interface BackendTlsChoice {
+  mode?: 'off' | 'opportunistic' | 'required' | 'implicit';
+  name?: string;
+}
+
 export interface RouteRequest {
   envelope: Envelope;
   clientAddr: string;
@@ -17,7 +23,7 @@ export interface RouteRequest {
 }
 
 export type RouteDecision =
-  | { kind: 'ok'; host: string; port: number; user?: string; pass?: string }
+  | { kind: 'ok'; host: string; port: number; user?: string; pass?: string; tls?: BackendTlsChoice }
   /** Refused by policy: `reply` goes to the client; with `waitMs` > 0 it is delayed and the session stays open (Auth-Wait). */
   | { kind: 'reject'; reply: string; waitMs: number; reason: string }
   /** The router itself failed (auth service down, garbage…): 451 4.3.2 and close. */

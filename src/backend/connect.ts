@@ -1,8 +1,10 @@
 /**
  * Connects to the chosen back-end and drives the {@link Replay} over the socket, with one timer
- * bounding connect plus replay (as nginx bounds both with its `timeout`).
+ * bounding connect plus replay (as nginx bounds both with its `timeout`). TLS to the back-end —
+ * STARTTLS or implicit — is something nginx's mail proxy cannot do.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import { PosternError } from '../errors.js';
 import { ReplyError, ReplyReader, type Reply } from '../smtp/reply-reader.js';
 import { Replay, type ReplayOptions } from './replay.js';
@@ -13,9 +15,23 @@ export interface BackendReady {
   reply: Reply;
   /** Whether XCLIENT was sent and accepted. */
   xclient: boolean;
+  /** TLS protocol of the back-end connection, if any. */
+  tls: string | null;
 }
 
 export type BackendCallback = (err: PosternError | null, ready?: BackendReady) => void;
+
+/** How to secure the back-end connection. */
+export interface BackendTlsOptions {
+  mode: 'off' | 'opportunistic' | 'required' | 'implicit';
+  /** CA bundle (PEM); undefined: the system's CAs. */
+  ca?: Buffer;
+  /** Verify the certificate and its name; false is an explicit opt-out. */
+  verify: boolean;
+  /** Name expected in the certificate; default: the route's host. */
+  serverName?: string;
+  minVersion: tls.SecureVersion;
+}
 
 /** The back-end's own reply, kept for `proxy_pass_error_message`. */
 export class BackendRefusal extends PosternError {}
@@ -24,25 +40,54 @@ export class BackendRefusal extends PosternError {}
  * Starts the connection; `done` is called exactly once. Returns a function that aborts the
  * attempt (client went away, shutdown).
  */
-export function connectBackend(host: string, port: number, replayOptions: ReplayOptions, timeoutMs: number, done: BackendCallback): () => void {
-  const socket = net.connect({ host, port, noDelay: true });
-  const replay = new Replay(replayOptions);
+export function connectBackend(
+  host: string,
+  port: number,
+  replayOptions: Omit<ReplayOptions, 'tls' | 'secure'>,
+  tlsOptions: BackendTlsOptions,
+  timeoutMs: number,
+  done: BackendCallback,
+): () => void {
+  const implicit = tlsOptions.mode === 'implicit';
+  const secureOpts = (): tls.ConnectionOptions => ({
+    host,
+    // SNI carries a name, never an address; an address is still checked against the IP SANs.
+    ...(tlsOptions.serverName ? { servername: tlsOptions.serverName } : net.isIP(host) ? {} : { servername: host }),
+    ...(tlsOptions.ca ? { ca: tlsOptions.ca } : {}),
+    rejectUnauthorized: tlsOptions.verify,
+    minVersion: tlsOptions.minVersion,
+  });
+  let socket: net.Socket = implicit ? tls.connect({ ...secureOpts(), port }) : net.connect({ host, port, noDelay: true });
+  socket.setNoDelay(true);
+  const replay = new Replay({ ...replayOptions, tls: tlsOptions.mode === 'implicit' ? 'off' : tlsOptions.mode, secure: implicit });
   const reader = new ReplyReader();
+  const where = `${host}:${port}`;
   let finished = false;
   let connected = false;
+  let handshaken = !implicit;
   socket.once('connect', () => (connected = true));
+  if (implicit) socket.once('secureConnect', () => (handshaken = true));
+
+  const listen = (s: net.Socket): void => {
+    s.on('data', onData);
+    s.on('error', onError);
+    s.on('end', onEnd);
+  };
+  const unlisten = (s: net.Socket): void => {
+    s.removeListener('data', onData);
+    s.removeListener('error', onError);
+    s.removeListener('end', onEnd);
+  };
 
   const finish = (err: PosternError | null, reply?: Reply): void => {
     if (finished) return;
     finished = true;
     clearTimeout(timer);
-    socket.removeListener('data', onData);
-    socket.removeListener('error', onError);
-    socket.removeListener('end', onEnd);
+    unlisten(socket);
     if (err) {
       socket.on('error', ignore);
       // Say goodbye to a back-end that is still talking (RFC 5321 §4.1.1.10), then let it close.
-      if (socket.readyState === 'open') {
+      if (socket.readyState === 'open' && replay.step !== 'tls') {
         socket.end('QUIT\r\n');
         socket.setTimeout(5000, () => socket.destroy());
       } else {
@@ -51,7 +96,23 @@ export function connectBackend(host: string, port: number, replayOptions: Replay
       done(err);
       return;
     }
-    done(null, { socket, reply: reply!, xclient: replay.xclientDone });
+    done(null, { socket, reply: reply!, xclient: replay.xclientDone, tls: socket instanceof tls.TLSSocket ? socket.getProtocol() : null });
+  };
+
+  /** STARTTLS accepted: the handshake runs over the same TCP connection, then the replay goes on. */
+  const startTls = (): void => {
+    unlisten(socket);
+    const plain = socket;
+    plain.on('error', ignore);
+    const secure = tls.connect({ ...secureOpts(), socket: plain });
+    socket = secure;
+    secure.once('error', (err: NodeJS.ErrnoException) => finish(new PosternError('PST_BACKEND_TLS_FAILED', `${where}: ${err.code ?? err.message}`)));
+    secure.once('secureConnect', () => {
+      secure.removeAllListeners('error');
+      listen(secure);
+      const next = replay.tlsReady();
+      if (next.kind === 'send') secure.write(next.data);
+    });
   };
 
   const onData = (chunk: Buffer): void => {
@@ -61,33 +122,38 @@ export function connectBackend(host: string, port: number, replayOptions: Replay
       if (r === null) return;
       if (r instanceof ReplyError) return finish(new PosternError('PST_BACKEND_INVALID_REPLY', `${replay.step}: ${r.reason}`));
       const step = replay.onReply(r);
-      if (step.kind === 'send') {
-        socket.write(step.data);
-      } else if (step.kind === 'wait') {
-        continue;
-      } else if (step.kind === 'fail') {
-        const text = step.reply && step.reply.code >= 400 ? step.reply.raw.toString('latin1') : undefined;
-        return finish(new BackendRefusal(step.code, step.detail, text));
-      } else {
-        if (reader.rest().length > 0) {
-          return finish(new PosternError('PST_BACKEND_INVALID_REPLY', 'back-end sent bytes after its RCPT reply before any command'));
+      switch (step.kind) {
+        case 'send':
+          socket.write(step.data);
+          continue;
+        case 'wait':
+          continue;
+        case 'fail': {
+          const text = step.reply && step.reply.code >= 400 ? step.reply.raw.toString('latin1') : undefined;
+          return finish(new BackendRefusal(step.code, step.detail, text));
         }
-        return finish(null, step.reply);
+        case 'starttls':
+          // RFC 3207 §4.2: nothing the server sent before the handshake may be kept.
+          if (reader.rest().length > 0) return finish(new PosternError('PST_BACKEND_INVALID_REPLY', 'bytes after the STARTTLS reply'));
+          return startTls();
+        case 'done':
+          if (reader.rest().length > 0) {
+            return finish(new PosternError('PST_BACKEND_INVALID_REPLY', 'back-end sent bytes after its RCPT reply before any command'));
+          }
+          return finish(null, step.reply);
       }
     }
   };
   const onError = (err: NodeJS.ErrnoException): void => {
-    const where = `${host}:${port}`;
     if (err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN') return finish(new PosternError('PST_ROUTE_RESOLVE', `${where}: ${err.code}`));
+    if (connected && !handshaken) return finish(new PosternError('PST_BACKEND_TLS_FAILED', `${where}: ${err.code ?? err.message}`));
     const code = connected ? 'PST_BACKEND_CLOSED' : 'PST_BACKEND_UNREACHABLE';
     finish(new PosternError(code, `${where} at ${replay.step}: ${err.code ?? err.message}`));
   };
-  const onEnd = (): void => finish(new PosternError('PST_BACKEND_CLOSED', `${host}:${port} closed the connection at ${replay.step}`));
-  const timer = setTimeout(() => finish(new PosternError('PST_BACKEND_TIMEOUT', `${host}:${port} at ${replay.step} after ${timeoutMs} ms`)), timeoutMs);
+  const onEnd = (): void => finish(new PosternError('PST_BACKEND_CLOSED', `${where} closed the connection at ${replay.step}`));
+  const timer = setTimeout(() => finish(new PosternError('PST_BACKEND_TIMEOUT', `${where} at ${replay.step} after ${timeoutMs} ms`)), timeoutMs);
 
-  socket.on('data', onData);
-  socket.on('error', onError);
-  socket.on('end', onEnd);
+  listen(socket);
   return () => finish(new PosternError('PST_CLIENT_LOST', 'aborted'));
 }
 

@@ -8,7 +8,10 @@ import type { Envelope } from '../session/session.js';
 import type { Reply } from '../smtp/reply-reader.js';
 import { xtext } from '../smtp/xtext.js';
 
-export type ReplayStep = 'greeting' | 'ehlo' | 'helo' | 'xclient' | 'rehello' | 'mail' | 'rcpt' | 'done';
+export type ReplayStep = 'greeting' | 'ehlo' | 'helo' | 'starttls' | 'tls' | 'xclient' | 'rehello' | 'mail' | 'rcpt' | 'done';
+
+/** STARTTLS towards the back-end: when offered, or insisted on (RFC 3207). */
+export type BackendTlsMode = 'off' | 'opportunistic' | 'required';
 
 export interface ClientIdentity {
   /** Client IP address without port (IPv4-mapped IPv6 already unmapped). */
@@ -24,17 +27,24 @@ export interface ReplayOptions {
   client: ClientIdentity;
   /** Send XCLIENT when the back-end advertises it. */
   xclient: boolean;
+  /** STARTTLS to the back-end; ignored when the connection is already TLS (implicit). */
+  tls?: BackendTlsMode;
+  /** The connection is TLS from the first byte. */
+  secure?: boolean;
 }
 
 export type ReplayResult =
   | { kind: 'send'; data: Buffer }
   /** Nothing to send: the reply to an already pipelined command is still to come. */
   | { kind: 'wait' }
+  /** Start the TLS handshake now, then call {@link Replay.tlsReady}. */
+  | { kind: 'starttls' }
   /** The back-end's reply to the client's RCPT: relay it to the client and hand off. */
   | { kind: 'done'; reply: Reply }
   | { kind: 'fail'; code: ErrorCode; detail: string; reply: Reply | null };
 
 const WAIT: ReplayResult = Object.freeze({ kind: 'wait' });
+const STARTTLS: ReplayResult = Object.freeze({ kind: 'starttls' });
 
 /** Postfix limits an XCLIENT command line to 512 bytes (XCLIENT_README). */
 const XCLIENT_MAX = 512;
@@ -43,6 +53,8 @@ export class Replay {
   step: ReplayStep = 'greeting';
   /** True once XCLIENT has been accepted: the back-end sees the real client. */
   xclientDone = false;
+  /** The connection to the back-end is TLS. */
+  secure: boolean;
   /** EHLO keywords of the back-end, upper-cased, with their parameters. */
   readonly capabilities = new Map<string, string>();
   readonly #o: ReplayOptions;
@@ -50,6 +62,14 @@ export class Replay {
 
   constructor(options: ReplayOptions) {
     this.#o = options;
+    this.secure = options.secure ?? false;
+  }
+
+  /** The TLS handshake after STARTTLS succeeded: greet again, as RFC 3207 §4.2 requires. */
+  tlsReady(): ReplayResult {
+    this.secure = true;
+    this.capabilities.clear();
+    return this.#send('ehlo', `EHLO ${this.#o.serverName}`);
   }
 
   onReply(r: Reply): ReplayResult {
@@ -60,13 +80,23 @@ export class Replay {
       case 'ehlo':
         if (r.code === 250) {
           this.#readCapabilities(r);
-          return this.#afterHello();
+          return this.#maybeStartTls() ?? this.#afterHello();
         }
         // RFC 5321 §3.2: a server that does not know EHLO answers 500/502; fall back to HELO.
         if (r.code >= 500) return this.#send('helo', `HELO ${this.#o.serverName}`);
         return this.#fail('PST_BACKEND_REJECTED', r);
       case 'helo':
-        return r.code === 250 ? this.#afterHello() : this.#fail('PST_BACKEND_REJECTED', r);
+        if (r.code !== 250) return this.#fail('PST_BACKEND_REJECTED', r);
+        return this.#maybeStartTls() ?? this.#afterHello();
+      case 'starttls':
+        if (r.code === 220) {
+          this.step = 'tls';
+          return STARTTLS;
+        }
+        if (this.#o.tls === 'required') return this.#fail('PST_BACKEND_TLS_REQUIRED', r);
+        return this.#afterHello(); // opportunistic: go on in the clear
+      case 'tls':
+        return { kind: 'fail', code: 'PST_BACKEND_INVALID_REPLY', detail: 'reply during the TLS handshake', reply: r };
       case 'xclient':
         // Postfix answers a good XCLIENT with a new 220 greeting; smtp-sink with 250.
         if (r.code !== 220 && r.code !== 250) {
@@ -92,6 +122,17 @@ export class Replay {
       case 'done':
         return { kind: 'fail', code: 'PST_BACKEND_INVALID_REPLY', detail: 'unexpected reply after RCPT', reply: r };
     }
+  }
+
+  /** STARTTLS when the mode asks for it; a `required` back-end that does not offer it is a failure. */
+  #maybeStartTls(): ReplayResult | null {
+    const mode = this.#o.tls ?? 'off';
+    if (mode === 'off' || this.secure) return null;
+    if (this.capabilities.has('STARTTLS')) return this.#send('starttls', 'STARTTLS');
+    if (mode === 'required') {
+      return { kind: 'fail', code: 'PST_BACKEND_TLS_REQUIRED', detail: `${this.step}: the back-end does not offer STARTTLS`, reply: null };
+    }
+    return null;
   }
 
   #afterHello(): ReplayResult {

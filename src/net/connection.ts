@@ -5,8 +5,8 @@
  */
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import type { RouteDecision } from '../auth/router.js';
-import { connectBackend, type BackendReady } from '../backend/connect.js';
+import type { BackendTlsChoice, RouteDecision } from '../auth/router.js';
+import { connectBackend, type BackendReady, type BackendTlsOptions } from '../backend/connect.js';
 import { relay, type RelayStats } from '../backend/relay.js';
 import { ERRORS, type ErrorCode, PosternError } from '../errors.js';
 import { Session, type Action, type Envelope } from '../session/session.js';
@@ -25,6 +25,7 @@ export class Connection {
   /** The TCP socket, for byte counts on the wire. */
   readonly #raw: Socket;
   #tls: TlsInfo | null = null;
+  #backendTls: string | null = null;
   readonly #book: ListenerContext['book'];
   readonly #started = Date.now();
   readonly clientAddr: string;
@@ -280,6 +281,7 @@ export class Connection {
         client: { addr: this.clientAddr, port: this.clientPort, name: '[UNAVAILABLE]' },
         xclient: cfg.xclient,
       },
+      backendTlsFor(this.#ctx.backendTls, d.tls),
       cfg.timeouts.backend,
       (err, ready) => {
         this.#abortBackend = null;
@@ -309,7 +311,8 @@ export class Connection {
     this.socket.uncork();
   }
 
-  #handOff({ socket: backend, reply, xclient }: BackendReady): void {
+  #handOff({ socket: backend, reply, xclient, tls: backendTls }: BackendReady): void {
+    this.#backendTls = backendTls;
     if (this.socket.destroyed) {
       backend.destroy();
       return;
@@ -355,6 +358,7 @@ export class Connection {
           to: e?.rcptTo,
           backend: this.#backend ?? undefined,
           tls: this.#tls?.protocol,
+          backend_tls: this.#backendTls ?? undefined,
           bytes_in: this.#raw.bytesRead,
           bytes_out: this.#raw.bytesWritten,
           duration_ms: Date.now() - this.#started,
@@ -389,6 +393,12 @@ function clientOnTimeout(this: OwnedSocket): void {
 }
 function clientOnClose(this: OwnedSocket): void {
   this[kConn].onClose();
+}
+
+/** The configured back-end TLS, with the auth service's per-route choice applied. */
+function backendTlsFor(base: BackendTlsOptions, choice: BackendTlsChoice | undefined): BackendTlsOptions {
+  if (!choice) return base;
+  return { ...base, ...(choice.mode ? { mode: choice.mode } : {}), ...(choice.name ? { serverName: choice.name } : {}) };
 }
 
 function attach(socket: Socket, conn: Connection): void {

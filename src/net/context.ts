@@ -4,7 +4,9 @@ import type { Config, ListenerConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { SessionLimits } from '../session/session.js';
 import { ReplyBook } from '../smtp/replies.js';
-import type { TlsContexts } from '../tls/contexts.js';
+import { readFileSync } from 'node:fs';
+import type { BackendTlsOptions } from '../backend/connect.js';
+import { TlsLoadError, type TlsContexts } from '../tls/contexts.js';
 
 export interface ListenerContext {
   readonly config: ListenerConfig;
@@ -19,6 +21,8 @@ export interface ServerContext {
   /** Server certificates; null when no listener uses TLS. */
   readonly tls: TlsContexts | null;
   readonly listeners: readonly ListenerContext[];
+  /** Default TLS towards back-ends (the auth service may override the mode and name per route). */
+  readonly backendTls: BackendTlsOptions;
   /** Back-ends already warned about for not offering XCLIENT (warn once each, not per session). */
   readonly noXclient: Set<string>;
 }
@@ -40,5 +44,21 @@ export function buildContext(config: Readonly<Config>, router: Router, logger: L
       implicitTls: l.implicit_tls,
     },
   }));
-  return { config, router, logger, tls, listeners, noXclient: new Set() };
+  const b = config.backend_tls;
+  let ca: Buffer | undefined;
+  if (b.ca) {
+    try {
+      ca = readFileSync(b.ca);
+    } catch (err) {
+      throw new TlsLoadError([`backend_tls.ca: cannot read ${b.ca}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`]);
+    }
+  }
+  const backendTls: BackendTlsOptions = {
+    mode: b.mode,
+    verify: b.verify,
+    minVersion: b.min_version,
+    ...(ca ? { ca } : {}),
+    ...(b.server_name ? { serverName: b.server_name } : {}),
+  };
+  return { config, router, logger, tls, listeners, backendTls, noXclient: new Set() };
 }

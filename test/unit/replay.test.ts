@@ -26,6 +26,8 @@ function show(r: ReplayResult): string {
       return `send ${r.data.toString('latin1')}`;
     case 'wait':
       return 'wait';
+    case 'starttls':
+      return 'starttls';
     case 'done':
       return `done ${r.reply.raw.toString('latin1')}`;
     case 'fail':
