@@ -51,7 +51,8 @@ export function inspectClientTls(socket: TLSSocket, policy: VerifyClient, depth:
     info.verify = 'NONE';
     return policy === 'on' ? { error: 'PST_TLS_CLIENT_CERT_MISSING', info } : { error: null, info };
   }
-  let reason = socket.authorized ? null : verifyReason(String(socket.authorizationError ?? 'UNKNOWN'));
+  const verifyError = peerVerifyError(socket);
+  let reason = verifyError ? verifyReason(verifyError) : null;
   if (!reason && chainDepth(peer) > depth) reason = verifyReason('CERT_CHAIN_TOO_LONG');
   info.verify = reason ? `FAILED:${reason}` : 'SUCCESS';
   info.subject = rfc2253(peer.subject);
@@ -61,6 +62,18 @@ export function inspectClientTls(socket: TLSSocket, policy: VerifyClient, depth:
   if (passCert) info.cert = encodeURIComponent(peer.toString());
   if (reason && policy !== 'optional_no_ca') return { error: 'PST_TLS_CLIENT_CERT_INVALID', detail: reason, info };
   return { error: null, info };
+}
+
+/**
+ * The chain verification result. A TLSSocket made outside tls.Server never runs Node's
+ * onServerSocketSecure, so `authorized` stays unset; this is the same call Node makes there
+ * (and smtp-server makes for STARTTLS).
+ */
+function peerVerifyError(socket: TLSSocket): string | null {
+  const handle = (socket as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })._handle;
+  if (typeof handle?.verifyError !== 'function') return socket.authorized ? null : String(socket.authorizationError ?? 'UNKNOWN');
+  const err = handle.verifyError();
+  return err ? (err.code ?? err.message) : null;
 }
 
 /** Certificates above the leaf, up to a self-issued one (OpenSSL's verify depth). */

@@ -2,10 +2,11 @@
  * A raw SMTP client for protocol tests: writes exact bytes, reads whole replies, sees EOF.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import { ReplyError, ReplyReader, type Reply } from '../../src/smtp/reply-reader.js';
 
 export class SmtpClient {
-  readonly socket: net.Socket;
+  socket: net.Socket;
   readonly #reader = new ReplyReader(1 << 20);
   readonly #queue: Reply[] = [];
   #waiter: (() => void) | null = null;
@@ -14,19 +15,21 @@ export class SmtpClient {
   /** Resolves when the server has closed its side (FIN or reset). */
   readonly closed: Promise<void>;
 
+  readonly #onData = (chunk: Buffer): void => {
+    this.#raw.push(chunk);
+    this.#reader.push(chunk);
+    for (;;) {
+      const r = this.#reader.next();
+      if (r === null || r instanceof ReplyError) break;
+      this.#queue.push(r);
+    }
+    this.#wake();
+  };
+
   private constructor(socket: net.Socket) {
     this.socket = socket;
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => {
-      this.#raw.push(chunk);
-      this.#reader.push(chunk);
-      for (;;) {
-        const r = this.#reader.next();
-        if (r === null || r instanceof ReplyError) break;
-        this.#queue.push(r);
-      }
-      this.#wake();
-    });
+    socket.on('data', this.#onData);
     this.closed = new Promise((resolve) => {
       const done = (): void => {
         this.#ended = true;
@@ -47,6 +50,27 @@ export class SmtpClient {
     return new Promise((resolve, reject) => {
       const s = net.connect({ port, host }, () => resolve(new SmtpClient(s)));
       s.once('error', reject);
+    });
+  }
+
+  /** Implicit TLS: the handshake first, then SMTP. */
+  static connectTls(port: number, options: tls.ConnectionOptions): Promise<SmtpClient> {
+    return new Promise((resolve, reject) => {
+      const s = tls.connect({ port, host: '127.0.0.1', ...options }, () => resolve(new SmtpClient(s)));
+      s.once('error', reject);
+    });
+  }
+
+  /** After a 220 to STARTTLS: the client side of the handshake over the same connection. */
+  startTls(options: tls.ConnectionOptions): Promise<tls.TLSSocket> {
+    const plain = this.socket;
+    plain.removeListener('data', this.#onData);
+    return new Promise((resolve, reject) => {
+      const secure = tls.connect({ socket: plain, ...options }, () => resolve(secure));
+      secure.once('error', reject);
+      secure.on('data', this.#onData);
+      secure.on('error', () => {});
+      this.socket = secure;
     });
   }
 
