@@ -4,7 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import type { TLSSocket } from 'node:tls';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -54,6 +55,14 @@ async function startProcess(argv: string[]): Promise<{ child: ChildProcess; logs
     child.once('exit', (code) => reject(new Error(`postern exited with ${code}: ${logs.join('')}`)));
   });
   return { child, logs };
+}
+
+async function waitFor(cond: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 function exited(child: ChildProcess): Promise<number | null> {
@@ -214,6 +223,45 @@ describe('postern run', () => {
       child.kill('SIGTERM');
       assert.equal(await exited(child), 0);
     }
+  });
+
+  it('SIGHUP reloads the TLS certificates without a restart; a broken file keeps the old ones', async () => {
+    const fix = path.join(root, 'test/fixtures/tls');
+    const cert = path.join(dir, 'live.pem');
+    const key = path.join(dir, 'live.key');
+    copyFileSync(path.join(fix, 'server.pem'), cert);
+    copyFileSync(path.join(fix, 'server.key'), key);
+    const port = await closedPort();
+    const f = configFile('reload.yaml', `listen: [{ address: "127.0.0.1:${port}", implicit_tls: true }]\ntls: { certificates: [{ cert: "${cert}", key: "${key}" }] }\nroute: { static: "127.0.0.1:${backend.port}" }\n`);
+    const { child, logs } = await startProcess([...tsxCli, '--config', f]);
+    const subject = async (): Promise<string> => {
+      const c = await SmtpClient.connectTls(port, { ca: readFileSync(path.join(fix, 'ca.pem')), servername: 'proxy.test', checkServerIdentity: () => undefined });
+      const s = (c.socket as TLSSocket).getPeerX509Certificate()!.subject;
+      c.close();
+      return s;
+    };
+    try {
+      assert.match(await subject(), /CN=proxy\.test/);
+      copyFileSync(path.join(fix, 'server2.pem'), cert);
+      copyFileSync(path.join(fix, 'server2.key'), key);
+      child.kill('SIGHUP');
+      await waitFor(() => logs.join('').includes('TLS certificates reloaded'));
+      assert.match(await subject(), /CN=mx2\.test/);
+      writeFileSync(cert, 'not a certificate');
+      child.kill('SIGHUP');
+      await waitFor(() => logs.join('').includes('TLS reload failed'));
+      assert.match(await subject(), /CN=mx2\.test/, 'the previous certificate stays in use');
+    } finally {
+      child.kill('SIGTERM');
+      assert.equal(await exited(child), 0);
+    }
+  });
+
+  it('check-config loads the certificate files and names the one that is wrong', async () => {
+    const f = configFile('badcert.yaml', `listen: [{ address: "127.0.0.1:2525", starttls: on }]\ntls: { certificates: [{ cert: "${path.join(dir, 'nope.pem')}", key: "${path.join(dir, 'nope.key')}" }] }\n`);
+    const r = await cli(['check-config', '-c', f]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /tls\.certificates\.0\.cert: cannot read .*nope\.pem: ENOENT/);
   });
 
   it('fails with a clear log line when the port is taken', async () => {

@@ -241,3 +241,34 @@ describe('client certificates (verify_client)', () => {
       assert.match(stub.requests.at(-1)!.get('Auth-SSL-Verify') ?? '', /^FAILED:self-signed certificate$/);
     }));
 });
+
+describe('TLS settings', () => {
+  it('session resumption: a second connection resumes the first one\'s session', async () => {
+    const p = await startPostern(tlsConfig({ implicit_tls: true }));
+    try {
+      const first = await SmtpClient.connectTls(p.port, { ca: CA, servername: 'proxy.test' });
+      const session = await new Promise<Buffer>((resolve) => (first.socket as import('node:tls').TLSSocket).once('session', resolve));
+      await first.reply();
+      first.close();
+      const second = await SmtpClient.connectTls(p.port, { ca: CA, servername: 'proxy.test', session });
+      assert.equal((second.socket as import('node:tls').TLSSocket).isSessionReused(), true);
+      assert.equal((await second.reply()).code, 220);
+      second.close();
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it('min_version: a client below the floor cannot connect', async () => {
+    const p = await startPostern(tlsConfig({ implicit_tls: true }, { min_version: 'TLSv1.3' }));
+    try {
+      await assert.rejects(SmtpClient.connectTls(p.port, { ca: CA, servername: 'proxy.test', maxVersion: 'TLSv1.2' }));
+      const ok = await SmtpClient.connectTls(p.port, { ca: CA, servername: 'proxy.test' });
+      assert.equal((ok.socket as import('node:tls').TLSSocket).getProtocol(), 'TLSv1.3');
+      ok.close();
+      await p.waitForLog((r) => r.code === 'PST_TLS_HANDSHAKE');
+    } finally {
+      await p.stop();
+    }
+  });
+});
