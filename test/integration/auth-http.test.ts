@@ -148,6 +148,17 @@ describe('auth_http: answers', () => {
       assert.equal((await envelope(p.port)).rcpt, '250 2.1.5 Ok');
     }));
 
+  it('X-Postern-Backend-TLS lets the auth service require TLS for one route (nginx ignores the header)', () =>
+    withStub({}, async (p, stub) => {
+      stub.answer = { ...okAnswer(backend.port), 'X-Postern-Backend-TLS': 'required', 'X-Postern-Backend-TLS-Name': 'backend.test' };
+      assert.equal((await envelope(p.port)).rcpt, '451 4.3.2 Internal server error');
+      const rec = await p.waitForLog((r) => r.code === 'PST_BACKEND_TLS_REQUIRED');
+      assert.match(String(rec.detail), /does not offer STARTTLS/);
+      stub.answer = { ...okAnswer(backend.port), 'X-Postern-Backend-TLS': 'sometimes' };
+      assert.equal((await envelope(p.port)).rcpt, '451 4.3.2 Internal server error');
+      await p.waitForLog((r) => r.code === 'PST_AUTH_HTTP_INVALID' && /X-Postern-Backend-TLS/.test(String(r.detail)));
+    }));
+
   for (const [name, answer, code] of [
     ['missing Auth-Server', { 'Auth-Status': 'OK', 'Auth-Port': '25' }, 'PST_AUTH_HTTP_INVALID'],
     ['a bad Auth-Port', { 'Auth-Status': 'OK', 'Auth-Server': '127.0.0.1', 'Auth-Port': '99999' }, 'PST_AUTH_HTTP_INVALID'],
