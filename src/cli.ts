@@ -9,7 +9,7 @@ import { ConfigError, loadConfig } from './config/load.js';
 import { createLogger } from './log/logger.js';
 import { runPrimary, workerCount } from './net/cluster.js';
 import { PosternServer } from './net/server.js';
-import { TlsContexts, TlsLoadError } from './tls/contexts.js';
+import { readBackendCa, TlsContexts, TlsLoadError } from './tls/contexts.js';
 
 const USAGE = `Usage:
   postern [run] --config FILE        run the proxy
@@ -65,9 +65,10 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  if (config.listen.some((l) => l.implicit_tls || l.starttls !== 'off')) {
+  {
     try {
-      new TlsContexts(config.tls);
+      if (config.listen.some((l) => l.implicit_tls || l.starttls !== 'off')) new TlsContexts(config.tls);
+      if (config.backend_tls.ca) readBackendCa(config.backend_tls.ca);
     } catch (err) {
       if (!(err instanceof TlsLoadError)) throw err;
       process.stderr.write(`postern: configuration ${values.config}: ${err.problems.length} problem(s)\n  ${err.problems.join('\n  ')}\npostern: configuration file ${values.config} test failed\n`);
@@ -89,7 +90,7 @@ async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
   process.on('SIGHUP', () => {
     try {
       reloadTls();
-      logger.info('SIGHUP: TLS certificates reloaded; other configuration changes need a restart');
+      logger.info(cluster.isPrimary && workerCount(config) > 1 ? 'SIGHUP: passed on to the workers' : 'SIGHUP: TLS certificates reloaded; other configuration changes need a restart');
     } catch (err) {
       logger.error({ err: (err as Error).message }, 'SIGHUP: TLS reload failed; the previous certificates stay in use');
     }
@@ -97,6 +98,7 @@ async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
   const workers = workerCount(config);
   if (workers > 1 && cluster.isPrimary) {
     reloadTls = () => {
+      // Each worker reloads and logs its own result.
       for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
     };
     logger.info({ version: version(), workers }, 'postern started');

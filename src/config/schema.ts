@@ -123,7 +123,7 @@ const timeouts = z.strictObject({
   auth: duration('30s'),
   /** Back-end connect plus the whole replay (nginx covers this with `timeout`). */
   backend: duration('30s'),
-  /** A TLS handshake, with the client or the back-end (nginx covers it with `timeout`). */
+  /** The client's TLS handshake (nginx covers it with `timeout`); the back-end's falls under `backend`. */
   handshake: duration('30s'),
   /** No bytes either way after the hand-off (nginx `proxy_timeout`; RFC 5321 §4.5.3.2.6 DATA termination is 10 min). */
   relay_idle: duration('10m'),

@@ -114,7 +114,8 @@ export class Connection {
 
   /** SIGTERM: tell an idle session at once; a session mid-command hears it at its next command. */
   shutdown(): void {
-    if (this.session.phase === 'command' || this.session.phase === 'greeting') this.#run(this.session.shutdown());
+    // A session in its TLS handshake or waiting for a route hears it as soon as it can be told.
+    if (this.session.phase !== 'handed-off' && this.session.phase !== 'closed') this.#run(this.session.shutdown());
   }
 
   /** Drain time is over: close whatever is left. */

@@ -4,9 +4,8 @@ import type { Config, ListenerConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { SessionLimits } from '../session/session.js';
 import { ReplyBook } from '../smtp/replies.js';
-import { readFileSync } from 'node:fs';
 import type { BackendTlsOptions } from '../backend/connect.js';
-import { TlsLoadError, type TlsContexts } from '../tls/contexts.js';
+import { readBackendCa, type TlsContexts } from '../tls/contexts.js';
 
 export interface ListenerContext {
   readonly config: ListenerConfig;
@@ -45,14 +44,7 @@ export function buildContext(config: Readonly<Config>, router: Router, logger: L
     },
   }));
   const b = config.backend_tls;
-  let ca: Buffer | undefined;
-  if (b.ca) {
-    try {
-      ca = readFileSync(b.ca);
-    } catch (err) {
-      throw new TlsLoadError([`backend_tls.ca: cannot read ${b.ca}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`]);
-    }
-  }
+  const ca = b.ca ? readBackendCa(b.ca) : undefined;
   const backendTls: BackendTlsOptions = {
     mode: b.mode,
     verify: b.verify,

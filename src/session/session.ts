@@ -105,6 +105,10 @@ export class Session {
     this.helo = '';
     this.esmtp = false;
     this.#mail = null;
+    if (this.#draining) {
+      this.phase = 'closed';
+      return [{ type: 'error', code: 'PST_SHUTDOWN' }];
+    }
     if (first) {
       this.phase = 'greeting';
       return this.#limits.greetingDelay ? [] : this.greetingDue();

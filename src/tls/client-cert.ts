@@ -4,6 +4,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
+import { escapeAuthValue } from '../auth/auth-http-protocol.js';
 import type { ErrorCode } from '../errors.js';
 
 export type VerifyClient = 'off' | 'on' | 'optional' | 'optional_no_ca';
@@ -59,7 +60,7 @@ export function inspectClientTls(socket: TLSSocket, policy: VerifyClient, depth:
   info.issuer = rfc2253(peer.issuer);
   info.serial = peer.serialNumber.toUpperCase();
   info.fingerprint = peer.fingerprint.replace(/:/g, '').toLowerCase();
-  if (passCert) info.cert = encodeURIComponent(peer.toString());
+  if (passCert) info.cert = escapeAuthValue(peer.toString());
   if (reason && policy !== 'optional_no_ca') return { error: 'PST_TLS_CLIENT_CERT_INVALID', detail: reason, info };
   return { error: null, info };
 }
@@ -91,18 +92,9 @@ function chainDepth(leaf: X509Certificate): number {
 }
 
 /**
- * Node prints a DN one attribute per line in certificate order; RFC 2253 lists the RDNs in
- * reverse, comma-separated, with `,+"\<>;` escaped (what nginx ≥ 1.11.6 sends).
+ * Node prints a DN one attribute per line, in certificate order, values already escaped the
+ * RFC 2253 way; RFC 2253 (what nginx ≥ 1.11.6 sends) lists the RDNs in reverse, comma-separated.
  */
 export function rfc2253(dn: string): string {
-  return dn
-    .split('\n')
-    .filter(Boolean)
-    .reverse()
-    .map((rdn) => {
-      const eq = rdn.indexOf('=');
-      const value = rdn.slice(eq + 1).replace(/([,+"\\<>;])/g, '\\$1').replace(/^([ #])/, '\\$1').replace(/ $/, '\\ ');
-      return `${rdn.slice(0, eq)}=${value}`;
-    })
-    .join(',');
+  return dn.split('\n').filter(Boolean).reverse().join(',');
 }

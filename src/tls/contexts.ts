@@ -15,6 +15,15 @@ export class TlsLoadError extends Error {
   }
 }
 
+/** The CA bundle for back-end certificates (`backend_tls.ca`). */
+export function readBackendCa(file: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new TlsLoadError([`backend_tls.ca: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`]);
+  }
+}
+
 interface Named {
   /** Lower-case DNS names, wildcards as `*.example.com`. */
   names: string[];

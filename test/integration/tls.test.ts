@@ -210,7 +210,9 @@ describe('client certificates (verify_client)', () => {
       await rcptWith(p, 'client');
       const sent = decodeURIComponent(stub.requests.at(-1)!.get('Auth-SSL-Cert')!);
       assert.equal(new X509Certificate(sent).fingerprint256, new X509Certificate(readFileSync(f('client.pem'))).fingerprint256);
-      assert.doesNotMatch(stub.requests.at(-1)!.get('Auth-SSL-Cert')!, /[\n ]/);
+      // nginx's escaping: only 0x00-0x20 and % are %XX; base64's + / = stay raw.
+      assert.doesNotMatch(stub.requests.at(-1)!.get('Auth-SSL-Cert')!, /[\n ]|%2B|%2F|%3D/);
+      assert.match(stub.requests.at(-1)!.get('Auth-SSL-Cert')!, /^-----BEGIN%20CERTIFICATE-----%0A/);
     }, true));
 
   it('on: no certificate → 421 4.7.1 No required SSL certificate', () =>

@@ -756,3 +756,14 @@ describe('Session: ERRORS catalogue as the session uses it', () => {
     }
   });
 });
+
+describe('Session: TLS and shutdown', () => {
+  it('a stop requested during the TLS handshake is announced right after it (421), not ignored', () => {
+    const s = new Session(new ReplyBook({ serverName: 'px.example', capabilities: [] }), { ...LIMITS, implicitTls: true });
+    assert.deepEqual(s.start(), []);
+    assert.equal(s.phase, 'tls-handshake');
+    assert.deepEqual(s.shutdown(), []);
+    assert.deepEqual(s.tlsStarted().map(token), [E('PST_SHUTDOWN')]);
+    assert.equal(s.phase, 'closed');
+  });
+});
