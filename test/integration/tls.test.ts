@@ -261,6 +261,18 @@ describe('TLS settings', () => {
     }
   });
 
+  it('ciphers: the TLS 1.2 cipher list is the configured one', async () => {
+    const p = await startPostern(tlsConfig({ implicit_tls: true }, { ciphers: 'ECDHE-ECDSA-CHACHA20-POLY1305' }));
+    try {
+      const c = await SmtpClient.connectTls(p.port, { ca: CA, servername: 'proxy.test', maxVersion: 'TLSv1.2' });
+      assert.equal((c.socket as import('node:tls').TLSSocket).getCipher().name, 'ECDHE-ECDSA-CHACHA20-POLY1305');
+      c.close();
+      await assert.rejects(SmtpClient.connectTls(p.port, { ca: CA, servername: 'proxy.test', maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256' }));
+    } finally {
+      await p.stop();
+    }
+  });
+
   it('min_version: a client below the floor cannot connect', async () => {
     const p = await startPostern(tlsConfig({ implicit_tls: true }, { min_version: 'TLSv1.3' }));
     try {

@@ -97,6 +97,22 @@ describe('Postern with TLS in front of a real Postfix with TLS', () => {
   });
 });
 
+describe('implicit TLS with swaks --tlsc', () => {
+  it('swaks --tlsc (TLS on connect) delivers through an implicit-TLS listener', async () => {
+    const postfix = await startPostfix();
+    const p = await startPostern({ listen: [{ address: '127.0.0.1:0', implicit_tls: true }], tls: { certificates: CERTS }, route: { static: `127.0.0.1:${postfix.port}` } });
+    try {
+      const out = await swaks(p.port, ['--tlsc', '--helo', 'tlsc.client.test']);
+      assert.match(out, /<~ +220 proxy\.test ESMTP ready/, out);
+      assert.match(out, /<~ +250 2\.0\.0 Ok: queued/, out);
+      await postfix.waitForMessages(1, 20000);
+    } finally {
+      await p.stop();
+      await postfix.stop();
+    }
+  });
+});
+
 describe('back-end TLS policies against Postfix', () => {
   let postfix: PostfixInstance;
   before(async () => {
