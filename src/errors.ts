@@ -44,6 +44,13 @@ export const ERRORS = {
   PST_TLS_HANDSHAKE_TIMEOUT: { reply: null, close: true, level: 'info', message: 'the client did not finish its TLS handshake within timeouts.handshake' },
   PST_TLS_CLIENT_CERT_MISSING: { reply: '421 4.7.1 No required SSL certificate', close: true, level: 'info', message: 'verify_client on and the client sent no certificate' },
   PST_TLS_CLIENT_CERT_INVALID: { reply: '421 4.7.1 SSL certificate error', close: true, level: 'info', message: 'the client certificate did not verify (expired, unknown CA, self-signed, chain too deep)' },
+  PST_AUTH_REQUIRED: { reply: '530 5.7.1 Authentication required', close: false, level: 'info', message: 'MAIL or RCPT before AUTH on a listener without smtp_auth none' },
+  PST_AUTH_MECHANISM: { reply: '504 5.5.4 Unrecognized authentication type', close: false, level: 'info', message: 'AUTH with a mechanism this listener does not offer' },
+  PST_AUTH_NEEDS_TLS: { reply: '538 5.7.11 Encryption required for requested authentication mechanism', close: false, level: 'info', message: 'AUTH before TLS on a listener without auth_plaintext' },
+  PST_AUTH_IN_TRANSACTION: { reply: '503 5.5.1 AUTH not permitted during a mail transaction', close: false, level: 'info', message: 'AUTH after MAIL (RFC 4954 §4)' },
+  PST_AUTH_CANCELLED: { reply: '501 5.7.0 Authentication cancelled', close: false, level: 'info', message: 'the client answered a 334 challenge with "*"' },
+  PST_AUTH_BAD_RESPONSE: { reply: '501 5.5.2 Cannot decode response', close: false, level: 'info', message: 'a SASL response that is not base64 or not of the mechanism\'s shape' },
+  PST_AUTH_TOO_MANY: { reply: '421 4.7.0 {host} Too many authentication failures', close: true, level: 'warn', message: 'auth.max_attempts reached in this session, or auth.max_failures_per_client for this address' },
   PST_IDLE_TIMEOUT: { reply: '421 4.4.2 {host} Error: timeout exceeded', close: true, level: 'info', message: 'client idle for timeouts.idle' },
   PST_SHUTDOWN: { reply: '421 4.3.2 {host} Service shutting down, try again later', close: true, level: 'info', message: 'Postern is stopping' },
 

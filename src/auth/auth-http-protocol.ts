@@ -30,25 +30,19 @@ export interface AuthRequestOptions {
 }
 
 /**
- * The request headers for `Auth-Method: none` (the MX case: routing at the first RCPT), as a flat
- * `[name, value, name, value…]` list in nginx's order. Every value here comes from a command line
- * that was checked for CR, LF and other control bytes before it was accepted.
+ * The request headers, as a flat `[name, value, name, value…]` list in nginx's order: after AUTH
+ * (credentials escaped as nginx escapes them) or, for `Auth-Method: none` (the MX case: routing at
+ * the first RCPT), with the envelope. Envelope values come from command lines that were checked
+ * for CR, LF and other control bytes; SASL values may hold any byte and are escaped.
  */
 export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): string[] {
   const e = req.envelope;
-  const h = [
-    'Host', opts.host,
-    'Auth-Method', 'none',
-    'Auth-User', '',
-    'Auth-Pass', '',
-    'Auth-Protocol', 'smtp',
-    'Auth-Login-Attempt', String(e.attempt),
-    'Client-IP', req.clientAddr,
-    'Client-Host', req.clientHost,
-    'Auth-SMTP-Helo', e.helo,
-    'Auth-SMTP-From', e.mailLine,
-    'Auth-SMTP-To', e.rcptLine,
-  ];
+  const a = e.auth;
+  const h = ['Host', opts.host, 'Auth-Method', a ? a.method : 'none', 'Auth-User', a ? escapeAuthValue(a.user) : '', 'Auth-Pass', a ? escapeAuthValue(a.pass) : ''];
+  if (a?.salt !== undefined) h.push('Auth-Salt', a.salt);
+  h.push('Auth-Protocol', 'smtp', 'Auth-Login-Attempt', String(e.attempt), 'Client-IP', req.clientAddr, 'Client-Host', req.clientHost);
+  // nginx sends the envelope only for Auth-Method none (an authenticated session has none yet).
+  if (!a) h.push('Auth-SMTP-Helo', e.helo, 'Auth-SMTP-From', e.mailLine, 'Auth-SMTP-To', e.rcptLine);
   const t = req.tls;
   if (t) {
     // nginx sends each Auth-SSL-* header only when it has a value.

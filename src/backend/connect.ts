@@ -11,8 +11,8 @@ import { Replay, type ReplayOptions } from './replay.js';
 
 export interface BackendReady {
   socket: net.Socket;
-  /** The back-end's reply to the replayed RCPT: the client's reply. */
-  reply: Reply;
+  /** The back-end's reply to the replayed RCPT (the client's reply); null after AUTH (no RCPT replayed). */
+  reply: Reply | null;
   /** Whether XCLIENT was sent and accepted. */
   xclient: boolean;
   /** TLS protocol of the back-end connection, if any. */
@@ -96,7 +96,7 @@ export function connectBackend(
       done(err);
       return;
     }
-    done(null, { socket, reply: reply!, xclient: replay.xclientDone, tls: socket instanceof tls.TLSSocket ? socket.getProtocol() : null });
+    done(null, { socket, reply: reply ?? null, xclient: replay.xclientDone, tls: socket instanceof tls.TLSSocket ? socket.getProtocol() : null });
   };
 
   /** STARTTLS accepted: the handshake runs over the same TCP connection, then the replay goes on. */
@@ -136,11 +136,12 @@ export function connectBackend(
           // RFC 3207 §4.2: nothing the server sent before the handshake may be kept.
           if (reader.rest().length > 0) return finish(new PosternError('PST_BACKEND_INVALID_REPLY', 'bytes after the STARTTLS reply'));
           return startTls();
+        case 'ready':
         case 'done':
           if (reader.rest().length > 0) {
             return finish(new PosternError('PST_BACKEND_INVALID_REPLY', 'back-end sent bytes after its RCPT reply before any command'));
           }
-          return finish(null, step.reply);
+          return finish(null, step.kind === 'done' ? step.reply : undefined);
       }
     }
   };

@@ -27,6 +27,8 @@ export interface ReplayOptions {
   client: ClientIdentity;
   /** Send XCLIENT when the back-end advertises it. */
   xclient: boolean;
+  /** The authenticated user, sent as XCLIENT LOGIN= (Postfix ≥ 2.9); set for AUTH sessions. */
+  login?: string;
   /** STARTTLS to the back-end; ignored when the connection is already TLS (implicit). */
   tls?: BackendTlsMode;
   /** The connection is TLS from the first byte. */
@@ -39,12 +41,15 @@ export type ReplayResult =
   | { kind: 'wait' }
   /** Start the TLS handshake now, then call {@link Replay.tlsReady}. */
   | { kind: 'starttls' }
+  /** An AUTH session is ready for the hand-off: there is no MAIL or RCPT to replay. */
+  | { kind: 'ready' }
   /** The back-end's reply to the client's RCPT: relay it to the client and hand off. */
   | { kind: 'done'; reply: Reply }
   | { kind: 'fail'; code: ErrorCode; detail: string; reply: Reply | null };
 
 const WAIT: ReplayResult = Object.freeze({ kind: 'wait' });
 const STARTTLS: ReplayResult = Object.freeze({ kind: 'starttls' });
+const READY: ReplayResult = Object.freeze({ kind: 'ready' });
 
 /** Postfix limits an XCLIENT command line to 512 bytes (XCLIENT_README). */
 const XCLIENT_MAX = 512;
@@ -157,6 +162,10 @@ export class Replay {
    */
   #mail(): ReplayResult {
     const e = this.#o.envelope;
+    if (e.auth) {
+      this.step = 'done';
+      return READY;
+    }
     if (!this.capabilities.has('PIPELINING')) return this.#send('mail', e.mailLine);
     this.#rcptSent = true;
     this.step = 'mail';
@@ -169,6 +178,7 @@ export class Replay {
     const parts: string[] = [];
     if (advertised.has('ADDR')) parts.push(`ADDR=${xtext(client.addr.includes(':') ? `IPV6:${client.addr}` : client.addr)}`);
     if (advertised.has('PORT')) parts.push(`PORT=${client.port}`);
+    if (advertised.has('LOGIN') && this.#o.login) parts.push(`LOGIN=${xtext(this.#o.login)}`);
     if (advertised.has('NAME')) parts.push(`NAME=${xtext(client.name)}`);
     if (advertised.has('PROTO')) parts.push(`PROTO=${envelope.esmtp ? 'ESMTP' : 'SMTP'}`);
     if (parts.length === 0 && !(advertised.has('HELO') && envelope.helo !== '')) return null;

@@ -54,6 +54,11 @@ function crossCheck(c: Config): string[] {
   if ((c.tls.verify_client === 'on' || c.tls.verify_client === 'optional') && !c.tls.client_ca) {
     problems.push(`tls.client_ca: verify_client ${c.tls.verify_client} needs a CA bundle to verify against`);
   }
+  c.listen.forEach((l, i) => {
+    if (l.smtp_auth.some((m) => m !== 'none') && !('auth_http' in c.route)) {
+      problems.push(`listen.${i}.smtp_auth: AUTH needs route.auth_http to check credentials (the static route cannot)`);
+    }
+  });
   const seen = new Set<string>();
   c.listen.forEach((l, i) => {
     const key = `${l.address.host}:${l.address.port}`;

@@ -44,13 +44,17 @@ const listenAddress = hostPortOf(true);
 const starttls = z.enum(['off', 'on', 'only']);
 
 const listener = z.union([
-  listenAddress.transform((address) => ({ address, starttls: 'off' as const, implicit_tls: false })),
+  listenAddress.transform((address) => ({ address, starttls: 'off' as const, implicit_tls: false, smtp_auth: ['none' as const], auth_plaintext: false })),
   z.strictObject({
     address: listenAddress,
     /** STARTTLS (RFC 3207) like nginx's `starttls`; `only` refuses MAIL and RCPT before TLS (nginx does not). */
     starttls: starttls.default('off'),
     /** TLS from the first byte, the port-465 style (nginx `listen … ssl`). */
     implicit_tls: z.boolean().default(false),
+    /** SMTP AUTH mechanisms (nginx `smtp_auth`); `none` allows unauthenticated mail (the MX case). */
+    smtp_auth: z.array(z.enum(['none', 'plain', 'login', 'cram-md5', 'external', 'xoauth2', 'oauthbearer'])).min(1).default(['none']),
+    /** Offer and accept AUTH before TLS (off: AUTH only after STARTTLS or on implicit TLS). */
+    auth_plaintext: z.boolean().default(false),
   }),
 ]);
 
@@ -154,6 +158,14 @@ export const configSchema = z.strictObject({
   require_helo: z.boolean().default(true),
   /** Hold the greeting this long and reject clients that talk first (nginx `smtp_greeting_delay`). */
   greeting_delay: duration('0s', 0),
+  /** Limits on SMTP AUTH (nginx has none: a brute-force guard). */
+  auth: z.strictObject({
+    /** Failed AUTH attempts in one session before it is closed. */
+    max_attempts: z.int().min(1).max(100).default(3),
+    /** Failed AUTH attempts from one client address within failure_window (per worker) before AUTH is refused. */
+    max_failures_per_client: z.int().min(1).default(20),
+    failure_window: duration('10m'),
+  }).prefault({}),
   tls: tls.prefault({}),
   backend_tls: backendTls.prefault({}),
   timeouts: timeouts.prefault({}),

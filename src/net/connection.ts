@@ -236,6 +236,11 @@ export class Connection {
 
   #route(envelope: Envelope): void {
     this.#envelope = envelope;
+    if (envelope.auth && this.#ctx.authFailures.blocked(this.clientAddr)) {
+      // Brute-force guard (nginx has none): this address has failed too often lately.
+      this.#routeFailed({ type: 'error', code: 'PST_AUTH_TOO_MANY', detail: `${this.clientAddr} is over auth.max_failures_per_client` }, false);
+      return;
+    }
     // Nothing more is read from the client until the decision and the replay are done (nginx
     // does the same); the idle timer is replaced by the auth and back-end timers.
     this.socket.pause();
@@ -264,7 +269,9 @@ export class Connection {
       return;
     }
     if (d.kind === 'reject') {
-      this.#ctx.logger.info({ code: 'PST_AUTH_REJECTED', client: this.clientAddr, detail: d.reason, wait_ms: d.waitMs }, ERRORS.PST_AUTH_REJECTED.message);
+      const user = this.#envelope?.auth?.user;
+      if (user !== undefined) this.#ctx.authFailures.add(this.clientAddr);
+      this.#ctx.logger.info({ code: 'PST_AUTH_REJECTED', client: this.clientAddr, user, detail: d.reason, wait_ms: d.waitMs }, ERRORS.PST_AUTH_REJECTED.message);
       const reply: Action = { type: 'reply', data: lineReply(d.reply) };
       this.#outcome = d.waitMs > 0 ? null : 'PST_AUTH_REJECTED';
       if (d.waitMs > 0) setTimeout(() => this.#routeFailed(reply, true), d.waitMs);
@@ -281,6 +288,8 @@ export class Connection {
         envelope: this.#envelope!,
         client: { addr: this.clientAddr, port: this.clientPort, name: '[UNAVAILABLE]' },
         xclient: cfg.xclient,
+        // nginx: Auth-User in the answer replaces the login the client gave.
+        ...(this.#envelope!.auth ? { login: d.user ?? this.#envelope!.auth.user } : {}),
       },
       backendTlsFor(this.#ctx.backendTls, d.tls),
       cfg.timeouts.backend,
@@ -327,13 +336,16 @@ export class Connection {
     this.#backendSocket = backend;
     this.#outcome = 'relayed';
     this.socket.removeListener('data', clientOnData);
-    this.#lastCode = reply.code;
-    this.socket.write(reply.raw);
-    // Commands the client pipelined after the RCPT (RFC 2920) go to the back-end untouched.
+    // After RCPT the client gets the back-end's own reply; after AUTH, nginx's 235 (the back-end
+    // has accepted the session, with XCLIENT LOGIN= naming the user).
+    const first = reply ? reply.raw : this.#book.authOk;
+    this.#lastCode = reply ? reply.code : 235;
+    this.socket.write(first);
+    // Commands the client pipelined after the RCPT or AUTH (RFC 2920) go to the back-end untouched.
     const rest = this.session.handOff();
     if (rest.length > 0) backend.write(rest);
     if (this.#clientEnded) backend.end();
-    this.#relayStats = { lastCode: reply.code, failure: null };
+    this.#relayStats = { lastCode: this.#lastCode, failure: null };
     relay(this.socket, backend, this.#ctx.config.timeouts.relay_idle, this.#relayStats, () => this.#finish());
   }
 
@@ -355,8 +367,9 @@ export class Connection {
           type: 'access',
           client: `${this.clientAddr}:${this.clientPort}`,
           helo: this.session.helo || undefined,
-          from: e?.mailFrom,
-          to: e?.rcptTo,
+          user: e?.auth?.user,
+          from: e?.mailFrom || undefined,
+          to: e?.rcptTo || undefined,
           backend: this.#backend ?? undefined,
           tls: this.#tls?.protocol,
           backend_tls: this.#backendTls ?? undefined,

@@ -12,6 +12,8 @@ import { hasForbiddenByte, parseCommand } from '../smtp/command.js';
 import { LINE_TOO_LONG, LineReader } from '../smtp/line-reader.js';
 import { parsePathArg, sizeParam } from '../smtp/path.js';
 import type { ReplyBook } from '../smtp/replies.js';
+import { MECHANISMS, type Credentials, type Mechanism } from '../smtp/sasl.js';
+import { SaslExchange } from './sasl-exchange.js';
 
 export type Phase = 'tls-handshake' | 'greeting' | 'command' | 'routing' | 'handed-off' | 'closed';
 
@@ -30,7 +32,24 @@ export interface SessionLimits {
   starttls: 'off' | 'on' | 'only';
   /** TLS from the first byte: the greeting follows the handshake. */
   implicitTls: boolean;
+  /** SMTP AUTH on this listener. */
+  auth: AuthLimits;
 }
+
+export interface AuthLimits {
+  mechanisms: readonly Mechanism[];
+  /** `none` listed: unauthenticated MAIL/RCPT are allowed (routing at RCPT). */
+  allowNone: boolean;
+  /** AUTH before TLS is allowed. */
+  plaintext: boolean;
+  /** Refused AUTH attempts before the session is closed. */
+  maxAttempts: number;
+  /** A fresh CRAM-MD5 challenge, `<random.time@server_name>` (injected: the machine has no clock). */
+  challenge: () => string;
+}
+
+/** A listener without AUTH. */
+export const NO_AUTH: AuthLimits = Object.freeze({ mechanisms: [], allowNone: true, plaintext: false, maxAttempts: 3, challenge: () => '' });
 
 /** What the router needs to choose a back-end, and what the replay sends to it. */
 export interface Envelope {
@@ -46,6 +65,8 @@ export interface Envelope {
   rcptTo: string;
   /** 1 for the first routing request of the session, +1 for each later one (Auth-Login-Attempt). */
   attempt: number;
+  /** Set when routing follows a completed AUTH (nginx's authenticated path): no MAIL/RCPT yet. */
+  auth?: Credentials;
 }
 
 export type Action =
@@ -72,6 +93,10 @@ export class Session {
   /** TLS is active (implicit, or after STARTTLS). */
   secure = false;
   #mail: Transaction | null = null;
+  #sasl: SaslExchange | null = null;
+  /** AUTH attempts the router refused. */
+  authFailures = 0;
+  #authRouting = false;
   #draining = false;
   readonly #reader: LineReader;
   readonly #book: ReplyBook;
@@ -152,6 +177,14 @@ export class Session {
       return out;
     }
     this.phase = 'command';
+    if (this.#authRouting) {
+      this.#authRouting = false;
+      if (++this.authFailures >= this.#limits.auth.maxAttempts) {
+        this.phase = 'closed';
+        out.push({ type: 'error', code: 'PST_AUTH_TOO_MANY', detail: `${this.authFailures} failed attempts` });
+        return out;
+      }
+    }
     this.#drain(out);
     // A stop requested while the router was busy is announced now rather than at the next command.
     if (this.#draining && this.phase === 'command') {
@@ -191,7 +224,8 @@ export class Session {
         this.#fail(out, 'PST_SHUTDOWN');
         return;
       }
-      this.#command(line, out);
+      if (this.#sasl) this.#saslResponse(line, out);
+      else this.#command(line, out);
     }
   }
 
@@ -226,8 +260,9 @@ export class Session {
         return this.#bdat(arg, out);
       case 'STARTTLS':
         return this.#startTls(arg, out);
-      case 'EXPN':
       case 'AUTH':
+        return this.#auth(arg, out);
+      case 'EXPN':
         return this.#fail(out, 'PST_NOT_IMPLEMENTED', verb);
       case 'XCLIENT':
       case 'XFORWARD':
@@ -246,7 +281,8 @@ export class Session {
     this.helo = arg;
     this.esmtp = verb === 'EHLO';
     this.#mail = null; // RFC 5321 §4.1.4: HELO/EHLO resets the transaction.
-    const ehlo = this.secure || this.#limits.starttls === 'off' ? this.#book.ehlo : this.#book.ehloStarttls;
+    const a = this.#limits.auth;
+    const ehlo = this.#book.ehlo(!this.secure && this.#limits.starttls !== 'off', a.mechanisms.length > 0 && (this.secure || a.plaintext));
     reply(out, this.esmtp ? ehlo : this.#book.helo);
   }
 
@@ -264,6 +300,7 @@ export class Session {
 
   #mailFrom(line: Buffer, arg: string, out: Action[]): void {
     if (this.#limits.starttls === 'only' && !this.secure) return this.#fail(out, 'PST_TLS_REQUIRED');
+    if (!this.#limits.auth.allowNone) return this.#fail(out, 'PST_AUTH_REQUIRED');
     if (this.#limits.requireHelo && this.helo === '') return this.#fail(out, 'PST_NEED_HELO');
     if (this.#mail) return this.#fail(out, 'PST_NESTED_MAIL');
     const path = parsePathArg(arg, 'FROM:');
@@ -279,6 +316,7 @@ export class Session {
 
   #rcptTo(line: Buffer, arg: string, out: Action[]): void {
     if (this.#limits.starttls === 'only' && !this.secure) return this.#fail(out, 'PST_TLS_REQUIRED');
+    if (!this.#limits.auth.allowNone) return this.#fail(out, 'PST_AUTH_REQUIRED');
     if (!this.#mail) return this.#fail(out, 'PST_NEED_MAIL');
     const path = parsePathArg(arg, 'TO:');
     if (!path || path.address === '') return this.#fail(out, 'PST_BAD_RECIPIENT', arg);
@@ -295,6 +333,43 @@ export class Session {
         rcptTo: path.address,
         attempt: this.attempts,
       },
+    });
+  }
+
+  /** AUTH <mechanism> [initial-response] (RFC 4954 §4). */
+  #auth(arg: string, out: Action[]): void {
+    const a = this.#limits.auth;
+    if (a.mechanisms.length === 0) return this.#fail(out, 'PST_NOT_IMPLEMENTED', 'AUTH');
+    if (this.#mail) return this.#fail(out, 'PST_AUTH_IN_TRANSACTION');
+    if (this.#limits.requireHelo && this.helo === '') return this.#fail(out, 'PST_NEED_HELO');
+    const [name = '', initial, extra] = arg.split(' ');
+    if (name === '' || extra !== undefined) return this.#fail(out, 'PST_INVALID_ARGUMENT', `AUTH ${arg}`);
+    const mech = name.toUpperCase() as Mechanism;
+    if (!MECHANISMS.includes(mech) || !a.mechanisms.includes(mech)) return this.#fail(out, 'PST_AUTH_MECHANISM', name);
+    if (!this.secure && !a.plaintext) return this.#fail(out, 'PST_AUTH_NEEDS_TLS', mech);
+    this.#sasl = new SaslExchange(mech, this.#book, mech === 'CRAM-MD5' ? a.challenge() : '');
+    this.#saslStep(this.#sasl.start(initial), out);
+  }
+
+  #saslResponse(line: Buffer, out: Action[]): void {
+    if (hasForbiddenByte(line)) {
+      this.#sasl = null;
+      return this.#fail(out, 'PST_AUTH_BAD_RESPONSE', 'control byte in a SASL response');
+    }
+    this.#saslStep(this.#sasl!.respond(line.toString('latin1').trim()), out);
+  }
+
+  #saslStep(step: ReturnType<SaslExchange['respond']>, out: Action[]): void {
+    if (step.kind === 'challenge') return reply(out, step.reply);
+    this.#sasl = null;
+    if (step.kind === 'error') return this.#fail(out, step.code, step.detail);
+    // nginx's authenticated path: the routing decision is made now, not at RCPT.
+    this.phase = 'routing';
+    this.#authRouting = true;
+    this.attempts++;
+    out.push({
+      type: 'route',
+      envelope: { helo: this.helo, esmtp: this.esmtp, mailLine: '', rcptLine: '', mailFrom: '', rcptTo: '', attempt: this.attempts, auth: step.credentials },
     });
   }
 

@@ -10,6 +10,8 @@ export interface ReplyOptions {
   capabilities: readonly string[];
   /** Offer STARTTLS in EHLO before TLS is active. */
   starttls?: boolean;
+  /** SASL mechanisms for the EHLO AUTH line (RFC 4954 §3). */
+  auth?: readonly string[];
 }
 
 /** Formats a possibly multi-line reply (RFC 5321 §4.2.1): `code-text` on all but the last line. */
@@ -29,10 +31,13 @@ export function lineReply(text: string): Buffer {
 export class ReplyBook {
   readonly greeting: Buffer;
   readonly helo: Buffer;
-  readonly ehlo: Buffer;
-  /** The EHLO reply before TLS on a STARTTLS listener (RFC 3207 §4: STARTTLS listed). */
-  readonly ehloStarttls: Buffer;
   readonly startTls: Buffer;
+  readonly authOk: Buffer;
+  readonly authPlain: Buffer;
+  readonly authUser: Buffer;
+  readonly authPass: Buffer;
+  /** EHLO replies by [STARTTLS offered][AUTH offered]; nginx's order: AUTH, then STARTTLS last. */
+  readonly #ehlo: Buffer[][];
   readonly ok: Buffer;
   readonly mailOk: Buffer;
   readonly bye: Buffer;
@@ -44,9 +49,18 @@ export class ReplyBook {
     const name = opts.serverName;
     this.greeting = lineReply(`220 ${name} ESMTP ready`);
     this.helo = lineReply(`250 ${name}`);
-    this.ehlo = formatReply(250, [name, ...opts.capabilities]);
-    this.ehloStarttls = opts.starttls ? formatReply(250, [name, ...opts.capabilities, 'STARTTLS']) : this.ehlo;
+    const authLine = opts.auth?.length ? [`AUTH ${opts.auth.join(' ')}`] : [];
+    const build = (starttls: boolean, auth: boolean): Buffer =>
+      formatReply(250, [name, ...opts.capabilities, ...(auth ? authLine : []), ...(starttls && opts.starttls ? ['STARTTLS'] : [])]);
+    this.#ehlo = [
+      [build(false, false), build(false, true)],
+      [build(true, false), build(true, true)],
+    ];
     this.startTls = lineReply('220 2.0.0 Start TLS'); // nginx's text
+    this.authOk = lineReply('235 2.0.0 OK'); // nginx's text
+    this.authPlain = lineReply('334 ');
+    this.authUser = lineReply('334 VXNlcm5hbWU6'); // "Username:"
+    this.authPass = lineReply('334 UGFzc3dvcmQ6'); // "Password:"
     this.ok = lineReply('250 2.0.0 OK');
     this.mailOk = lineReply('250 2.1.0 OK');
     this.bye = lineReply('221 2.0.0 Bye');
@@ -58,6 +72,11 @@ export class ReplyBook {
       const r = ERRORS[code].reply;
       if (r !== null) this.#errors.set(code, lineReply(r.replace('{host}', name)));
     }
+  }
+
+  /** The EHLO reply: STARTTLS listed before TLS on a STARTTLS listener, AUTH when it may be used now. */
+  ehlo(starttls: boolean, auth: boolean): Buffer {
+    return this.#ehlo[starttls ? 1 : 0]![auth ? 1 : 0]!;
   }
 
   /** The catalogue reply for an error code (empty for codes that send none). */

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { buildAuthHeaders, escapeAuthValue, parseAuthAnswer } from '../../src/auth/auth-http-protocol.js';
 import type { RouteRequest } from '../../src/auth/router.js';
-import { Session, type Action, type Envelope } from '../../src/session/session.js';
+import { Session, type Action, type Envelope, NO_AUTH } from '../../src/session/session.js';
 import { lineReply, ReplyBook } from '../../src/smtp/replies.js';
 
 const ENVELOPE: Envelope = {
@@ -65,7 +65,7 @@ describe('buildAuthHeaders (Auth-Method: none)', () => {
     // The envelopes come from the real Session, fed hostile command lines; every RCPT that
     // reaches routing is answered "try later" so all of them are seen.
     const book = new ReplyBook({ serverName: 'px.example', capabilities: [] });
-    const session = new Session(book, { maxLineLength: 512, maxErrors: 0, maxMessageSize: 0, requireHelo: false, greetingDelay: false, starttls: 'off', implicitTls: false });
+    const session = new Session(book, { maxLineLength: 512, maxErrors: 0, maxMessageSize: 0, requireHelo: false, greetingDelay: false, starttls: 'off', implicitTls: false, auth: NO_AUTH });
     session.start();
     const tempfail: Action = { type: 'reply', data: lineReply('450 4.7.1 later') };
     const envelopes: Envelope[] = [];

@@ -35,7 +35,7 @@ describe('parseConfig defaults', () => {
     assert.equal(server_name, os.hostname().replace(/[^A-Za-z0-9.-]/g, '') || 'localhost');
     assert.deepEqual(rest, {
       workers: 1,
-      listen: [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false }],
+      listen: [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false }],
       route: { static: { host: '127.0.0.1', port: 25 } },
       xclient: true,
       proxy_pass_error_message: false,
@@ -45,6 +45,7 @@ describe('parseConfig defaults', () => {
       max_errors: 10,
       require_helo: true,
       greeting_delay: 0,
+      auth: { max_attempts: 3, max_failures_per_client: 20, failure_window: 600_000 },
       tls: { certificates: [], min_version: 'TLSv1.2', session_timeout: 300_000, verify_client: 'off', verify_depth: 1, pass_client_cert: false },
       backend_tls: { mode: 'off', verify: true, min_version: 'TLSv1.2' },
       timeouts: { idle: 300_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000 },
@@ -89,7 +90,7 @@ describe('parseConfig defaults', () => {
       ].join('\n'),
     );
     assert.equal(c.server_name, 'mx.example');
-    assert.deepEqual(c.listen, [{ address: { host: '::1', port: 2525 }, starttls: 'off', implicit_tls: false }, { address: { host: '0.0.0.0', port: 25 }, starttls: 'off', implicit_tls: false }]);
+    assert.deepEqual(c.listen, [{ address: { host: '::1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false }, { address: { host: '0.0.0.0', port: 25 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false }]);
     assert.deepEqual(c.route, { static: { host: '2001:db8::25', port: 2525 } });
     assert.equal(c.xclient, false);
     assert.deepEqual(c.capabilities, ['PIPELINING', 'SIZE', 'SMTPUTF8', 'DSN']);
@@ -104,7 +105,7 @@ describe('parseConfig defaults', () => {
     const c = loadConfig(path.join(ROOT, 'config/postern.yaml'));
     assert.equal(c.server_name, 'postern.localdomain');
     assert.deepEqual(c.route, { static: { host: '127.0.0.1', port: 25 } });
-    assert.deepEqual(c.listen, [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false }]);
+    assert.deepEqual(c.listen, [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false }]);
   });
 });
 

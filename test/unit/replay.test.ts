@@ -28,6 +28,8 @@ function show(r: ReplayResult): string {
       return 'wait';
     case 'starttls':
       return 'starttls';
+    case 'ready':
+      return 'ready';
     case 'done':
       return `done ${r.reply.raw.toString('latin1')}`;
     case 'fail':

@@ -9,14 +9,14 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { buildAuthHeaders } from '../../src/auth/auth-http-protocol.js';
 import { ERRORS, type ErrorCode } from '../../src/errors.js';
-import { printable, Session, type Action, type Envelope, type Phase, type SessionLimits } from '../../src/session/session.js';
+import { printable, Session, type Action, type Envelope, type Phase, type SessionLimits, NO_AUTH } from '../../src/session/session.js';
 import { lineReply, ReplyBook } from '../../src/smtp/replies.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 
 const SERVER = 'px.example';
 const book = new ReplyBook({ serverName: SERVER, capabilities: ['PIPELINING', '8BITMIME', 'SIZE 1000000', 'ENHANCEDSTATUSCODES'] });
-const LIMITS: SessionLimits = { maxLineLength: 512, maxErrors: 10, maxMessageSize: 1_000_000, requireHelo: true, greetingDelay: false, starttls: 'off', implicitTls: false };
+const LIMITS: SessionLimits = { maxLineLength: 512, maxErrors: 10, maxMessageSize: 1_000_000, requireHelo: true, greetingDelay: false, starttls: 'off', implicitTls: false, auth: NO_AUTH };
 
 // Wire texts written out literally, so the tests also pin the ReplyBook and the error catalogue.
 const GREETING = '220 px.example ESMTP ready\r\n';
@@ -160,7 +160,7 @@ const TEMPFAIL: Action = { type: 'reply', data: lineReply('450 4.7.1 Try again l
 describe('Session: reply texts', () => {
   it('greeting, HELO/EHLO and OK replies are the nginx-compatible texts', () => {
     assert.equal(book.greeting.toString('latin1'), GREETING);
-    assert.equal(book.ehlo.toString('latin1'), EHLO_REPLY);
+    assert.equal(book.ehlo(false, false).toString('latin1'), EHLO_REPLY);
     assert.equal(book.helo.toString('latin1'), HELO_REPLY);
     assert.equal(book.ok.toString('latin1'), OK);
     assert.equal(book.mailOk.toString('latin1'), MAIL_OK);
