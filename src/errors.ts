@@ -68,6 +68,7 @@ export const ERRORS = {
   PST_BACKEND_INVALID_REPLY: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end sent a malformed or oversized reply' },
   PST_BACKEND_TLS_REQUIRED: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'backend_tls required but the back-end did not offer or accept STARTTLS' },
   PST_BACKEND_TLS_FAILED: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the TLS handshake with the back-end failed or its certificate did not verify' },
+  PST_BACKEND_AUTH_FAILED: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'proxy_smtp_auth: the back-end refused AUTH, or no password was available for it' },
   PST_BACKEND_CLOSED: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end closed the connection during the replay' },
 
   // Relay phase: no reply of Postern's own may be injected into the relayed stream.

@@ -61,7 +61,7 @@ export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): s
 }
 
 export type AuthAnswer =
-  | { status: 'ok'; server: string; port: number; user?: string; pass?: string; tls?: BackendTlsChoice }
+  | { status: 'ok'; server: string; port: number; user?: string; pass?: string; tls?: BackendTlsChoice; backendAuth?: 'off' | 'plain' | 'login' }
   | { status: 'wait'; waitMs: number }
   | { status: 'fail'; reply: string; waitMs: number; text: string }
   | { status: 'invalid'; reason: string };
@@ -114,6 +114,11 @@ export function parseAuthAnswer(h: Headers): AuthAnswer {
   const name = first(h, 'x-postern-backend-tls-name');
   if (mode !== undefined && !TLS_MODES.has(mode)) return { status: 'invalid', reason: `invalid X-Postern-Backend-TLS ${JSON.stringify(mode)}` };
   if (name !== undefined && !/^[A-Za-z0-9.-]+$/.test(name)) return { status: 'invalid', reason: `invalid X-Postern-Backend-TLS-Name ${JSON.stringify(name)}` };
+  const backendAuth = first(h, 'x-postern-backend-auth')?.toLowerCase();
+  if (backendAuth !== undefined) {
+    if (backendAuth !== 'off' && backendAuth !== 'plain' && backendAuth !== 'login') return { status: 'invalid', reason: `invalid X-Postern-Backend-Auth ${JSON.stringify(backendAuth)}` };
+    answer.backendAuth = backendAuth;
+  }
   if (mode !== undefined || name !== undefined) {
     answer.tls = {};
     if (mode !== undefined) answer.tls.mode = mode as NonNullable<BackendTlsChoice['mode']>;

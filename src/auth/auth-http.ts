@@ -42,6 +42,7 @@ export class AuthHttpRouter implements Router {
           if (answer.user !== undefined) d.user = answer.user;
           if (answer.pass !== undefined) d.pass = answer.pass;
           if (answer.tls !== undefined) d.tls = answer.tls;
+          if (answer.backendAuth !== undefined) d.backendAuth = answer.backendAuth;
           return d;
         }
         case 'fail':

@@ -23,7 +23,7 @@ export interface RouteRequest {
 }
 
 export type RouteDecision =
-  | { kind: 'ok'; host: string; port: number; user?: string; pass?: string; tls?: BackendTlsChoice }
+  | { kind: 'ok'; host: string; port: number; user?: string; pass?: string; tls?: BackendTlsChoice; backendAuth?: 'off' | 'plain' | 'login' }
   /** Refused by policy: `reply` goes to the client; with `waitMs` > 0 it is delayed and the session stays open (Auth-Wait). */
   | { kind: 'reject'; reply: string; waitMs: number; reason: string }
   /** The router itself failed (auth service down, garbage…): 451 4.3.2 and close. */

@@ -8,7 +8,14 @@ import type { Envelope } from '../session/session.js';
 import type { Reply } from '../smtp/reply-reader.js';
 import { xtext } from '../smtp/xtext.js';
 
-export type ReplayStep = 'greeting' | 'ehlo' | 'helo' | 'starttls' | 'tls' | 'xclient' | 'rehello' | 'mail' | 'rcpt' | 'done';
+export type ReplayStep = 'greeting' | 'ehlo' | 'helo' | 'starttls' | 'tls' | 'xclient' | 'rehello' | 'auth' | 'mail' | 'rcpt' | 'done';
+
+/** AUTH to the back-end (proxy_smtp_auth); `pass` null when none is known (CRAM-MD5, EXTERNAL without Auth-Pass). */
+export interface BackendAuth {
+  mechanism: 'plain' | 'login';
+  user: string;
+  pass: string | null;
+}
 
 /** STARTTLS towards the back-end: when offered, or insisted on (RFC 3207). */
 export type BackendTlsMode = 'off' | 'opportunistic' | 'required';
@@ -29,6 +36,8 @@ export interface ReplayOptions {
   xclient: boolean;
   /** The authenticated user, sent as XCLIENT LOGIN= (Postfix ≥ 2.9); set for AUTH sessions. */
   login?: string;
+  /** Authenticate to the back-end instead (then XCLIENT carries no LOGIN=, as in nginx). */
+  backendAuth?: BackendAuth;
   /** STARTTLS to the back-end; ignored when the connection is already TLS (implicit). */
   tls?: BackendTlsMode;
   /** The connection is TLS from the first byte. */
@@ -47,6 +56,10 @@ export type ReplayResult =
   | { kind: 'done'; reply: Reply }
   | { kind: 'fail'; code: ErrorCode; detail: string; reply: Reply | null };
 
+function b64(text: string): string {
+  return Buffer.from(text, 'latin1').toString('base64');
+}
+
 const WAIT: ReplayResult = Object.freeze({ kind: 'wait' });
 const STARTTLS: ReplayResult = Object.freeze({ kind: 'starttls' });
 const READY: ReplayResult = Object.freeze({ kind: 'ready' });
@@ -64,6 +77,9 @@ export class Replay {
   readonly capabilities = new Map<string, string>();
   readonly #o: ReplayOptions;
   #rcptSent = false;
+  #authDone = false;
+  /** Position in an AUTH LOGIN exchange with the back-end. */
+  #loginStep: 'start' | 'user' | 'pass' = 'start';
 
   constructor(options: ReplayOptions) {
     this.#o = options;
@@ -114,6 +130,8 @@ export class Replay {
         this.capabilities.clear();
         this.#readCapabilities(r);
         return this.#mail();
+      case 'auth':
+        return this.#authReply(r);
       case 'mail':
         if (r.code !== 250) return this.#fail('PST_BACKEND_REJECTED', r);
         if (this.#rcptSent) {
@@ -160,8 +178,33 @@ export class Replay {
    * With PIPELINING (RFC 2920 §3.1: MAIL and RCPT may be grouped) MAIL and RCPT leave in one
    * write, saving a round trip; their replies are still read and checked one by one.
    */
+  /** proxy_smtp_auth: PLAIN in one step, or LOGIN's two 334 prompts (RFC 4954; Exchange wants LOGIN). */
+  #startAuth(a: BackendAuth): ReplayResult {
+    if (a.pass === null) {
+      return { kind: 'fail', code: 'PST_BACKEND_AUTH_FAILED', detail: 'no password available for the back-end (CRAM-MD5 or EXTERNAL without Auth-Pass)', reply: null };
+    }
+    if (a.mechanism === 'plain') return this.#send('auth', `AUTH PLAIN ${b64(`\0${a.user}\0${a.pass}`)}`);
+    this.#loginStep = 'user';
+    return this.#send('auth', 'AUTH LOGIN');
+  }
+
+  #authReply(r: Reply): ReplayResult {
+    const a = this.#o.backendAuth!;
+    if (r.code === 235) {
+      this.#authDone = true;
+      return this.#mail();
+    }
+    if (r.code === 334 && a.mechanism === 'login' && this.#loginStep !== 'start') {
+      const value = this.#loginStep === 'user' ? a.user : a.pass!;
+      this.#loginStep = this.#loginStep === 'user' ? 'pass' : 'start';
+      return this.#send('auth', b64(value));
+    }
+    return this.#fail('PST_BACKEND_AUTH_FAILED', r);
+  }
+
   #mail(): ReplayResult {
     const e = this.#o.envelope;
+    if (this.#o.backendAuth && !this.#authDone) return this.#startAuth(this.#o.backendAuth);
     if (e.auth) {
       this.step = 'done';
       return READY;
@@ -178,7 +221,7 @@ export class Replay {
     const parts: string[] = [];
     if (advertised.has('ADDR')) parts.push(`ADDR=${xtext(client.addr.includes(':') ? `IPV6:${client.addr}` : client.addr)}`);
     if (advertised.has('PORT')) parts.push(`PORT=${client.port}`);
-    if (advertised.has('LOGIN') && this.#o.login) parts.push(`LOGIN=${xtext(this.#o.login)}`);
+    if (advertised.has('LOGIN') && this.#o.login && !this.#o.backendAuth) parts.push(`LOGIN=${xtext(this.#o.login)}`);
     if (advertised.has('NAME')) parts.push(`NAME=${xtext(client.name)}`);
     if (advertised.has('PROTO')) parts.push(`PROTO=${envelope.esmtp ? 'ESMTP' : 'SMTP'}`);
     if (parts.length === 0 && !(advertised.has('HELO') && envelope.helo !== '')) return null;

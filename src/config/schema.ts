@@ -144,6 +144,8 @@ export const configSchema = z.strictObject({
   route: route.default({ static: { host: '127.0.0.1', port: 25 } }),
   /** Send Postfix XCLIENT (ADDR, PORT, NAME, HELO, PROTO as advertised) so the back-end sees the real client. */
   xclient: z.boolean().default(true),
+  /** Authenticate to the back-end with the session's credentials instead of XCLIENT LOGIN= (nginx `proxy_smtp_auth`, which can only send PLAIN; Exchange needs LOGIN). */
+  proxy_smtp_auth: z.enum(['off', 'plain', 'login']).default('off'),
   /** Show the back-end's own reply text when it refuses a replay step (nginx `proxy_pass_error_message`). */
   proxy_pass_error_message: z.boolean().default(false),
   /** EHLO keywords advertised before the hand-off; `SIZE` gets max_message_size appended. */

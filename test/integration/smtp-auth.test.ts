@@ -237,3 +237,110 @@ describe('AUTH bad input and failures', () => {
     assert.ok(await c.waitClosed());
   });
 });
+
+describe('proxy_smtp_auth: AUTH to the back-end', () => {
+  /** A back-end that wants AUTH (PLAIN or LOGIN) and records what it was given. */
+  async function authBackend(): Promise<{ b: FakeBackend; seen: string[] }> {
+    const seen: string[] = [];
+    let login: 'user' | 'pass' | null = null;
+    const b = await FakeBackend.start({
+      xclient: 'NAME ADDR LOGIN',
+      onCommand: (line) => {
+        if (login === 'user') {
+          seen.push(`user=${Buffer.from(line, 'base64').toString()}`);
+          login = 'pass';
+          return '334 UGFzc3dvcmQ6';
+        }
+        if (login === 'pass') {
+          seen.push(`pass=${Buffer.from(line, 'base64').toString()}`);
+          login = null;
+          return seen.includes('pass=wrong') ? '535 5.7.8 Error: authentication failed' : '235 2.7.0 Authentication successful';
+        }
+        if (line === 'AUTH LOGIN') {
+          login = 'user';
+          return '334 VXNlcm5hbWU6';
+        }
+        if (line.startsWith('AUTH PLAIN ')) {
+          seen.push(`plain=${Buffer.from(line.slice(11), 'base64').toString().replace(/\0/g, '|')}`);
+          return '235 2.7.0 Authentication successful';
+        }
+        return undefined;
+      },
+    });
+    return { b, seen };
+  }
+
+  async function submit(port: number, auth: string): Promise<{ c: SmtpClient; reply: string }> {
+    const c = await SmtpClient.connect(port);
+    await c.reply();
+    await c.cmd('EHLO sub.client.test');
+    return { c, reply: await c.cmd(auth) };
+  }
+
+  it('PLAIN (nginx\'s only choice): the client\'s credentials, and no XCLIENT LOGIN=', async () => {
+    const { b, seen } = await authBackend();
+    const s = await AuthStub.start(okAnswer(b.port));
+    const q = await startPostern({ listen: [{ address: '127.0.0.1:0', smtp_auth: ['plain'], auth_plaintext: true }], route: { auth_http: { url: s.url } }, proxy_smtp_auth: 'plain' });
+    try {
+      const { c, reply } = await submit(q.port, `AUTH PLAIN ${b64('\0alice\0secret')}`);
+      assert.equal(reply, '235 2.0.0 OK');
+      c.close();
+      assert.deepEqual(seen, ['plain=|alice|secret']);
+      assert.equal(b.commands[1], 'XCLIENT ADDR=127.0.0.1 NAME=[UNAVAILABLE]');
+    } finally {
+      await q.stop();
+      await s.stop();
+      await b.stop();
+    }
+  });
+
+  it('LOGIN chosen by the auth service (X-Postern-Backend-Auth), with Auth-User/Auth-Pass replacing the credentials', async () => {
+    const { b, seen } = await authBackend();
+    const s = await AuthStub.start({ ...okAnswer(b.port), 'X-Postern-Backend-Auth': 'login', 'Auth-User': 'svc-relay', 'Auth-Pass': 'relay-pw' });
+    const q = await startPostern({ listen: [{ address: '127.0.0.1:0', smtp_auth: ['plain', 'cram-md5'], auth_plaintext: true }], route: { auth_http: { url: s.url } } });
+    try {
+      const { c, reply } = await submit(q.port, `AUTH PLAIN ${b64('\0alice\0secret')}`);
+      assert.equal(reply, '235 2.0.0 OK');
+      c.close();
+      assert.deepEqual(seen, ['user=svc-relay', 'pass=relay-pw']);
+    } finally {
+      await q.stop();
+      await s.stop();
+      await b.stop();
+    }
+  });
+
+  it('CRAM-MD5 without Auth-Pass from the service: no password for the back-end, 451 (nginx: "no password available")', async () => {
+    const { b } = await authBackend();
+    const s = await AuthStub.start(okAnswer(b.port));
+    const q = await startPostern({ listen: [{ address: '127.0.0.1:0', smtp_auth: ['cram-md5'], auth_plaintext: true }], route: { auth_http: { url: s.url } }, proxy_smtp_auth: 'plain' });
+    try {
+      const c = await SmtpClient.connect(q.port);
+      await c.reply();
+      await c.cmd('EHLO c.test');
+      c.send('AUTH CRAM-MD5');
+      await c.reply();
+      assert.equal(await c.cmd(b64(`alice ${'0'.repeat(32)}`)), '451 4.3.2 Internal server error');
+      await q.waitForLog((r) => r.code === 'PST_BACKEND_AUTH_FAILED' && /no password/.test(String(r.detail)));
+    } finally {
+      await q.stop();
+      await s.stop();
+      await b.stop();
+    }
+  });
+
+  it('the back-end refuses the credentials: 451 to the client, never 235', async () => {
+    const { b } = await authBackend();
+    const s = await AuthStub.start({ ...okAnswer(b.port), 'Auth-Pass': 'wrong' });
+    const q = await startPostern({ listen: [{ address: '127.0.0.1:0', smtp_auth: ['plain'], auth_plaintext: true }], route: { auth_http: { url: s.url } }, proxy_smtp_auth: 'login' });
+    try {
+      const { reply } = await submit(q.port, `AUTH PLAIN ${b64('\0alice\0secret')}`);
+      assert.equal(reply, '451 4.3.2 Internal server error');
+      await q.waitForLog((r) => r.code === 'PST_BACKEND_AUTH_FAILED');
+    } finally {
+      await q.stop();
+      await s.stop();
+      await b.stop();
+    }
+  });
+});
