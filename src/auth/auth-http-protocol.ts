@@ -27,6 +27,8 @@ export interface AuthRequestOptions {
   host: string;
   /** Extra headers (nginx `auth_http_header`), appended last. */
   extra: Readonly<Record<string, string>>;
+  /** Send Auth-SMTP-* for authenticated sessions too (`envelope_after_auth`). */
+  envelopeForAuth?: boolean;
 }
 
 /**
@@ -41,8 +43,8 @@ export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): s
   const h = ['Host', opts.host, 'Auth-Method', a ? a.method : 'none', 'Auth-User', a ? escapeAuthValue(a.user) : '', 'Auth-Pass', a ? escapeAuthValue(a.pass) : ''];
   if (a?.salt !== undefined) h.push('Auth-Salt', a.salt);
   h.push('Auth-Protocol', 'smtp', 'Auth-Login-Attempt', String(e.attempt), 'Client-IP', req.clientAddr, 'Client-Host', req.clientHost);
-  // nginx sends the envelope only for Auth-Method none (an authenticated session has none yet).
-  if (!a) h.push('Auth-SMTP-Helo', e.helo, 'Auth-SMTP-From', e.mailLine, 'Auth-SMTP-To', e.rcptLine);
+  // nginx sends the envelope only for Auth-Method none; envelope_after_auth sends it always.
+  if (!a || opts.envelopeForAuth) h.push('Auth-SMTP-Helo', e.helo, 'Auth-SMTP-From', e.mailLine, 'Auth-SMTP-To', e.rcptLine);
   const t = req.tls;
   if (t) {
     // nginx sends each Auth-SSL-* header only when it has a value.

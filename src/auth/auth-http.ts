@@ -31,7 +31,7 @@ export class AuthHttpRouter implements Router {
   }
 
   async route(req: RouteRequest): Promise<RouteDecision> {
-    const request = this.#request(buildAuthHeaders(req, { host: this.#host, extra: this.#cfg.headers }));
+    const request = this.#request(buildAuthHeaders(req, { host: this.#host, extra: this.#cfg.headers, envelopeForAuth: this.#cfg.envelope_after_auth }));
     if (request === null) return { kind: 'error', code: 'PST_AUTH_HTTP_INVALID', detail: 'a request header value holds CR, LF or NUL' };
     for (let tries = 0; ; tries++) {
       const answer = await this.#ask(request);

@@ -205,7 +205,7 @@ export class Replay {
   #mail(): ReplayResult {
     const e = this.#o.envelope;
     if (this.#o.backendAuth && !this.#authDone) return this.#startAuth(this.#o.backendAuth);
-    if (e.auth) {
+    if (e.auth && e.mailLine === '') {
       this.step = 'done';
       return READY;
     }

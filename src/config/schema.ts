@@ -111,6 +111,12 @@ const authHttp = z.strictObject({
   max_connections: z.int().min(1).max(1024).default(64),
   /** How many `Auth-Status: WAIT` answers are followed with a new request before giving up. */
   max_wait_retries: z.int().min(0).max(100).default(10),
+  /**
+   * Authenticated sessions too: Auth-SMTP-Helo at AUTH, then a second request at the first RCPT
+   * with Auth-SMTP-From/To, whose answer routes the mail (nginx asks once, at AUTH, and never
+   * shows the envelope of authenticated sessions).
+   */
+  envelope_after_auth: z.boolean().default(false),
   /** Largest response header block accepted (nginx: a fixed 1024 bytes). */
   max_header_size: size('16k', 1024),
 });

@@ -272,7 +272,8 @@ export class Connection {
     }
     if (d.kind === 'reject') {
       const user = this.#envelope?.auth?.user;
-      if (user !== undefined) this.#ctx.authFailures.add(this.clientAddr);
+      // Only a refused login counts towards the per-address cap, not a refused recipient.
+      if (user !== undefined && this.#envelope!.mailLine === '') this.#ctx.authFailures.add(this.clientAddr);
       this.#ctx.logger.info({ code: 'PST_AUTH_REJECTED', client: this.clientAddr, user, detail: d.reason, wait_ms: d.waitMs }, ERRORS.PST_AUTH_REJECTED.message);
       const reply: Action = { type: 'reply', data: lineReply(d.reply) };
       this.#outcome = d.waitMs > 0 ? null : 'PST_AUTH_REJECTED';
@@ -280,8 +281,16 @@ export class Connection {
       else this.#routeFailed(reply, false);
       return;
     }
-    this.#backend = `${d.host}:${d.port}`;
     const cfg = this.#ctx.config;
+    const env = this.#envelope!;
+    if (env.auth && env.mailLine === '' && 'auth_http' in cfg.route && cfg.route.auth_http.envelope_after_auth) {
+      // envelope_after_auth: the login is good; where the mail goes is asked again at RCPT.
+      this.socket.setTimeout(cfg.timeouts.idle);
+      this.#run(this.session.authAccepted(env.auth));
+      if (this.session.phase === 'command') this.socket.resume();
+      return;
+    }
+    this.#backend = `${d.host}:${d.port}`;
     this.#abortBackend = connectBackend(
       d.host,
       d.port,

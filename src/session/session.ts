@@ -94,6 +94,8 @@ export class Session {
   secure = false;
   #mail: Transaction | null = null;
   #sasl: SaslExchange | null = null;
+  /** Credentials the router accepted, when the session stays with Postern until RCPT (envelope_after_auth). */
+  authenticated: Credentials | null = null;
   /** AUTH attempts the router refused. */
   authFailures = 0;
   #authRouting = false;
@@ -191,6 +193,20 @@ export class Session {
       this.phase = 'closed';
       out.push({ type: 'error', code: 'PST_SHUTDOWN' });
     }
+    return out;
+  }
+
+  /**
+   * The router accepted the AUTH but routing waits for the first RCPT (envelope_after_auth):
+   * 235 now, and the session goes on as an authenticated one.
+   */
+  authAccepted(credentials: Credentials): Action[] {
+    const out: Action[] = [];
+    this.#authRouting = false;
+    this.authenticated = credentials;
+    this.phase = 'command';
+    reply(out, this.#book.authOk);
+    this.#drain(out);
     return out;
   }
 
@@ -300,7 +316,7 @@ export class Session {
 
   #mailFrom(line: Buffer, arg: string, out: Action[]): void {
     if (this.#limits.starttls === 'only' && !this.secure) return this.#fail(out, 'PST_TLS_REQUIRED');
-    if (!this.#limits.auth.allowNone) return this.#fail(out, 'PST_AUTH_REQUIRED');
+    if (!this.#limits.auth.allowNone && !this.authenticated) return this.#fail(out, 'PST_AUTH_REQUIRED');
     if (this.#limits.requireHelo && this.helo === '') return this.#fail(out, 'PST_NEED_HELO');
     if (this.#mail) return this.#fail(out, 'PST_NESTED_MAIL');
     const path = parsePathArg(arg, 'FROM:');
@@ -316,7 +332,7 @@ export class Session {
 
   #rcptTo(line: Buffer, arg: string, out: Action[]): void {
     if (this.#limits.starttls === 'only' && !this.secure) return this.#fail(out, 'PST_TLS_REQUIRED');
-    if (!this.#limits.auth.allowNone) return this.#fail(out, 'PST_AUTH_REQUIRED');
+    if (!this.#limits.auth.allowNone && !this.authenticated) return this.#fail(out, 'PST_AUTH_REQUIRED');
     if (!this.#mail) return this.#fail(out, 'PST_NEED_MAIL');
     const path = parsePathArg(arg, 'TO:');
     if (!path || path.address === '') return this.#fail(out, 'PST_BAD_RECIPIENT', arg);
@@ -332,6 +348,7 @@ export class Session {
         mailFrom: this.#mail.from,
         rcptTo: path.address,
         attempt: this.attempts,
+        ...(this.authenticated ? { auth: this.authenticated } : {}),
       },
     });
   }
@@ -340,6 +357,7 @@ export class Session {
   #auth(arg: string, out: Action[]): void {
     const a = this.#limits.auth;
     if (a.mechanisms.length === 0) return this.#fail(out, 'PST_NOT_IMPLEMENTED', 'AUTH');
+    if (this.authenticated) return this.#fail(out, 'PST_AUTH_ALREADY');
     if (this.#mail) return this.#fail(out, 'PST_AUTH_IN_TRANSACTION');
     if (this.#limits.requireHelo && this.helo === '') return this.#fail(out, 'PST_NEED_HELO');
     const [name = '', initial, extra] = arg.split(' ');

@@ -344,3 +344,43 @@ describe('proxy_smtp_auth: AUTH to the back-end', () => {
     }
   });
 });
+
+describe('envelope_after_auth: the auth service sees the envelope of authenticated sessions too', () => {
+  it('235 at AUTH without a back-end, then a second request at RCPT with Auth-SMTP-From/To routes the mail', async () => {
+    const b = await FakeBackend.start({ xclient: 'NAME ADDR LOGIN HELO' });
+    const s = await AuthStub.start((req: RecordedRequest) => {
+      if (req.get('Auth-SMTP-To') === 'RCPT TO:<forbidden@y.test>') return { 'Auth-Status': 'Recipient not allowed for this user', 'Auth-Error-Code': '550 5.7.1', 'Auth-Wait': '1' };
+      return okAnswer(b.port);
+    });
+    const q = await startPostern({
+      listen: [{ address: '127.0.0.1:0', smtp_auth: ['plain'], auth_plaintext: true }],
+      route: { auth_http: { url: s.url, envelope_after_auth: true } },
+    });
+    try {
+      const c = await SmtpClient.connect(q.port);
+      await c.reply();
+      await c.cmd('EHLO sub.client.test');
+      assert.equal(await c.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '235 2.0.0 OK');
+      assert.equal(b.sessions.length, 0, 'no back-end yet');
+      assert.equal(await c.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '503 5.5.1 Already authenticated');
+      assert.equal(await c.cmd('MAIL FROM:<alice@x.test>'), '250 2.1.0 OK');
+      assert.equal(await c.cmd('RCPT TO:<forbidden@y.test>'), '550 5.7.1 Recipient not allowed for this user');
+      assert.equal(await c.cmd('RCPT TO:<u@y.test>'), '250 2.1.5 Ok');
+      assert.equal(await c.data('Subject: x\r\n\r\ny\r\n'), '250 2.0.0 Ok: queued');
+      c.close();
+      const [atAuth, refused, routed] = s.requests;
+      assert.equal(atAuth!.get('Auth-SMTP-Helo'), 'sub.client.test');
+      assert.equal(atAuth!.get('Auth-SMTP-From'), '');
+      assert.equal(refused!.get('Auth-Method'), 'plain');
+      assert.equal(refused!.get('Auth-User'), 'alice');
+      assert.equal(routed!.get('Auth-SMTP-From'), 'MAIL FROM:<alice@x.test>');
+      assert.equal(routed!.get('Auth-SMTP-To'), 'RCPT TO:<u@y.test>');
+      assert.deepEqual(s.requests.map((r) => r.get('Auth-Login-Attempt')), ['1', '2', '3']);
+      assert.deepEqual(b.commands.slice(1, 5), ['XCLIENT ADDR=127.0.0.1 LOGIN=alice NAME=[UNAVAILABLE] HELO=sub.client.test', 'EHLO sub.client.test', 'MAIL FROM:<alice@x.test>', 'RCPT TO:<u@y.test>']);
+    } finally {
+      await q.stop();
+      await s.stop();
+      await b.stop();
+    }
+  });
+});
