@@ -767,3 +767,42 @@ describe('Session: TLS and shutdown', () => {
     assert.equal(s.phase, 'closed');
   });
 });
+
+describe('Session: SMTP AUTH dialogs, split at every offset', () => {
+  const AUTH_LIMITS: Partial<SessionLimits> = {
+    auth: { mechanisms: ['PLAIN', 'LOGIN', 'CRAM-MD5', 'XOAUTH2'], allowNone: false, plaintext: true, maxAttempts: 2, challenge: () => '<1.2@px.example>' },
+  };
+  const b64 = (s: string): string => Buffer.from(s, 'latin1').toString('base64');
+  const authEnv = (auth: Envelope['auth']): Envelope => ({ helo: 'c', esmtp: true, mailLine: '', rcptLine: '', mailFrom: '', rcptTo: '', attempt: 1, auth });
+  it('the EHLO reply lists AUTH before STARTTLS, as nginx orders them', () => {
+    const authBook = new ReplyBook({ serverName: SERVER, capabilities: ['PIPELINING'], starttls: true, auth: ['PLAIN', 'LOGIN'] });
+    assert.equal(authBook.ehlo(true, true).toString('latin1'), '250-px.example\r\n250-PIPELINING\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS\r\n');
+    assert.equal(authBook.ehlo(true, false).toString('latin1'), '250-px.example\r\n250-PIPELINING\r\n250 STARTTLS\r\n');
+  });
+
+  it('EHLO lists AUTH; LOGIN with two prompts routes with Auth-Method plain; pipelined MAIL stays for the back-end', () => {
+    const input = `EHLO c\r\nAUTH LOGIN\r\n${b64('alice')}\r\n${b64('s3cr\xe9t')}\r\nMAIL FROM:<a@b>\r\n`;
+    const whole = run([b(input)], { limits: AUTH_LIMITS });
+    for (const chunks of splits(b(input))) assert.deepEqual(strip(run(chunks, { limits: AUTH_LIMITS })), strip(whole));
+    assert.deepEqual(whole.events.slice(-3), [R('334 VXNlcm5hbWU6\r\n'), R('334 UGFzc3dvcmQ6\r\n'), ROUTE(authEnv({ method: 'plain', user: 'alice', pass: 's3cr\xe9t' }))]);
+    assert.equal(whole.handOff, 'MAIL FROM:<a@b>\r\n');
+  });
+
+  it('CRAM-MD5 carries the challenge as salt; "*" cancels; MAIL before AUTH is 530', () => {
+    dialog(`EHLO c\r\nMAIL FROM:<a@b>\r\nAUTH PLAIN\r\n*\r\nAUTH CRAM-MD5\r\n${b64(`alice ${'a'.repeat(32)}`)}\r\n`, { limits: AUTH_LIMITS }, {
+      events: [R(GREETING), `reply ${'250-px.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 1000000\r\n250 ENHANCEDSTATUSCODES\r\n'}`, E('PST_AUTH_REQUIRED'), R('334 \r\n'), E('PST_AUTH_CANCELLED'),
+        R(`334 ${b64('<1.2@px.example>')}\r\n`), ROUTE(authEnv({ method: 'cram-md5', user: 'alice', pass: 'a'.repeat(32), salt: '<1.2@px.example>' }))],
+      handOff: '',
+      phase: 'handed-off',
+      wire: undefined,
+    });
+  });
+
+  it('credentials holding CR, LF or NUL (inside base64) reach the auth request only escaped', () => {
+    const r = run([b(`EHLO c\r\nAUTH PLAIN ${b64('\0al\r\nX-Evil: 1\0p\nw\0')}\r\nAUTH PLAIN ${b64('\0al\r\nX-Evil: 1\0pw')}\r\n`)], { limits: AUTH_LIMITS });
+    const e = r.envelopes.at(-1)!;
+    const headers = buildAuthHeaders({ envelope: e, clientAddr: '192.0.2.1', clientPort: 1, clientHost: '[UNAVAILABLE]' }, { host: 'a', extra: {} });
+    for (const h of headers) assert.doesNotMatch(h, /[\r\n\0]/);
+    assert.equal(headers[headers.indexOf('Auth-User') + 1], 'al%0D%0AX-Evil:%201');
+  });
+});
