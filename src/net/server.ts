@@ -33,6 +33,11 @@ export class PosternServer {
     this.#ctx.tls?.reload();
   }
 
+  /** The bound addresses, in `listen` order (after start()). */
+  get addresses(): net.AddressInfo[] {
+    return this.#servers.map((s) => s.address() as net.AddressInfo);
+  }
+
   get connections(): number {
     return this.#connections.size;
   }

@@ -384,3 +384,41 @@ describe('envelope_after_auth: the auth service sees the envelope of authenticat
     }
   });
 });
+
+describe('listeners and AUTH together', () => {
+  it('one config: an MX listener (none) and a submission listener (AUTH only) side by side', async () => {
+    const q = await startPostern({
+      listen: [
+        { address: '127.0.0.1:0' },
+        { address: '127.0.0.1:0', smtp_auth: ['none', 'plain'], auth_plaintext: true },
+        { address: '127.0.0.1:0', smtp_auth: ['plain'], auth_plaintext: true },
+      ],
+      route: { auth_http: { url: stub.url } },
+    });
+    try {
+      const addrs = q.server.addresses;
+      const [mx, mixed, sub] = addrs.map((a) => a.port) as [number, number, number];
+      const c1 = await SmtpClient.connect(mx);
+      await c1.reply();
+      c1.send('EHLO c.test');
+      assert.ok(!(await c1.reply()).lines.some((l) => l.startsWith('AUTH')));
+      assert.equal(await c1.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '502 5.5.1 Command not implemented');
+      assert.equal(await c1.cmd('MAIL FROM:<a@x.test>'), '250 2.1.0 OK');
+      c1.close();
+      const c2 = await SmtpClient.connect(mixed);
+      await c2.reply();
+      await c2.cmd('EHLO c.test');
+      assert.equal(await c2.cmd('MAIL FROM:<a@x.test>'), '250 2.1.0 OK');
+      assert.equal(await c2.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '503 5.5.1 AUTH not permitted during a mail transaction');
+      c2.close();
+      const c3 = await SmtpClient.connect(sub);
+      await c3.reply();
+      await c3.cmd('EHLO c.test');
+      assert.equal(await c3.cmd('MAIL FROM:<a@x.test>'), '530 5.7.1 Authentication required');
+      assert.equal(await c3.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '235 2.0.0 OK');
+      c3.close();
+    } finally {
+      await q.stop();
+    }
+  });
+});

@@ -286,3 +286,28 @@ describe('TLS settings', () => {
     }
   });
 });
+
+describe('AUTH EXTERNAL with a client certificate', () => {
+  it('Auth-Method external with the Auth-SSL-* facts for the auth service to map the certificate to a login', async () => {
+    const p = await startPostern({
+      listen: [{ address: '127.0.0.1:0', implicit_tls: true, smtp_auth: ['external'] }],
+      tls: { certificates: CERTS, verify_client: 'on', client_ca: f('ca.pem') },
+      route: { auth_http: { url: stub.url } },
+    });
+    try {
+      const c = await SmtpClient.connectTls(p.port, { ca: CA, servername: 'proxy.test', ...clientCert('client') });
+      await c.reply();
+      c.send('EHLO c.test');
+      assert.ok((await c.reply()).lines.includes('AUTH EXTERNAL'));
+      assert.equal(await c.cmd('AUTH EXTERNAL ='), '235 2.0.0 OK');
+      c.close();
+      const req = stub.requests.at(-1)!;
+      assert.equal(req.get('Auth-Method'), 'external');
+      assert.equal(req.get('Auth-User'), '');
+      assert.equal(req.get('Auth-SSL-Verify'), 'SUCCESS');
+      assert.match(req.get('Auth-SSL-Subject') ?? '', /CN=client\.test/);
+    } finally {
+      await p.stop();
+    }
+  });
+});
