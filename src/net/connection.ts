@@ -5,10 +5,9 @@
  */
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import type { BackendTlsChoice, RouteDecision } from '../auth/router.js';
-import { connectBackend, type BackendReady, type BackendTlsOptions } from '../backend/connect.js';
-import type { BackendAuth } from '../backend/replay.js';
-import type { Credentials } from '../smtp/sasl.js';
+import type { RouteDecision } from '../auth/router.js';
+import { connectBackend, type BackendReady } from '../backend/connect.js';
+import { backendAuthFor, backendTlsFor } from '../backend/route-options.js';
 import { relay, type RelayStats } from '../backend/relay.js';
 import { ERRORS, type ErrorCode, PosternError } from '../errors.js';
 import { Session, type Action, type Envelope } from '../session/session.js';
@@ -419,23 +418,6 @@ function clientOnTimeout(this: OwnedSocket): void {
 }
 function clientOnClose(this: OwnedSocket): void {
   this[kConn].onClose();
-}
-
-/**
- * proxy_smtp_auth (or the auth service's X-Postern-Backend-Auth): the credentials for the back-end.
- * nginx's rules: Auth-User/Auth-Pass from the answer win; a CRAM-MD5 digest is no password.
- */
-function backendAuthFor(creds: Credentials | undefined, d: Extract<RouteDecision, { kind: 'ok' }>, configured: 'off' | 'plain' | 'login'): { backendAuth?: BackendAuth } {
-  const mechanism = d.backendAuth ?? configured;
-  if (!creds || mechanism === 'off') return {};
-  const pass = d.pass ?? (creds.method === 'plain' ? creds.pass : null);
-  return { backendAuth: { mechanism, user: d.user ?? creds.user, pass } };
-}
-
-/** The configured back-end TLS, with the auth service's per-route choice applied. */
-function backendTlsFor(base: BackendTlsOptions, choice: BackendTlsChoice | undefined): BackendTlsOptions {
-  if (!choice) return base;
-  return { ...base, ...(choice.mode ? { mode: choice.mode } : {}), ...(choice.name ? { serverName: choice.name } : {}) };
 }
 
 function attach(socket: Socket, conn: Connection): void {

@@ -1,0 +1,26 @@
+/**
+ * How a session's back-end connection is secured and authenticated: the configured defaults with
+ * the auth service's per-route choices applied.
+ */
+import type { BackendTlsChoice, RouteDecision } from '../auth/router.js';
+import type { Credentials } from '../smtp/sasl.js';
+import type { BackendTlsOptions } from './connect.js';
+import type { BackendAuth } from './replay.js';
+
+/**
+ * proxy_smtp_auth (or the auth service's X-Postern-Backend-Auth): the credentials for the back-end.
+ * nginx's rules: Auth-User/Auth-Pass from the answer win; a CRAM-MD5 digest is no password.
+ */
+export function backendAuthFor(creds: Credentials | undefined, d: Extract<RouteDecision, { kind: 'ok' }>, configured: 'off' | 'plain' | 'login'): { backendAuth?: BackendAuth } {
+  const mechanism = d.backendAuth ?? configured;
+  if (!creds || mechanism === 'off') return {};
+  const pass = d.pass ?? (creds.method === 'plain' ? creds.pass : null);
+  return { backendAuth: { mechanism, user: d.user ?? creds.user, pass } };
+}
+
+/** The configured back-end TLS, with the auth service's per-route choice applied. */
+export function backendTlsFor(base: BackendTlsOptions, choice: BackendTlsChoice | undefined): BackendTlsOptions {
+  if (!choice) return base;
+  return { ...base, ...(choice.mode ? { mode: choice.mode } : {}), ...(choice.name ? { serverName: choice.name } : {}) };
+}
+
