@@ -38,6 +38,7 @@ describe('parseConfig defaults', () => {
       listen: [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false }],
       route: { static: { host: '127.0.0.1', port: 25 } },
       xclient: true,
+      proxy_smtp_auth: 'off',
       proxy_pass_error_message: false,
       capabilities: ['PIPELINING', '8BITMIME', 'SIZE', 'ENHANCEDSTATUSCODES'],
       max_message_size: 10 * 1024 * 1024,
@@ -70,7 +71,7 @@ describe('parseConfig defaults', () => {
   it('auth_http defaults and normalisation', () => {
     const c = parseConfig('route:\n  auth_http:\n    url: "http://127.0.0.1:9000/auth?x=1"\n');
     assert.deepEqual(c.route, {
-      auth_http: { url: 'http://127.0.0.1:9000/auth?x=1', headers: {}, max_connections: 64, max_wait_retries: 10, max_header_size: 16384 },
+      auth_http: { url: 'http://127.0.0.1:9000/auth?x=1', headers: {}, max_connections: 64, max_wait_retries: 10, envelope_after_auth: false, max_header_size: 16384 },
     });
   });
 
