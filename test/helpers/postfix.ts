@@ -15,9 +15,16 @@
  * - TLS (`{ tls: true }`): smtpd offers STARTTLS with test/fixtures/tls/backend.pem (backend.test, IP 127.0.0.1,
  *   signed by the test CA). smtpd loads key and certificate as root before dropping privileges, so the copies in
  *   the instance's etc/ can be root-owned and 0600.
+ * - SASL (`{ sasl: { user, password } }`): a private Dovecot (dovecot-core 2.3) is started first, with no mail
+ *   protocols, only its auth service, answering on <dir>/dovecot/auth (mode 0666); smtpd uses it as
+ *   `smtpd_sasl_type = dovecot` with that absolute path (fine because nothing is chrooted). This instance then
+ *   REQUIRES AUTH: relaying and RCPT are `permit_sasl_authenticated, reject`, so an unauthenticated session is
+ *   refused at RCPT, and Received says "(Authenticated sender: user)". AUTH PLAIN/LOGIN are offered without TLS.
+ *   Dovecot is our child (`dovecot -F`; its master makes itself session and group leader); stop() ends it after
+ *   Postfix (SIGTERM, about 1 s), an interrupted run SIGKILLs its group.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, constants, openSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { access, chmod, chown, copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -27,6 +34,7 @@ import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 
 const POSTFIX = '/usr/sbin/postfix';
+const DOVECOT = '/usr/sbin/dovecot';
 const NOBODY = 65534;
 /** Committed test certificates (test/fixtures/tls/make.sh). */
 export const TLS_FIXTURES = fileURLToPath(new URL('../fixtures/tls/', import.meta.url));
@@ -36,6 +44,20 @@ export interface PostfixOptions {
   tls?: boolean;
   /** Also listen on a second port with implicit TLS (smtpd_tls_wrappermode = yes), returned as `tlsPort`. Needs `tls`. */
   implicitTlsPort?: boolean;
+  /**
+   * Offer and require SMTP AUTH (PLAIN, LOGIN) through a private Dovecot auth service that knows exactly this
+   * one user. Mail for y.test is then accepted only from authenticated sessions (unauthenticated RCPT → 554).
+   */
+  sasl?: { user: string; password: string };
+}
+
+export interface PostfixSasl {
+  user: string;
+  password: string;
+  /** Dovecot's auth socket, as given to smtpd_sasl_path. */
+  socket: string;
+  /** Dovecot's log (auth successes and failures with auth_verbose); still readable after stop(). */
+  dovecotLog(): string;
 }
 
 export interface PostfixInstance {
@@ -43,6 +65,8 @@ export interface PostfixInstance {
   port: number;
   /** Implicit-TLS ("smtps") port; only with `{ tls: true, implicitTlsPort: true }`. */
   tlsPort?: number;
+  /** Only with `sasl`: the Dovecot auth service behind smtpd's AUTH. */
+  sasl?: PostfixSasl;
   host: '127.0.0.1';
   mailDir: string;
   dir: string;
@@ -131,7 +155,7 @@ function readGreeting(port: number, timeoutMs: number, implicitTls = false): Pro
   });
 }
 
-function mainCf(dir: string, withTls: boolean): string {
+function mainCf(dir: string, withTls: boolean, saslSocket: string | undefined): string {
   const settings: Record<string, string> = {
     compatibility_level: '3.6',
     queue_directory: `${dir}/queue`,
@@ -157,6 +181,19 @@ function mainCf(dir: string, withTls: boolean): string {
       // Received: ... (using TLSv1.3 with cipher ...), so tests can see that a hop was encrypted.
       smtpd_tls_received_header: 'yes',
       smtpd_tls_loglevel: '1',
+    }),
+    ...(saslSocket !== undefined && {
+      smtpd_sasl_auth_enable: 'yes',
+      smtpd_sasl_type: 'dovecot',
+      smtpd_sasl_path: saslSocket,
+      // Not noplaintext: the tests authenticate in the clear on loopback.
+      smtpd_sasl_security_options: 'noanonymous',
+      broken_sasl_auth_clients: 'no',
+      // Authentication is required: without it RCPT gets 554 (reject), with it y.test is delivered.
+      smtpd_relay_restrictions: 'permit_sasl_authenticated, reject',
+      smtpd_recipient_restrictions: 'permit_sasl_authenticated, reject',
+      // Received: ... (Authenticated sender: user), so tests see who authenticated.
+      smtpd_sasl_authenticated_header: 'yes',
     }),
     virtual_mailbox_domains: 'y.test',
     virtual_mailbox_base: `${dir}/mail`,
@@ -291,19 +328,132 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
   if (process.getuid?.() !== 0) throw new Error('startPostfix needs root (Postfix drops privileges itself)');
   if (opts.implicitTlsPort && !opts.tls) throw new Error('startPostfix: implicitTlsPort needs tls: true');
   await requireBinary(POSTFIX, 'postfix');
+  if (opts.sasl) await requireBinary(DOVECOT, 'dovecot-core');
   for (let attempt = 1; ; attempt++) {
     try {
       const port = await freePort();
       let tlsPort: number | undefined;
       while (opts.implicitTlsPort && (tlsPort === undefined || tlsPort === port)) tlsPort = await freePort();
-      return await startOnce(port, !!opts.tls, tlsPort);
+      return await startOnce(port, !!opts.tls, tlsPort, opts.sasl);
     } catch (err) {
       if (attempt >= 3 || !/Address already in use/.test((err as Error).message)) throw err;
     }
   }
 }
 
-async function startOnce(port: number, withTls: boolean, tlsPort: number | undefined): Promise<PostfixInstance> {
+/**
+ * dovecot.conf for an auth-only Dovecot (2.3): no mail protocols, one passwd-file user, everything it writes
+ * (base_dir sockets, state_dir, log) inside <dir>/dovecot, so instances never share anything.
+ */
+function dovecotConf(ddir: string, socket: string): string {
+  return `protocols =
+# Own process titles (dovecot-postern-test/auth …) so a leftover is easy to spot.
+instance_name = postern-test
+base_dir = ${ddir}/run
+state_dir = ${ddir}/state
+log_path = ${ddir}/dovecot.log
+info_log_path = ${ddir}/dovecot.log
+ssl = no
+# Postfix tells the auth service the session is not TLS: PLAIN/LOGIN in the clear must still be allowed.
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+# Log failed logins; and answer them at once (the 2 s default slows every negative test down).
+auth_verbose = yes
+auth_failure_delay = 0
+# Both users come with dovecot-core; set here so the config does not depend on the defaults.
+default_internal_user = dovecot
+default_login_user = dovenull
+passdb {
+  driver = passwd-file
+  args = ${ddir}/users
+}
+userdb {
+  driver = static
+  args = uid=${NOBODY} gid=${NOBODY} home=/nonexistent
+}
+service auth {
+  unix_listener ${socket} {
+    mode = 0666
+  }
+}
+`;
+}
+
+interface Dovecot {
+  socket: string;
+  log(): string;
+  /** SIGKILLs dovecot's process group, synchronously (exit hooks). */
+  kill(): void;
+  stop(): Promise<void>;
+}
+
+function dovecotSocket(dir: string): string {
+  return path.join(dir, 'dovecot', 'auth');
+}
+
+/** Starts `dovecot -F` in <dir>/dovecot and waits (bounded) until its auth socket exists. */
+async function startDovecot(dir: string, sasl: { user: string; password: string }): Promise<Dovecot> {
+  if (sasl.user === '' || /[:\n\r]/.test(sasl.user + sasl.password)) {
+    throw new Error('startPostfix: sasl.user must be non-empty, and user and password must not contain ":" or line breaks (passwd-file)');
+  }
+  const ddir = path.join(dir, 'dovecot');
+  const socket = dovecotSocket(dir);
+  const conf = path.join(ddir, 'dovecot.conf');
+  // 0755: smtpd (user postfix) must reach the socket, the auth process (user dovecot) must read `users`.
+  await mkdir(ddir, { mode: 0o755 });
+  await mkdir(path.join(ddir, 'state'), { mode: 0o755 });
+  await writeFile(path.join(ddir, 'users'), `${sasl.user}:{PLAIN}${sasl.password}\n`, { mode: 0o644 });
+  await writeFile(conf, dovecotConf(ddir, socket));
+
+  // Errors before log_path is open (a bad config) go to stderr: same file.
+  const logFile = path.join(ddir, 'dovecot.log');
+  const fd = openSync(logFile, 'a');
+  // detached: dovecot's own process group (master + auth, anvil, log, config), killable as one.
+  const child = spawn(DOVECOT, ['-F', '-c', conf], { stdio: ['ignore', fd, fd], detached: true });
+  closeSync(fd);
+  let exited = false;
+  child.on('exit', () => (exited = true));
+  child.on('error', () => (exited = true)); // spawn failed
+  let finalLog: string | undefined;
+  const log = () => finalLog ?? (existsSync(logFile) ? readFileSync(logFile, 'utf8') : '');
+  const kill = () => {
+    if (!child.pid) return;
+    try {
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {}
+  };
+  const unregister = cleanupOnExit(kill);
+  let stopped: Promise<void> | undefined;
+  const stop = () =>
+    (stopped ??= (async () => {
+      // SIGTERM: the master stops its services and exits (takes about 1 s); SIGKILL the group if it hangs.
+      if (!exited) {
+        try {
+          child.kill('SIGTERM');
+        } catch {}
+      }
+      if (!(await waitUntil(() => exited, 5_000))) {
+        kill();
+        await waitUntil(() => exited, 2_000);
+      }
+      kill(); // any service process the master left behind
+      finalLog = log();
+      unregister();
+    })());
+
+  if (!(await waitUntil(() => exited || existsSync(socket), 10_000)) || exited) {
+    await stop();
+    throw new Error(`Dovecot did not start: ${exited ? 'it exited' : `no ${socket} within 10000 ms`}\n--- dovecot log ---\n${log()}`);
+  }
+  return { socket, log, kill, stop };
+}
+
+async function startOnce(
+  port: number,
+  withTls: boolean,
+  tlsPort: number | undefined,
+  sasl: { user: string; password: string } | undefined,
+): Promise<PostfixInstance> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'postern-postfix-'));
   const etc = path.join(dir, 'etc');
   const mailDir = path.join(dir, 'mail', 'inbox', 'new');
@@ -321,8 +471,18 @@ async function startOnce(port: number, withTls: boolean, tlsPort: number | undef
       await chmod(path.join(etc, file), mode);
     }
   }
-  await writeFile(path.join(etc, 'main.cf'), mainCf(dir, withTls));
+  await writeFile(path.join(etc, 'main.cf'), mainCf(dir, withTls, sasl && dovecotSocket(dir)));
   await writeFile(path.join(etc, 'master.cf'), masterCf(port, tlsPort));
+  // Dovecot first: smtpd asks the auth service for its mechanisms as soon as a client connects.
+  let dovecot: Dovecot | undefined;
+  if (sasl) {
+    try {
+      dovecot = await startDovecot(dir, sasl);
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw err;
+    }
+  }
 
   // stdout must be a file (or pipe): Node's 'pipe' stdio is a socketpair, and open("/dev/stdout") on a socket
   // fails with ENXIO, so postlog/postlogd could not write maillog_file and `postfix start-fg` exits 1 silently.
@@ -337,6 +497,7 @@ async function startOnce(port: number, withTls: boolean, tlsPort: number | undef
   child.on('exit', () => (exited = true));
   const unregister = cleanupOnExit(() => {
     killAll(dir, child);
+    dovecot?.kill(); // also registered on its own; harmless twice
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -355,6 +516,8 @@ async function startOnce(port: number, withTls: boolean, tlsPort: number | undef
         killAll(dir, child);
         await waitUntil(() => exited, 2_000);
       }
+      // After Postfix, so no smtpd is left talking to the auth socket.
+      await dovecot?.stop();
       finalLog = log();
       await rm(dir, { recursive: true, force: true });
       unregister();
@@ -371,6 +534,7 @@ async function startOnce(port: number, withTls: boolean, tlsPort: number | undef
   return {
     port,
     ...(tlsPort !== undefined && { tlsPort }),
+    ...(sasl && dovecot && { sasl: { user: sasl.user, password: sasl.password, socket: dovecot.socket, dovecotLog: dovecot.log } }),
     host: '127.0.0.1',
     mailDir,
     dir,
