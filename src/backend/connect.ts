@@ -15,6 +15,8 @@ export interface BackendReady {
   reply: Reply | null;
   /** Whether XCLIENT was sent and accepted. */
   xclient: boolean;
+  /** The session's user could not be passed: XCLIENT without LOGIN. */
+  loginDropped: boolean;
   /** TLS protocol of the back-end connection, if any. */
   tls: string | null;
 }
@@ -96,7 +98,7 @@ export function connectBackend(
       done(err);
       return;
     }
-    done(null, { socket, reply: reply ?? null, xclient: replay.xclientDone, tls: socket instanceof tls.TLSSocket ? socket.getProtocol() : null });
+    done(null, { socket, reply: reply ?? null, xclient: replay.xclientDone, loginDropped: replay.loginDropped, tls: socket instanceof tls.TLSSocket ? socket.getProtocol() : null });
   };
 
   /** STARTTLS accepted: the handshake runs over the same TCP connection, then the replay goes on. */
@@ -139,7 +141,7 @@ export function connectBackend(
         case 'ready':
         case 'done':
           if (reader.rest().length > 0) {
-            return finish(new PosternError('PST_BACKEND_INVALID_REPLY', 'back-end sent bytes after its RCPT reply before any command'));
+            return finish(new PosternError('PST_BACKEND_INVALID_REPLY', 'back-end sent bytes nobody asked for at the end of the replay'));
           }
           return finish(null, step.kind === 'done' ? step.reply : undefined);
       }

@@ -71,6 +71,8 @@ export class Replay {
   step: ReplayStep = 'greeting';
   /** True once XCLIENT has been accepted: the back-end sees the real client. */
   xclientDone = false;
+  /** XCLIENT could not carry the authenticated user: the back-end does not offer LOGIN. */
+  loginDropped = false;
   /** The connection to the back-end is TLS. */
   secure: boolean;
   /** EHLO keywords of the back-end, upper-cased, with their parameters. */
@@ -221,7 +223,10 @@ export class Replay {
     const parts: string[] = [];
     if (advertised.has('ADDR')) parts.push(`ADDR=${xtext(client.addr.includes(':') ? `IPV6:${client.addr}` : client.addr)}`);
     if (advertised.has('PORT')) parts.push(`PORT=${client.port}`);
-    if (advertised.has('LOGIN') && this.#o.login && !this.#o.backendAuth) parts.push(`LOGIN=${xtext(this.#o.login)}`);
+    if (this.#o.login && !this.#o.backendAuth) {
+      if (advertised.has('LOGIN')) parts.push(`LOGIN=${xtext(this.#o.login)}`);
+      else this.loginDropped = true;
+    }
     if (advertised.has('NAME')) parts.push(`NAME=${xtext(client.name)}`);
     if (advertised.has('PROTO')) parts.push(`PROTO=${envelope.esmtp ? 'ESMTP' : 'SMTP'}`);
     if (parts.length === 0 && !(advertised.has('HELO') && envelope.helo !== '')) return null;

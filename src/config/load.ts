@@ -55,8 +55,15 @@ function crossCheck(c: Config): string[] {
     problems.push(`tls.client_ca: verify_client ${c.tls.verify_client} needs a CA bundle to verify against`);
   }
   c.listen.forEach((l, i) => {
-    if (l.smtp_auth.some((m) => m !== 'none') && !('auth_http' in c.route)) {
+    const auth = l.smtp_auth.some((m) => m !== 'none');
+    if (auth && !('auth_http' in c.route)) {
       problems.push(`listen.${i}.smtp_auth: AUTH needs route.auth_http to check credentials (the static route cannot)`);
+    }
+    if (auth && l.auth_plaintext && l.starttls === 'only') {
+      problems.push(`listen.${i}.auth_plaintext: contradicts starttls: only, which refuses AUTH before TLS`);
+    }
+    if (auth && !l.smtp_auth.includes('none') && !l.auth_plaintext && l.starttls === 'off' && !l.implicit_tls) {
+      problems.push(`listen.${i}.smtp_auth: AUTH is required but can never be used here (no TLS and no auth_plaintext): every MAIL would get 530`);
     }
   });
   const seen = new Set<string>();

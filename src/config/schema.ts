@@ -52,7 +52,8 @@ const listener = z.union([
     /** TLS from the first byte, the port-465 style (nginx `listen … ssl`). */
     implicit_tls: z.boolean().default(false),
     /** SMTP AUTH mechanisms (nginx `smtp_auth`); `none` allows unauthenticated mail (the MX case). */
-    smtp_auth: z.array(z.enum(['none', 'plain', 'login', 'cram-md5', 'external', 'xoauth2', 'oauthbearer'])).min(1).default(['none']),
+    smtp_auth: z.array(z.enum(['none', 'plain', 'login', 'cram-md5', 'external', 'xoauth2', 'oauthbearer'])).min(1).default(['none'])
+      .transform((list) => [...new Set(list)]),
     /** Offer and accept AUTH before TLS (off: AUTH only after STARTTLS or on implicit TLS). */
     auth_plaintext: z.boolean().default(false),
   }),

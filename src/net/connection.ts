@@ -237,7 +237,7 @@ export class Connection {
 
   #route(envelope: Envelope): void {
     this.#envelope = envelope;
-    if (envelope.auth && this.#ctx.authFailures.blocked(this.clientAddr)) {
+    if (envelope.auth && envelope.mailLine === '' && this.#ctx.authFailures.blocked(this.clientAddr)) {
       // Brute-force guard (nginx has none): this address has failed too often lately.
       this.#routeFailed({ type: 'error', code: 'PST_AUTH_TOO_MANY', detail: `${this.clientAddr} is over auth.max_failures_per_client` }, false);
       return;
@@ -332,7 +332,7 @@ export class Connection {
     this.socket.uncork();
   }
 
-  #handOff({ socket: backend, reply, xclient, tls: backendTls }: BackendReady): void {
+  #handOff({ socket: backend, reply, xclient, loginDropped, tls: backendTls }: BackendReady): void {
     this.#backendTls = backendTls;
     if (this.socket.destroyed) {
       backend.destroy();
@@ -343,6 +343,10 @@ export class Connection {
       // looks as if it came from Postern, which matters if Postern is in the back-end's mynetworks.
       this.#ctx.noXclient.add(this.#backend!);
       this.#ctx.logger.warn({ backend: this.#backend }, 'xclient is on but the back-end does not offer XCLIENT: it sees Postern as the client (add Postern to smtpd_authorized_xclient_hosts)');
+    }
+    if (loginDropped && !this.#ctx.noXclient.has(`${this.#backend!} LOGIN`)) {
+      this.#ctx.noXclient.add(`${this.#backend!} LOGIN`);
+      this.#ctx.logger.warn({ backend: this.#backend }, 'the back-end\'s XCLIENT has no LOGIN attribute: it does not learn who authenticated (Postfix < 2.9, or use proxy_smtp_auth)');
     }
     this.#backendSocket = backend;
     this.#outcome = 'relayed';

@@ -132,6 +132,7 @@ export class Session {
     this.helo = '';
     this.esmtp = false;
     this.#mail = null;
+    this.authenticated = null;
     if (this.#draining) {
       this.phase = 'closed';
       return [{ type: 'error', code: 'PST_SHUTDOWN' }];
@@ -361,10 +362,14 @@ export class Session {
     if (this.#mail) return this.#fail(out, 'PST_AUTH_IN_TRANSACTION');
     if (this.#limits.requireHelo && this.helo === '') return this.#fail(out, 'PST_NEED_HELO');
     const [name = '', initial, extra] = arg.split(' ');
-    if (name === '' || extra !== undefined) return this.#fail(out, 'PST_INVALID_ARGUMENT', `AUTH ${arg}`);
+    // The argument may hold credentials: it is never logged.
+    if (name === '' || extra !== undefined) return this.#fail(out, 'PST_INVALID_ARGUMENT', 'AUTH');
     const mech = name.toUpperCase() as Mechanism;
     if (!MECHANISMS.includes(mech) || !a.mechanisms.includes(mech)) return this.#fail(out, 'PST_AUTH_MECHANISM', name);
+    if (this.#limits.starttls === 'only' && !this.secure) return this.#fail(out, 'PST_TLS_REQUIRED');
     if (!this.secure && !a.plaintext) return this.#fail(out, 'PST_AUTH_NEEDS_TLS', mech);
+    // RFC 4954 §4: CRAM-MD5 has no initial response (the server speaks first).
+    if (mech === 'CRAM-MD5' && initial !== undefined) return this.#fail(out, 'PST_AUTH_BAD_RESPONSE', 'CRAM-MD5 takes no initial response');
     this.#sasl = new SaslExchange(mech, this.#book, mech === 'CRAM-MD5' ? a.challenge() : '');
     this.#saslStep(this.#sasl.start(initial), out);
   }

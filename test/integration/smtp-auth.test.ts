@@ -422,3 +422,33 @@ describe('listeners and AUTH together', () => {
     }
   });
 });
+
+describe('AUTH edge cases', () => {
+  it('CRAM-MD5 with an initial response is refused (RFC 4954: the server speaks first)', async () => {
+    const { c } = await ehlo();
+    assert.equal(await c.cmd(`AUTH CRAM-MD5 ${b64('alice 0123')}`), '501 5.5.2 Cannot decode response');
+    c.close();
+  });
+
+  it('a back-end whose XCLIENT has no LOGIN: a warning, once per back-end, that it does not learn the user', async () => {
+    const b = await FakeBackend.start({ xclient: 'NAME ADDR' });
+    const s = await AuthStub.start(okAnswer(b.port));
+    const q = await startPostern({ listen: [{ address: '127.0.0.1:0', smtp_auth: ['plain'], auth_plaintext: true }], route: { auth_http: { url: s.url } } });
+    try {
+      for (let i = 0; i < 2; i++) {
+        const c = await SmtpClient.connect(q.port);
+        await c.reply();
+        await c.cmd('EHLO c.test');
+        assert.equal(await c.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '235 2.0.0 OK');
+        c.close();
+      }
+      await q.waitForLog((r) => /has no LOGIN attribute/.test(r.msg));
+      assert.equal(q.logs.filter((r) => /has no LOGIN attribute/.test(r.msg)).length, 1);
+      assert.equal(b.commands[1], 'XCLIENT ADDR=127.0.0.1 NAME=[UNAVAILABLE]');
+    } finally {
+      await q.stop();
+      await s.stop();
+      await b.stop();
+    }
+  });
+});

@@ -311,3 +311,18 @@ describe('AUTH EXTERNAL with a client certificate', () => {
     }
   });
 });
+
+describe('starttls: only and AUTH', () => {
+  it('AUTH before TLS is refused with 530, as nginx\'s starttls only does', async () => {
+    const p = await startPostern(tlsConfig({ starttls: 'only', smtp_auth: ['plain'] }));
+    try {
+      const c = await SmtpClient.connect(p.port);
+      await c.reply();
+      await c.cmd('EHLO c.test');
+      assert.equal(await c.cmd(`AUTH PLAIN ${Buffer.from('\0alice\0secret').toString('base64')}`), '530 5.7.0 Must issue a STARTTLS command first');
+      c.close();
+    } finally {
+      await p.stop();
+    }
+  });
+});

@@ -331,3 +331,15 @@ describe('parseConfig cross-key rules', () => {
     assert.throws(() => parseConfig('workers: 0\n'), /workers/);
   });
 });
+
+describe('parseConfig: SMTP AUTH rules', () => {
+  const authRoute = 'route: { auth_http: { url: "http://127.0.0.1:9/a" } }\n';
+  it('AUTH needs auth_http; starttls only contradicts auth_plaintext; an unusable AUTH-only listener is refused', () => {
+    assert.throws(() => parseConfig('listen: [{ address: "127.0.0.1:25", smtp_auth: [plain], auth_plaintext: true }]\n'), /listen\.0\.smtp_auth: AUTH needs route\.auth_http/);
+    assert.throws(() => parseConfig(`${authRoute}listen: [{ address: "127.0.0.1:587", starttls: only, smtp_auth: [plain], auth_plaintext: true }]\ntls: { certificates: [{ cert: a, key: b }] }\n`), /listen\.0\.auth_plaintext: contradicts starttls: only/);
+    assert.throws(() => parseConfig(`${authRoute}listen: [{ address: "127.0.0.1:587", smtp_auth: [plain] }]\n`), /listen\.0\.smtp_auth: AUTH is required but can never be used here/);
+  });
+  it('smtp_auth entries are de-duplicated', () => {
+    assert.deepEqual(parseConfig(`${authRoute}listen: [{ address: "127.0.0.1:587", smtp_auth: [plain, plain, login], auth_plaintext: true }]\n`).listen[0]!.smtp_auth, ['plain', 'login']);
+  });
+});
