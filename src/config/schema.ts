@@ -175,6 +175,13 @@ export const configSchema = z.strictObject({
     max_failures_per_client: z.int().min(1).default(20),
     failure_window: duration('10m'),
   }).prefault({}),
+  /** Connection caps (nginx: worker_connections; per-address caps need a stream{} limit_conn in nginx). */
+  limits: z.strictObject({
+    /** Open client connections per worker; more are told 421 and closed (0: no limit). */
+    max_connections: z.int().min(0).default(20_000),
+    /** Open connections from one client address per worker (0: no limit); bounds slowloris-style holding. */
+    max_connections_per_client: z.int().min(0).default(0),
+  }).prefault({}),
   tls: tls.prefault({}),
   backend_tls: backendTls.prefault({}),
   timeouts: timeouts.prefault({}),

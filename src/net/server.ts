@@ -6,6 +6,7 @@ import { AuthHttpRouter } from '../auth/auth-http.js';
 import { StaticRouter, type Router } from '../auth/router.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
+import { ERRORS } from '../errors.js';
 import { Connection } from './connection.js';
 import { buildContext, type ListenerContext, type ServerContext } from './context.js';
 import { TlsContexts } from '../tls/contexts.js';
@@ -20,6 +21,8 @@ export class PosternServer {
   readonly #ctx: ServerContext;
   readonly #servers: net.Server[] = [];
   readonly #connections = new Set<Connection>();
+  /** Open connections per client address (limits.max_connections_per_client). */
+  readonly #perClient = new Map<string, number>();
   #stopping: Promise<void> | null = null;
   #onIdle: (() => void) | null = null;
 
@@ -70,11 +73,31 @@ export class PosternServer {
       return;
     }
     socket.on('error', noop);
-    this.#connections.add(new Connection(socket, this.#ctx, listener, (c) => this.#closed(c)));
+    const limits = this.#ctx.config.limits;
+    if (limits.max_connections > 0 && this.#connections.size >= limits.max_connections) return this.#refuse(socket, 'PST_TOO_MANY_CONNECTIONS');
+    const addr = socket.remoteAddress ?? '';
+    if (limits.max_connections_per_client > 0) {
+      const n = this.#perClient.get(addr) ?? 0;
+      if (n >= limits.max_connections_per_client) return this.#refuse(socket, 'PST_CLIENT_CONNECTIONS');
+      this.#perClient.set(addr, n + 1);
+    }
+    this.#connections.add(new Connection(socket, this.#ctx, listener, (c) => this.#closed(c, addr)));
   }
 
-  #closed(c: Connection): void {
+  /** Over a cap: the 421 (RFC 5321 §3.8) without a session, then close. */
+  #refuse(socket: net.Socket, code: 'PST_TOO_MANY_CONNECTIONS' | 'PST_CLIENT_CONNECTIONS'): void {
+    this.#ctx.logger[ERRORS[code].level]({ code, client: socket.remoteAddress }, ERRORS[code].message);
+    socket.end(this.#ctx.listeners[0]!.book.error(code));
+    socket.setTimeout(2000, () => socket.destroy());
+  }
+
+  #closed(c: Connection, addr: string): void {
     this.#connections.delete(c);
+    const n = this.#perClient.get(addr);
+    if (n !== undefined) {
+      if (n <= 1) this.#perClient.delete(addr);
+      else this.#perClient.set(addr, n - 1);
+    }
     if (this.#connections.size === 0) this.#onIdle?.();
   }
 

@@ -46,9 +46,9 @@ export class SmtpClient {
     this.#waiter?.();
   }
 
-  static connect(port: number, host = '127.0.0.1'): Promise<SmtpClient> {
+  static connect(port: number, host = '127.0.0.1', localAddress?: string): Promise<SmtpClient> {
     return new Promise((resolve, reject) => {
-      const s = net.connect({ port, host }, () => resolve(new SmtpClient(s)));
+      const s = net.connect({ port, host, ...(localAddress ? { localAddress } : {}) }, () => resolve(new SmtpClient(s)));
       s.once('error', reject);
     });
   }
