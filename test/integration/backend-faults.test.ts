@@ -12,16 +12,27 @@ import { SmtpClient } from '../helpers/smtp-client.js';
 async function withBackend(opts: FakeBackendOptions, config: Record<string, unknown>, fn: (p: RunningPostern, b: FakeBackend) => Promise<void>): Promise<void> {
   const b = await FakeBackend.start(opts);
   const p = await startPostern({ route: { static: `127.0.0.1:${b.port}` }, timeouts: { backend: '1s' }, ...config });
+  const socketsBefore = openSockets();
   try {
     await fn(p, b);
-    // No session, socket or timer may outlive its client: the server must be empty again.
-    const deadline = Date.now() + 3000;
-    while (p.server.connections > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    // No session, socket or timer may outlive its client: the server must be empty again, and
+    // every TCP socket of this process (client, Postern's both sides, back-end) closed.
+    const deadline = Date.now() + 6000;
+    while ((p.server.connections > 0 || openSockets() > socketsBefore) && Date.now() < deadline) {
+      for (const s of b.sessions) s.socket.destroy(); // the fake back-end's own side
+      await new Promise((r) => setTimeout(r, 20));
+    }
     assert.equal(p.server.connections, 0, 'connections left open');
+    assert.ok(openSockets() <= socketsBefore, `${openSockets() - socketsBefore} TCP sockets leaked`);
   } finally {
     await p.stop();
     await b.stop();
   }
+}
+
+/** Open TCP sockets of this process (libuv handles), servers excluded. */
+function openSockets(): number {
+  return process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap').length;
 }
 
 async function toRcpt(port: number): Promise<{ c: SmtpClient; rcpt: string }> {
