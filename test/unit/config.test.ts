@@ -47,6 +47,7 @@ describe('parseConfig defaults', () => {
       require_helo: true,
       greeting_delay: 0,
       auth: { max_attempts: 3, max_failures_per_client: 20, failure_window: 600_000 },
+      limits: { max_connections: 20_000, max_connections_per_client: 0 },
       tls: { certificates: [], min_version: 'TLSv1.2', session_timeout: 300_000, verify_client: 'off', verify_depth: 1, pass_client_cert: false },
       backend_tls: { mode: 'off', verify: true, min_version: 'TLSv1.2' },
       timeouts: { idle: 300_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000 },
