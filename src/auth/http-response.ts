@@ -92,7 +92,8 @@ export class HttpResponseReader {
   /** Takes one CRLF- (or LF-) terminated line from the buffer, bounded like the header block. */
   #line(): string | null {
     const lf = this.#buf.indexOf(0x0a);
-    if (lf === -1) {
+    if (lf === -1 || lf > this.#maxHeaderSize) {
+      // The same limit whether or not the line's end has arrived in this read.
       if (this.#buf.length > this.#maxHeaderSize) this.#fail('line too long');
       return null;
     }
@@ -103,12 +104,7 @@ export class HttpResponseReader {
   }
 
   #readHead(): boolean {
-    let end = this.#buf.indexOf('\r\n\r\n');
-    let sep = 4;
-    if (end === -1) {
-      end = this.#buf.indexOf('\n\n');
-      sep = 2;
-    }
+    const { end, sep } = headEnd(this.#buf);
     if (end === -1 || end + sep > this.#maxHeaderSize) {
       if (this.#buf.length > this.#maxHeaderSize || end !== -1) return this.#fail(`response header block over ${this.#maxHeaderSize} bytes`);
       return false;
@@ -158,6 +154,23 @@ export class HttpResponseReader {
     this.#state = 'error';
     this.#buf = EMPTY;
     return false;
+  }
+}
+
+/**
+ * Where the header block ends: the first empty line, whichever line ending (CRLF or bare LF) the
+ * response uses. Looking for CRLFCRLF first would find one inside the body of a bare-LF response.
+ */
+function headEnd(buf: Buffer): { end: number; sep: number } {
+  let from = 0;
+  for (;;) {
+    const lf = buf.indexOf(0x0a, from);
+    if (lf === -1) return { end: -1, sep: 0 };
+    const next = lf + 1;
+    if (buf[next] === 0x0a) return { end: lf > 0 && buf[lf - 1] === 0x0d ? lf - 1 : lf, sep: lf > 0 && buf[lf - 1] === 0x0d ? 3 : 2 };
+    if (buf[next] === 0x0d && buf[next + 1] === 0x0a) return { end: lf > 0 && buf[lf - 1] === 0x0d ? lf - 1 : lf, sep: lf > 0 && buf[lf - 1] === 0x0d ? 4 : 3 };
+    if (next >= buf.length) return { end: -1, sep: 0 };
+    from = next;
   }
 }
 

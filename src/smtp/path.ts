@@ -20,7 +20,8 @@ export interface PathArg {
  */
 export function parsePathArg(arg: string, keyword: 'FROM:' | 'TO:'): PathArg | null {
   if (arg.length < keyword.length || arg.slice(0, keyword.length).toUpperCase() !== keyword) return null;
-  let rest = arg.slice(keyword.length).trimStart();
+  // Only SP and HTAB are whitespace here: trim() would also eat 0xA0, which the replay keeps.
+  let rest = arg.slice(keyword.length).replace(/^[ \t]+/, '');
   if (rest.length === 0) return null;
   let address: string;
   if (rest[0] === '<') {
@@ -35,7 +36,7 @@ export function parsePathArg(arg: string, keyword: 'FROM:' | 'TO:'): PathArg | n
     rest = sp === -1 ? '' : rest.slice(sp);
   }
   if (address.includes('<') || (address.includes(' ') && !address.includes('"'))) return null;
-  return { address, params: rest.trim() };
+  return { address, params: rest.replace(/^[ \t]+|[ \t]+$/g, '') };
 }
 
 /** Index of the `>` closing the path, skipping a quoted local part (RFC 5321 §4.1.2 Quoted-string). */
