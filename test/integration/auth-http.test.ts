@@ -142,6 +142,14 @@ describe('auth_http: answers', () => {
       assert.equal((await envelope(p.port)).rcpt, '250 2.1.5 Ok');
     }));
 
+  it('a slow auth service that answers within timeouts.auth: the session proceeds', () =>
+    withStub(async () => {
+      await new Promise((r) => setTimeout(r, 600));
+      return okAnswer(backend.port);
+    }, async (p) => {
+      assert.equal((await envelope(p.port)).rcpt, '250 2.1.5 Ok');
+    }));
+
   it('Auth-Server may be a host name (nginx accepts only IP literals)', () =>
     withStub({}, async (p, stub) => {
       stub.answer = okAnswer(backend.port, 'localhost');

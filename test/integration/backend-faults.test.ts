@@ -82,6 +82,22 @@ describe('replay failures: 451 4.3.2 and a clean close', () => {
     }
   }
 
+  // At RCPT a refusal is the client's own answer (relayed); every other fault is a 451.
+  for (const [what, behaviour, code] of [
+    ['stalls', 'stall', 'PST_BACKEND_TIMEOUT'],
+    ['closes', 'close', 'PST_BACKEND_CLOSED'],
+    ['resets', 'reset', 'PST_BACKEND_CLOSED'],
+    ['answers garbage', 'hello there', 'PST_BACKEND_INVALID_REPLY'],
+  ] as const) {
+    it(`back-end ${what} at RCPT`, () =>
+      withBackend({ onCommand: (l) => (l.startsWith('RCPT') ? behaviour : undefined) }, {}, async (p) => {
+        const { c, rcpt } = await toRcpt(p.port);
+        assert.equal(rcpt, '451 4.3.2 Internal server error');
+        assert.ok(await c.waitClosed());
+        await p.waitForLog((r) => r.code === code);
+      }));
+  }
+
   it('proxy_pass_error_message: the back-end\'s own refusal text reaches the client', () =>
     withBackend({ onCommand: (l) => (l.startsWith('MAIL') ? '553 5.7.1 <a@x.test>: Sender address rejected: not owned' : undefined) }, { proxy_pass_error_message: true }, async (p) => {
       const { c, rcpt } = await toRcpt(p.port);
