@@ -35,9 +35,6 @@ export interface BackendTlsOptions {
   minVersion: tls.SecureVersion;
 }
 
-/** The back-end's own reply, kept for `proxy_pass_error_message`. */
-export class BackendRefusal extends PosternError {}
-
 /**
  * Starts the connection; `done` is called exactly once. Returns a function that aborts the
  * attempt (client went away, shutdown).
@@ -131,8 +128,9 @@ export function connectBackend(
         case 'wait':
           continue;
         case 'fail': {
+          // The back-end's own refusal is kept for proxy_pass_error_message.
           const text = step.reply && step.reply.code >= 400 ? step.reply.raw.toString('latin1') : undefined;
-          return finish(new BackendRefusal(step.code, step.detail, text));
+          return finish(new PosternError(step.code, step.detail, text));
         }
         case 'starttls':
           // RFC 3207 §4.2: nothing the server sent before the handshake may be kept.

@@ -338,15 +338,13 @@ export class Connection {
       backend.destroy();
       return;
     }
-    if (this.#ctx.config.xclient && !xclient && !this.#ctx.noXclient.has(this.#backend!)) {
+    if (this.#ctx.config.xclient && !xclient) {
       // Postfix offers XCLIENT only to smtpd_authorized_xclient_hosts: without it every session
       // looks as if it came from Postern, which matters if Postern is in the back-end's mynetworks.
-      this.#ctx.noXclient.add(this.#backend!);
-      this.#ctx.logger.warn({ backend: this.#backend }, 'xclient is on but the back-end does not offer XCLIENT: it sees Postern as the client (add Postern to smtpd_authorized_xclient_hosts)');
+      this.#warnOnce('no-xclient', 'xclient is on but the back-end does not offer XCLIENT: it sees Postern as the client (add Postern to smtpd_authorized_xclient_hosts)');
     }
-    if (loginDropped && !this.#ctx.noXclient.has(`${this.#backend!} LOGIN`)) {
-      this.#ctx.noXclient.add(`${this.#backend!} LOGIN`);
-      this.#ctx.logger.warn({ backend: this.#backend }, 'the back-end\'s XCLIENT has no LOGIN attribute: it does not learn who authenticated (Postfix < 2.9, or use proxy_smtp_auth)');
+    if (loginDropped) {
+      this.#warnOnce('no-xclient-login', 'the back-end\'s XCLIENT has no LOGIN attribute: it does not learn who authenticated (Postfix < 2.9, or use proxy_smtp_auth)');
     }
     this.#backendSocket = backend;
     this.#outcome = 'relayed';
@@ -362,6 +360,14 @@ export class Connection {
     if (this.#clientEnded) backend.end();
     this.#relayStats = { lastCode: this.#lastCode, failure: null };
     relay(this.socket, backend, this.#ctx.config.timeouts.relay_idle, this.#relayStats, () => this.#finish());
+  }
+
+  /** A back-end misconfiguration is logged once per back-end, not once per session. */
+  #warnOnce(kind: string, message: string): void {
+    const key = `${kind} ${this.#backend}`;
+    if (this.#ctx.warned.has(key)) return;
+    this.#ctx.warned.add(key);
+    this.#ctx.logger.warn({ backend: this.#backend }, message);
   }
 
   #finished = false;

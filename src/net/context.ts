@@ -26,8 +26,8 @@ export interface ServerContext {
   readonly backendTls: BackendTlsOptions;
   /** Failed AUTH attempts per client address (auth.max_failures_per_client). */
   readonly authFailures: FailureCounter;
-  /** Back-ends already warned about for not offering XCLIENT (warn once each, not per session). */
-  readonly noXclient: Set<string>;
+  /** Back-end warnings already logged ("<kind> <host:port>"): each is logged once, not per session. */
+  readonly warned: Set<string>;
 }
 
 /** Counts failures per key in a fixed window; entries expire with their window (no timers). */
@@ -97,5 +97,5 @@ export function buildContext(config: Readonly<Config>, router: Router, logger: L
     ...(b.server_name ? { serverName: b.server_name } : {}),
   };
   const authFailures = new FailureCounter(config.auth.max_failures_per_client, config.auth.failure_window);
-  return { config, router, logger, tls, listeners, backendTls, authFailures, noXclient: new Set() };
+  return { config, router, logger, tls, listeners, backendTls, authFailures, warned: new Set() };
 }

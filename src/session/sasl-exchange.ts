@@ -3,8 +3,7 @@
  * credentials are complete. Pure; the session feeds it lines.
  */
 import type { ErrorCode } from '../errors.js';
-import type { ReplyBook } from '../smtp/replies.js';
-import { lineReply } from '../smtp/replies.js';
+import { lineReply, type ReplyBook } from '../smtp/replies.js';
 import { decodeBase64, decodeCramMd5, decodeOauthbearer, decodePlain, decodeXoauth2, encodeBase64, type Credentials, type Mechanism } from '../smtp/sasl.js';
 
 export type SaslStep =
