@@ -1,7 +1,8 @@
 /**
  * Postfix's smtp-sink on loopback: accepts and discards mail, optionally dumping each message to its own file.
- * Quirks (shared/reference/peers.md §4.4): answers XCLIENT/XFORWARD/AUTH with a plain 250, has no STARTTLS
- * or SIZE, and caps itself at 256 connections unless -m is raised.
+ * Quirks (as Postfix 3.7's smtp-sink answers; -m is in smtp-sink(1)): answers XCLIENT/XFORWARD/AUTH with a
+ * plain `250 2.0.0 Ok` (not 220 or 235), offers neither STARTTLS nor SIZE in its EHLO reply, and handles at
+ * most 256 connections at once unless -m is raised.
  */
 import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';

@@ -1,7 +1,9 @@
 /**
- * nginx's auth_http protocol without I/O (nginx-mail.md §2): request headers in nginx's order,
- * the %XX escaping of Auth-User/Auth-Pass, and how the answer is read (OK / WAIT / any other
- * text = failure with Auth-Error-Code or 535 5.7.0; missing Auth-Server/Auth-Port = error).
+ * nginx's auth_http protocol without I/O: request headers in nginx's order, the %XX escaping of
+ * Auth-User/Auth-Pass, and how the answer is read (OK / WAIT / any other text = failure with
+ * Auth-Error-Code or 535 5.7.0; missing Auth-Server/Auth-Port = error). Sources: the protocol section
+ * of https://nginx.org/en/docs/mail/ngx_mail_auth_http_module.html, and for the header order
+ * ngx_mail_auth_http_create_request in nginx's src/mail/ngx_mail_auth_http_module.c.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -30,7 +32,7 @@ function pairs(flat: string[]): Array<[string, string]> {
 }
 
 describe('buildAuthHeaders (Auth-Method: none)', () => {
-  it('sends nginx\'s headers, in nginx\'s order, with the values of §2.2', () => {
+  it('sends nginx\'s headers, in nginx\'s order, with the values nginx sends for Auth-Method none', () => {
     assert.deepEqual(pairs(buildAuthHeaders(REQUEST, { host: 'auth.example', extra: {} })), [
       ['Host', 'auth.example'],
       ['Auth-Method', 'none'],

@@ -1,5 +1,5 @@
 /**
- * The back-end replay (nginx-mail.md §3.5, hard-parts.md "Replay replies"): greeting 220 →
+ * The back-end replay (as ngx_mail_proxy_smtp_handler in nginx's src/mail/ngx_mail_proxy_module.c): greeting 220 →
  * EHLO (HELO fallback) → [XCLIENT with advertised attributes only, 220 or 250 → client's HELO/EHLO]
  * → MAIL 250 → RCPT (any reply goes to the client). Exact bytes are checked at each step.
  */
