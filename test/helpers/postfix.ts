@@ -22,6 +22,14 @@
  *   refused at RCPT, and Received says "(Authenticated sender: user)". AUTH PLAIN/LOGIN are offered without TLS.
  *   Dovecot is our child (`dovecot -F`; its master makes itself session and group leader); stop() ends it after
  *   Postfix (SIGTERM, about 1 s), an interrupted run SIGKILLs its group.
+ * - Relay (`{ relayTo: { host, port } }`): the instance is an SMTP *client* as well. It accepts mail for any
+ *   domain from 127.0.0.0/8 and relays all of it to relayhost [host]:port (brackets: no MX or A lookup), nothing
+ *   is delivered locally. Its name is relay.test, not backend.test, because the smtp client refuses a server
+ *   that greets it with its own name ("mail for … loops back to myself") and a back-end instance is backend.test.
+ *   A 4xx to a RCPT defers that recipient only; Postfix 3.7 never retries it on the same connection: the queue
+ *   manager brings it back from the deferred queue after minimal_backoff_time (1 s here), scanned every
+ *   queue_run_delay (1 s), at most maximal_backoff_time (2 s) apart, over a new connection (connection caching
+ *   is off so that every delivery attempt is its own connection). submitMessage() (submit.ts) hands it mail.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, constants, existsSync, openSync, readFileSync, rmSync } from 'node:fs';
@@ -49,6 +57,8 @@ export interface PostfixOptions {
    * one user. Mail for y.test is then accepted only from authenticated sessions (unauthenticated RCPT → 554).
    */
   sasl?: { user: string; password: string };
+  /** Relay everything accepted to this SMTP server, as an SMTP client with short retry timers (see above). */
+  relayTo?: { host: string; port: number };
 }
 
 export interface PostfixSasl {
@@ -72,6 +82,8 @@ export interface PostfixInstance {
   dir: string;
   log(): string;
   waitForMessages(n: number, timeoutMs?: number): Promise<string[]>;
+  /** Resolves with the log once `done(log)` holds, polled every 50 ms; throws with the log after `timeoutMs`. */
+  waitForLog(done: (log: string) => boolean, timeoutMs?: number): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -155,7 +167,7 @@ function readGreeting(port: number, timeoutMs: number, implicitTls = false): Pro
   });
 }
 
-function mainCf(dir: string, withTls: boolean, saslSocket: string | undefined): string {
+function mainCf(dir: string, withTls: boolean, saslSocket: string | undefined, relayTo?: { host: string; port: number }): string {
   const settings: Record<string, string> = {
     compatibility_level: '3.6',
     queue_directory: `${dir}/queue`,
@@ -213,6 +225,26 @@ function mainCf(dir: string, withTls: boolean, saslSocket: string | undefined): 
     queue_run_delay: '1s',
     minimal_backoff_time: '1s',
     maximal_backoff_time: '2s',
+    // Last, so these replace the back-end settings above (an object spread keeps the first key's position).
+    ...(relayTo && {
+      myhostname: 'relay.test',
+      relayhost: `[${relayTo.host}]:${relayTo.port}`,
+      virtual_mailbox_domains: '',
+      // Open relay for loopback clients only (the test submits from 127.0.0.1).
+      smtpd_relay_restrictions: 'permit_mynetworks, reject',
+      smtp_tls_security_level: 'none',
+      // A deferred recipient must come back over a new connection, never a cached one.
+      smtp_connection_cache_on_demand: 'no',
+      // A stalled server under test fails the attempt quickly instead of after the 300 s defaults.
+      smtp_connect_timeout: '5s',
+      smtp_helo_timeout: '20s',
+      smtp_mail_timeout: '20s',
+      smtp_rcpt_timeout: '20s',
+      smtp_data_init_timeout: '20s',
+      smtp_data_xfer_timeout: '20s',
+      smtp_data_done_timeout: '20s',
+      smtp_quit_timeout: '10s',
+    }),
   };
   return Object.entries(settings).map(([k, v]) => `${k} = ${v}`.trimEnd() + '\n').join('');
 }
@@ -329,12 +361,14 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
   if (opts.implicitTlsPort && !opts.tls) throw new Error('startPostfix: implicitTlsPort needs tls: true');
   await requireBinary(POSTFIX, 'postfix');
   if (opts.sasl) await requireBinary(DOVECOT, 'dovecot-core');
+  // SASL makes smtpd refuse unauthenticated relaying; relay mode is meant for plain loopback submission.
+  if (opts.sasl && opts.relayTo) throw new Error('startPostfix: relayTo cannot be combined with sasl');
   for (let attempt = 1; ; attempt++) {
     try {
       const port = await freePort();
       let tlsPort: number | undefined;
       while (opts.implicitTlsPort && (tlsPort === undefined || tlsPort === port)) tlsPort = await freePort();
-      return await startOnce(port, !!opts.tls, tlsPort, opts.sasl);
+      return await startOnce(port, !!opts.tls, tlsPort, opts.sasl, opts.relayTo);
     } catch (err) {
       if (attempt >= 3 || !/Address already in use/.test((err as Error).message)) throw err;
     }
@@ -453,6 +487,7 @@ async function startOnce(
   withTls: boolean,
   tlsPort: number | undefined,
   sasl: { user: string; password: string } | undefined,
+  relayTo?: { host: string; port: number },
 ): Promise<PostfixInstance> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'postern-postfix-'));
   const etc = path.join(dir, 'etc');
@@ -471,7 +506,7 @@ async function startOnce(
       await chmod(path.join(etc, file), mode);
     }
   }
-  await writeFile(path.join(etc, 'main.cf'), mainCf(dir, withTls, sasl && dovecotSocket(dir)));
+  await writeFile(path.join(etc, 'main.cf'), mainCf(dir, withTls, sasl && dovecotSocket(dir), relayTo));
   await writeFile(path.join(etc, 'master.cf'), masterCf(port, tlsPort));
   // Dovecot first: smtpd asks the auth service for its mechanisms as soon as a client connects.
   let dovecot: Dovecot | undefined;
@@ -548,6 +583,15 @@ async function startOnce(
         if (Date.now() >= deadline) {
           throw new Error(`expected ${n} message(s) in ${mailDir}, found ${files.length} after ${timeoutMs} ms\n--- log ---\n${log()}`);
         }
+        await sleep(50);
+      }
+    },
+    async waitForLog(done, timeoutMs = 10_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const text = log();
+        if (done(text)) return text;
+        if (Date.now() >= deadline) throw new Error(`log condition not met after ${timeoutMs} ms\n--- log ---\n${text}`);
         await sleep(50);
       }
     },
