@@ -67,8 +67,10 @@ async function main(argv: string[]): Promise<number> {
   }
   {
     try {
-      if (config.listen.some((l) => l.implicit_tls || l.starttls !== 'off')) new TlsContexts(config.tls);
-      if (config.backend_tls.ca) readBackendCa(config.backend_tls.ca);
+      for (const srv of config.servers) {
+        if (srv.listen.some((l) => l.implicit_tls || l.starttls !== 'off')) new TlsContexts(srv.tls);
+        if (srv.backend_tls.ca) readBackendCa(srv.backend_tls.ca);
+      }
     } catch (err) {
       if (!(err instanceof TlsLoadError)) throw err;
       process.stderr.write(`postern: configuration ${values.config}: ${err.problems.length} problem(s)\n  ${err.problems.join('\n  ')}\npostern: configuration file ${values.config} test failed\n`);

@@ -56,12 +56,17 @@ export const ERRORS = {
   PST_CLIENT_CONNECTIONS: { reply: '421 4.7.0 {host} Too many connections from your address', close: true, level: 'info', message: 'limits.max_connections_per_client reached for this address (per worker)' },
   PST_IDLE_TIMEOUT: { reply: '421 4.4.2 {host} Error: timeout exceeded', close: true, level: 'info', message: 'client idle for timeouts.idle' },
   PST_SHUTDOWN: { reply: '421 4.3.2 {host} Service shutting down, try again later', close: true, level: 'info', message: 'Postern is stopping' },
+  PST_CLIENT_EOF: { reply: null, close: true, level: 'debug', message: 'the client closed its side before the hand-off; commands it sent before are answered first' },
+  PST_DATA_BARE_LF: { reply: '554 5.5.2 Bare <LF> in the end-of-data sequence: message refused', close: true, level: 'warn', message: 'transaction mode: a dot line framed by a bare LF (SMTP smuggling); the back-end never saw the sequence and the message was abandoned' },
+  PST_NO_VALID_RECIPIENTS: { reply: '554 5.5.1 Error: no valid recipients', close: false, level: 'info', message: 'transaction mode: DATA after recipients that were all refused or deferred' },
 
   // Routing (auth_http or the built-in router).
   PST_AUTH_HTTP_UNAVAILABLE: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'auth service refused the connection or failed mid-request' },
   PST_AUTH_HTTP_TIMEOUT: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'auth service did not answer within timeouts.auth' },
   PST_AUTH_HTTP_INVALID: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'auth service answered garbage, an oversized header block, or no usable Auth-Server/Auth-Port' },
   PST_AUTH_REJECTED: { reply: '535 5.7.0 Authentication failed', close: true, level: 'info', message: 'auth service refused the session (Auth-Status text, Auth-Error-Code)' },
+  PST_RCPT_OTHER_BACKEND: { reply: '452 4.5.3 Too many recipients for this transaction, send the rest separately', close: false, level: 'info', message: 'transaction mode: this recipient routes to another back-end than the transaction (RFC 5321 §4.5.3.1.10, RFC 3463 X.5.3); the client sends it in a later transaction' },
+  PST_RCPT_ROUTE_FAILED: { reply: '451 4.3.2 Internal server error', close: false, level: 'warn', message: 'transaction mode: routing a later recipient failed (auth service down, slow or answering garbage); that recipient is deferred, the transaction goes on' },
   PST_ROUTE_RESOLVE: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end host name did not resolve' },
 
   // Back-end connect and replay.
@@ -77,10 +82,24 @@ export const ERRORS = {
   // Relay phase: no reply of Postern's own may be injected into the relayed stream.
   PST_RELAY_IDLE_TIMEOUT: { reply: null, close: true, level: 'info', message: 'no bytes either way for timeouts.relay_idle' },
   PST_BACKEND_LOST: { reply: null, close: true, level: 'warn', message: 'the back-end connection failed while relaying; the client connection is closed so it cannot take silence for acceptance' },
+  PST_BACKEND_LOST_REPLY: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'transaction mode: the back-end connection failed while a command waited for its reply, or with a transaction open' },
   PST_CLIENT_LOST: { reply: null, close: true, level: 'info', message: 'the client connection failed or was reset' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;
+
+/**
+ * Warnings: events worth a log line with a stable code that end nothing and send no reply.
+ * `docs/errors.md` ("Warnings") documents each; the same test keeps them in step.
+ */
+export const WARNINGS = {
+  PSW_BACKEND_IDLE_CLOSED: { level: 'info', message: 'transaction mode: the back-end closed an idle connection between transactions; the next recipient connects again' },
+  PSW_STARTTLS_DISCARDED: { level: 'info', message: 'discarded bytes pipelined after STARTTLS (RFC 3207 §4.2)' },
+  PSW_NO_XCLIENT: { level: 'warn', message: 'xclient is on but the back-end does not offer XCLIENT: it sees Postern as the client (add Postern to smtpd_authorized_xclient_hosts); logged once per back-end' },
+  PSW_NO_XCLIENT_LOGIN: { level: 'warn', message: 'the back-end\'s XCLIENT has no LOGIN attribute: it does not learn who authenticated (Postfix < 2.9, or use proxy_smtp_auth); logged once per back-end' },
+} as const satisfies Record<string, { level: LogLevel; message: string }>;
+
+export type WarningCode = keyof typeof WARNINGS;
 
 /** An error carrying a catalogue code; `detail` goes to the log, never to the client. */
 export class PosternError extends Error {

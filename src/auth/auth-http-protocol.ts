@@ -3,24 +3,12 @@
  * Header names, order and value formats follow ngx_mail_auth_http_module.c so that an auth
  * service written for nginx works unchanged (see docs/configuration.md, "auth_http").
  */
-import type { BackendTlsChoice, RouteRequest } from './router.js';
+import type { BackendTlsChoice, RouteRequest } from '../domain.js';
+import { escapeAuthValue } from './escape.js';
 
 const TLS_MODES = new Set(['off', 'opportunistic', 'required', 'implicit']);
 
-/**
- * nginx's escaping of Auth-User / Auth-Pass (ngx_escape_uri with NGX_ESCAPE_MAIL_AUTH): only
- * bytes 0x00–0x20 and `%` become `%XX` (upper-case hex); everything else, UTF-8 included, is raw.
- */
-export function escapeAuthValue(value: string): string {
-  const buf = Buffer.from(value, 'latin1');
-  let out = '';
-  for (let i = 0; i < buf.length; i++) {
-    const b = buf[i]!;
-    if (b <= 0x20 || b === 0x25) out += `%${b < 16 ? '0' : ''}${b.toString(16).toUpperCase()}`;
-    else out += String.fromCharCode(b);
-  }
-  return out;
-}
+export { escapeAuthValue };
 
 export interface AuthRequestOptions {
   /** Host header value: the host part of the auth_http URL, without port (as nginx sends it). */
@@ -42,9 +30,11 @@ export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): s
   const a = e.auth;
   const h = ['Host', opts.host, 'Auth-Method', a ? a.method : 'none', 'Auth-User', a ? escapeAuthValue(a.user) : '', 'Auth-Pass', a ? escapeAuthValue(a.pass) : ''];
   if (a?.salt !== undefined) h.push('Auth-Salt', a.salt);
-  h.push('Auth-Protocol', 'smtp', 'Auth-Login-Attempt', String(e.attempt), 'Client-IP', req.clientAddr, 'Client-Host', req.clientHost);
+  h.push('Auth-Protocol', req.protocol ?? 'smtp', 'Auth-Login-Attempt', String(e.attempt), 'Client-IP', req.clientAddr, 'Client-Host', req.clientHost);
   // nginx sends the envelope only for Auth-Method none; envelope_after_auth sends it always.
   if (!a || opts.envelopeForAuth) h.push('Auth-SMTP-Helo', e.helo, 'Auth-SMTP-From', e.mailLine, 'Auth-SMTP-To', e.rcptLine);
+  // Transaction-aware proxying asks once per RCPT; nginx has no header for which one this is.
+  if (e.recipient !== undefined) h.push('X-Postern-Recipient', String(e.recipient));
   const t = req.tls;
   if (t) {
     // nginx sends each Auth-SSL-* header only when it has a value.

@@ -1,38 +1,29 @@
 /**
- * The routing decision: which back-end gets this session. Two implementations: the built-in
- * static route (no HTTP service needed) and nginx's auth_http protocol.
+ * The routing seam: a router turns a {@link RouteRequest} into a {@link RouteDecision}. Two
+ * routers are built in — the static route (no HTTP service needed) and nginx's auth_http — and
+ * features that check or rewrite a decision wrap a router rather than reach into the connection
+ * (see {@link RouterLayer} and {@link composeRouter}).
  */
-import type { ErrorCode } from '../errors.js';
-import type { Envelope } from '../session/session.js';
-import type { TlsInfo } from '../tls/client-cert.js';
+import type { RouteDecision, RouteRequest } from '../domain.js';
 
-/** The auth service's choice of TLS to this back-end (Postern's own response headers). */
-export interface BackendTlsChoice {
-  mode?: 'off' | 'opportunistic' | 'required' | 'implicit';
-  name?: string;
-}
-
-export interface RouteRequest {
-  envelope: Envelope;
-  clientAddr: string;
-  clientPort: number;
-  /** Reverse name or `[UNAVAILABLE]`, sent as Client-Host. */
-  clientHost: string;
-  /** The client's TLS session, when there is one (Auth-SSL-* headers). */
-  tls?: TlsInfo;
-}
-
-export type RouteDecision =
-  | { kind: 'ok'; host: string; port: number; user?: string; pass?: string; tls?: BackendTlsChoice; backendAuth?: 'off' | 'plain' | 'login' }
-  /** Refused by policy: `reply` goes to the client; with `waitMs` > 0 it is delayed and the session stays open (Auth-Wait). */
-  | { kind: 'reject'; reply: string; waitMs: number; reason: string }
-  /** The router itself failed (auth service down, garbage…): 451 4.3.2 and close. */
-  | { kind: 'error'; code: ErrorCode; detail: string };
+export type { BackendTlsChoice, RouteDecision, RouteRequest, RouteTarget } from '../domain.js';
 
 export interface Router {
   /** A static router answers synchronously; auth_http with a Promise. */
   route(req: RouteRequest): RouteDecision | Promise<RouteDecision>;
   close(): Promise<void>;
+}
+
+/**
+ * A check, a pool or any other feature that sits in front of a router: it receives the inner
+ * router and returns a router. Layers compose like middleware; the first listed is outermost.
+ */
+export type RouterLayer = (inner: Router) => Router;
+
+export function composeRouter(base: Router, layers: readonly RouterLayer[]): Router {
+  let r = base;
+  for (let i = layers.length - 1; i >= 0; i--) r = layers[i]!(r);
+  return r;
 }
 
 /** `route: { static: host:port }`: every session goes to one back-end. */

@@ -19,6 +19,8 @@ export interface BackendReady {
   loginDropped: boolean;
   /** TLS protocol of the back-end connection, if any. */
   tls: string | null;
+  /** The back-end offers PIPELINING (RFC 2920) in its last EHLO reply. */
+  pipelining: boolean;
 }
 
 export type BackendCallback = (err: PosternError | null, ready?: BackendReady) => void;
@@ -95,7 +97,7 @@ export function connectBackend(
       done(err);
       return;
     }
-    done(null, { socket, reply: reply ?? null, xclient: replay.xclientDone, loginDropped: replay.loginDropped, tls: socket instanceof tls.TLSSocket ? socket.getProtocol() : null });
+    done(null, { socket, reply: reply ?? null, xclient: replay.xclientDone, loginDropped: replay.loginDropped, tls: socket instanceof tls.TLSSocket ? socket.getProtocol() : null, pipelining: replay.capabilities.has('PIPELINING') });
   };
 
   /** STARTTLS accepted: the handshake runs over the same TCP connection, then the replay goes on. */

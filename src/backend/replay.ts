@@ -4,7 +4,7 @@
  * → MAIL → RCPT. Pure: it consumes parsed replies and says what to send next.
  */
 import type { ErrorCode } from '../errors.js';
-import type { Envelope } from '../session/session.js';
+import type { ClientIdentity, Envelope } from '../domain.js';
 import type { Reply } from '../smtp/reply-reader.js';
 import { xtext } from '../smtp/xtext.js';
 
@@ -20,13 +20,7 @@ export interface BackendAuth {
 /** STARTTLS towards the back-end: when offered, or insisted on (RFC 3207). */
 export type BackendTlsMode = 'off' | 'opportunistic' | 'required';
 
-export interface ClientIdentity {
-  /** Client IP address without port (IPv4-mapped IPv6 already unmapped). */
-  addr: string;
-  port: number;
-  /** Verified reverse name, or `[UNAVAILABLE]` / `[TEMPUNAVAIL]` as nginx sends them. */
-  name: string;
-}
+export type { ClientIdentity };
 
 export interface ReplayOptions {
   serverName: string;

@@ -2,8 +2,7 @@
  * How a session's back-end connection is secured and authenticated: the configured defaults with
  * the auth service's per-route choices applied.
  */
-import type { BackendTlsChoice, RouteDecision } from '../auth/router.js';
-import type { Credentials } from '../smtp/sasl.js';
+import type { BackendTlsChoice, Credentials, RouteTarget } from '../domain.js';
 import type { BackendTlsOptions } from './connect.js';
 import type { BackendAuth } from './replay.js';
 
@@ -11,7 +10,7 @@ import type { BackendAuth } from './replay.js';
  * proxy_smtp_auth (or the auth service's X-Postern-Backend-Auth): the credentials for the back-end.
  * nginx's rules: Auth-User/Auth-Pass from the answer win; a CRAM-MD5 digest is no password.
  */
-export function backendAuthFor(creds: Credentials | undefined, d: Extract<RouteDecision, { kind: 'ok' }>, configured: 'off' | 'plain' | 'login'): { backendAuth?: BackendAuth } {
+export function backendAuthFor(creds: Credentials | undefined, d: RouteTarget, configured: 'off' | 'plain' | 'login'): { backendAuth?: BackendAuth } {
   const mechanism = d.backendAuth ?? configured;
   if (!creds || mechanism === 'off') return {};
   const pass = d.pass ?? (creds.method === 'plain' ? creds.pass : null);

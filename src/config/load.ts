@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
-import { configSchema, type Config } from './schema.js';
+import { configSchema, SERVER_KEYS, serverSchema, type Config, type ServerConfig } from './schema.js';
 
 export class ConfigError extends Error {
   constructor(readonly file: string, readonly problems: string[]) {
@@ -23,9 +23,55 @@ export function parseConfig(text: string, file = '<config>'): Readonly<Config> {
   const raw: unknown = doc.toJS() ?? {};
   const result = configSchema.safeParse(raw);
   if (!result.success) throw new ConfigError(file, result.error.issues.map((i) => describeIssue(i)));
-  const problems = crossCheck(result.data);
-  if (problems.length > 0) throw new ConfigError(file, problems);
-  return deepFreeze(result.data);
+  const { servers: blocks, ...top } = result.data;
+  const problems: string[] = [];
+  let servers: ServerConfig[];
+  if (blocks === undefined) {
+    servers = [pickServer(top)];
+    problems.push(...crossCheck(servers[0]!, ''));
+  } else {
+    if (isRecord(raw) && 'listen' in raw) problems.push('listen: with servers, every server has its own listen (a top-level listen would be ignored)');
+    servers = resolveServers(isRecord(raw) ? raw : {}, blocks, problems);
+    servers.forEach((srv, i) => problems.push(...crossCheck(srv, `servers.${i}.`)));
+  }
+  problems.push(...listenersUnique(servers, blocks === undefined));
+  if (problems.length > 0) throw new ConfigError(file, [...new Set(problems)]);
+  return deepFreeze({ ...top, servers });
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Settings whose value is an object: a server block's keys are merged over the top level's, one level deep. */
+const MERGED = new Set(['auth', 'tls', 'backend_tls', 'timeouts']);
+
+function pickServer(top: Record<string, unknown>): ServerConfig {
+  const out: Record<string, unknown> = {};
+  for (const k of SERVER_KEYS) out[k] = top[k];
+  return out as ServerConfig;
+}
+
+/**
+ * Each server block inherits what it does not set from the top level, as nginx's `server {}`
+ * inherits from `mail {}`. Problems in a block's own keys are named inside it
+ * (`servers.1.route.auth_http.url`); inherited ones were already reported at the top level.
+ */
+function resolveServers(raw: Record<string, unknown>, blocks: Record<string, unknown>[], problems: string[]): ServerConfig[] {
+  const defaults: Record<string, unknown> = {};
+  for (const k of SERVER_KEYS) if (k in raw && k !== 'listen') defaults[k] = raw[k];
+  return blocks.map((block, i) => {
+    const merged: Record<string, unknown> = { ...defaults };
+    for (const [k, v] of Object.entries(block)) {
+      merged[k] = MERGED.has(k) && isRecord(v) && isRecord(defaults[k]) ? { ...defaults[k], ...v } : v;
+    }
+    if (!('listen' in block)) problems.push(`servers.${i}.listen: a server needs its own listen`);
+    const r = serverSchema.safeParse(merged);
+    if (r.success) return r.data;
+    for (const issue of r.error.issues) {
+      const own = issue.path.length === 0 || String(issue.path[0]) in block;
+      problems.push(describeIssue(issue, own ? ['servers', i] : []));
+    }
+    return serverSchema.parse({ listen: ['127.0.0.1:0'] });
+  });
 }
 
 export function loadConfig(file: string): Readonly<Config> {
@@ -38,8 +84,20 @@ export function loadConfig(file: string): Readonly<Config> {
   return parseConfig(text, file);
 }
 
-/** Rules that involve more than one key. */
-function crossCheck(c: Config): string[] {
+/** The same address may not be bound twice, in one server or across servers. */
+function listenersUnique(servers: readonly ServerConfig[], implicit: boolean): string[] {
+  const problems: string[] = [];
+  const seen = new Set<string>();
+  servers.forEach((srv, s) => srv.listen.forEach((l, i) => {
+    const key = `${l.address.host}:${l.address.port}`;
+    if (l.address.port !== 0 && seen.has(key)) problems.push(`${implicit ? '' : `servers.${s}.`}listen.${i}: ${key} is listed twice`);
+    seen.add(key);
+  }));
+  return problems;
+}
+
+/** Rules that involve more than one key of one server; `at` prefixes the key paths. */
+function crossCheck(c: ServerConfig, at: string): string[] {
   const problems: string[] = [];
   if (c.greeting_delay >= c.timeouts.idle) {
     problems.push(`greeting_delay: must be shorter than timeouts.idle (${c.timeouts.idle} ms), or every client times out before the greeting`);
@@ -66,13 +124,7 @@ function crossCheck(c: Config): string[] {
       problems.push(`listen.${i}.smtp_auth: AUTH is required but can never be used here (no TLS and no auth_plaintext): every MAIL would get 530`);
     }
   });
-  const seen = new Set<string>();
-  c.listen.forEach((l, i) => {
-    const key = `${l.address.host}:${l.address.port}`;
-    if (l.address.port !== 0 && seen.has(key)) problems.push(`listen.${i}: ${key} is listed twice`);
-    seen.add(key);
-  });
-  return problems;
+  return problems.map((p) => at + p);
 }
 
 function describeIssue(issue: z.core.$ZodIssue, prefix: PropertyKey[] = []): string {

@@ -142,13 +142,10 @@ const timeouts = z.strictObject({
   shutdown: duration('30s', 0),
 });
 
-export const configSchema = z.strictObject({
+/** Every setting a server block may override; at top level they are the defaults of every server. */
+const serverShape = {
   /** Name in the greeting, the HELO/EHLO reply and Postern's own EHLO to the back-end (nginx `server_name`). */
   server_name: z.string().regex(/^[A-Za-z0-9.-]+$/, 'a host name').default(() => os.hostname().replace(/[^A-Za-z0-9.-]/g, '') || 'localhost'),
-  /** Worker processes (nginx `worker_processes`): a number, or `auto` for one per CPU core. */
-  workers: z.union([z.int().min(1).max(256), z.literal('auto')]).default(1),
-  listen: z.array(listener).min(1).prefault(['127.0.0.1:2525']),
-  route: route.default({ static: { host: '127.0.0.1', port: 25 } }),
   /** Send Postfix XCLIENT (ADDR, PORT, NAME, HELO, PROTO as advertised) so the back-end sees the real client. */
   xclient: z.boolean().default(true),
   /** Authenticate to the back-end with the session's credentials instead of XCLIENT LOGIN= (nginx `proxy_smtp_auth`, which can only send PLAIN; Exchange needs LOGIN). */
@@ -175,6 +172,29 @@ export const configSchema = z.strictObject({
     max_failures_per_client: z.int().min(1).default(20),
     failure_window: duration('10m'),
   }).prefault({}),
+  listen: z.array(listener).min(1).prefault(['127.0.0.1:2525']),
+  route: route.default({ static: { host: '127.0.0.1', port: 25 } }),
+  tls: tls.prefault({}),
+  backend_tls: backendTls.prefault({}),
+  timeouts: timeouts.prefault({}),
+  /**
+   * `session`: nginx's blind relay after the first route (the default: an nginx auth service sees exactly
+   * nginx's requests). `transaction`: every RCPT is routed and every message of the session may go to
+   * another back-end (docs/configuration.md, "proxy_mode").
+   */
+  proxy_mode: z.enum(['session', 'transaction']).default('session'),
+};
+
+/** One `servers:` entry after the top-level defaults are merged in (nginx's `server {}` inheriting from `mail {}`). */
+export const serverSchema = z.strictObject(serverShape);
+
+/** The keys of a server block, for load.ts to merge defaults and to report paths. */
+export const SERVER_KEYS: readonly string[] = Object.keys(serverShape);
+
+export const configSchema = z.strictObject({
+  ...serverShape,
+  /** Worker processes (nginx `worker_processes`): a number, or `auto` for one per CPU core. */
+  workers: z.union([z.int().min(1).max(256), z.literal('auto')]).default(1),
   /** Connection caps (nginx: worker_connections; per-address caps need a stream{} limit_conn in nginx). */
   limits: z.strictObject({
     /** Open client connections per worker; more are told 421 and closed (0: no limit). */
@@ -182,17 +202,22 @@ export const configSchema = z.strictObject({
     /** Open connections from one client address per worker (0: no limit); bounds slowloris-style holding. */
     max_connections_per_client: z.int().min(0).default(0),
   }).prefault({}),
-  tls: tls.prefault({}),
-  backend_tls: backendTls.prefault({}),
-  timeouts: timeouts.prefault({}),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
     /** One record per session at its end. */
     access: z.boolean().default(true),
   }).prefault({}),
+  /**
+   * nginx-style server blocks: each with its own listeners and any of the settings above; what a
+   * block leaves out it takes from the top level. Absent: the top level is the one server.
+   */
+  servers: z.array(z.record(z.string(), z.unknown())).min(1).optional(),
 });
 
-export type Config = z.output<typeof configSchema>;
+export type ServerConfig = z.output<typeof serverSchema>;
+/** The whole file: the top-level settings, and `servers` resolved by load.ts (always at least one). */
+export type Config = Omit<z.output<typeof configSchema>, 'servers'> & { servers: readonly ServerConfig[] };
+
 export type AuthHttpConfig = z.output<typeof authHttp>;
 export type TlsConfig = z.output<typeof tls>;
 export type BackendTlsConfig = z.output<typeof backendTls>;

@@ -1,47 +1,53 @@
 /**
- * One client connection: carries out the session's actions on the socket, asks the router,
- * connects the back-end and hands the socket over to the relay. The phases and their failure
- * replies are those of docs/lifecycle.md.
+ * The connection driver: one client connection, whatever its protocol. It owns the sockets —
+ * the client's (TCP, then TLS over it), the back-end's — their timers and backpressure, runs the
+ * router and the protocol module's back-end set-up when asked, splices bytes in the blind relay,
+ * and reports the end to the observers (access log). Every decision is the protocol session's:
+ * the driver carries out its actions in order and feeds it events (src/protocol.ts).
  */
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import type { RouteDecision } from '../auth/router.js';
-import { connectBackend, type BackendReady } from '../backend/connect.js';
-import { backendAuthFor, backendTlsFor } from '../backend/route-options.js';
+import type { Envelope, RouteDecision, RouteTarget, TlsInfo } from '../domain.js';
+import { backendName } from '../domain.js';
 import { relay, type RelayStats } from '../backend/relay.js';
-import { ERRORS, type ErrorCode, PosternError } from '../errors.js';
-import { Session, type Action, type Envelope } from '../session/session.js';
-import { lineReply } from '../smtp/replies.js';
-import { inspectClientTls, type TlsInfo } from '../tls/client-cert.js';
+import { ERRORS, WARNINGS, type ErrorCode, type WarningCode, PosternError } from '../errors.js';
+import type { Action, BackendSession, ProtocolSession } from '../protocol.js';
+import { inspectClientTls } from '../tls/client-cert.js';
 import type { ListenerContext, ServerContext } from './context.js';
 
 /** Grace period for the client to close after our final reply, before the socket is destroyed. */
 const LINGER_MS = 2000;
 
+/** Outcome names of the access record for codes that are not failures. */
+const OUTCOME: Partial<Record<ErrorCode, string>> = { PST_CLIENT_EOF: 'client-eof' };
+
+type ClientTimer = 'idle' | 'handshake' | 'none';
+
 export class Connection {
   /** The client socket: the TCP socket, or the TLS socket over it once TLS has started. */
   socket: Socket;
-  readonly session: Session;
+  readonly session: ProtocolSession;
+  readonly clientAddr: string;
+  readonly clientPort: number;
   readonly #ctx: ServerContext;
   /** The TCP socket, for byte counts on the wire. */
   readonly #raw: Socket;
+  readonly #started = Date.now();
+  readonly #onClosed: (c: Connection) => void;
   #tls: TlsInfo | null = null;
   #backendTls: string | null = null;
-  readonly #book: ListenerContext['book'];
-  readonly #started = Date.now();
-  readonly clientAddr: string;
-  readonly clientPort: number;
-  #envelope: Envelope | null = null;
   #backend: string | null = null;
   #backendSocket: Socket | null = null;
   #abortBackend: (() => void) | null = null;
-  #greetTimer: NodeJS.Timeout | null = null;
+  #timer: NodeJS.Timeout | null = null;
+  #clientTimer: ClientTimer | null = null;
+  #backendTimer: 'none' | 'reply' | 'final' = 'none';
   #clientEnded = false;
   /** Last reply code the client was sent, by Postern or the back-end. */
   #lastCode = 0;
   #outcome: string | null = null;
   #relayStats: RelayStats | null = null;
-  #onClosed: (c: Connection) => void;
+  #finished = false;
 
   constructor(socket: Socket, ctx: ServerContext, listener: ListenerContext, onClosed: (c: Connection) => void) {
     this.socket = socket;
@@ -50,21 +56,11 @@ export class Connection {
     this.#onClosed = onClosed;
     this.clientAddr = unmapIPv4(socket.remoteAddress ?? '');
     this.clientPort = socket.remotePort ?? 0;
-    this.#book = listener.book;
-    this.session = new Session(listener.book, listener.limits);
+    this.session = listener.newSession();
     socket.setNoDelay(true);
-    socket.setTimeout(ctx.config.timeouts.idle);
     attach(socket, this);
     this.#run(this.session.start());
-    if (listener.limits.implicitTls) this.#startTls();
-    else this.#armGreetingDelay();
-  }
-
-  #armGreetingDelay(): void {
-    const delay = this.#ctx.config.greeting_delay;
-    if (delay > 0 && this.session.phase === 'greeting') {
-      this.#greetTimer = setTimeout(() => this.#run(this.session.greetingDue()), delay);
-    }
+    if (listener.config.implicit_tls) this.#startTls();
   }
 
   /**
@@ -86,36 +82,26 @@ export class Connection {
     this.socket = secure;
     attach(secure, this);
     secure.once('secure', () => this.#onSecure(secure));
-    secure.setTimeout(this.#ctx.config.timeouts.handshake);
+    this.#clientTimer = null; // the timer was the TCP socket's
+    this.#setClientTimer('handshake');
   }
 
   #onSecure(secure: TLSSocket): void {
     const t = this.#ctx.config.tls;
     const { error, detail, info } = inspectClientTls(secure, t.verify_client, t.verify_depth, t.pass_client_cert);
     this.#tls = info;
-    if (error) {
-      this.session.phase = 'closed';
-      this.#run([detail === undefined ? { type: 'error', code: error } : { type: 'error', code: error, detail }]);
-      return;
-    }
-    secure.setTimeout(this.#ctx.config.timeouts.idle);
+    if (error) return this.#run(this.session.tlsRefused(error, detail));
     this.#ctx.logger.debug({ client: this.clientAddr, protocol: info.protocol, cipher: info.cipher, verify: info.verify }, 'TLS established');
     this.#run(this.session.tlsStarted());
-    this.#armGreetingDelay();
   }
 
-  /** A client-side TLS failure (handshake, or a TLS error later before the hand-off). */
+  /** A client-side error: in a handshake it is the handshake's failure; otherwise 'close' follows. */
   onError(err: Error): void {
-    if (this.session.phase === 'tls-handshake') {
-      this.session.phase = 'closed';
-      this.#outcome = 'PST_TLS_HANDSHAKE';
-      this.#ctx.logger.info({ code: 'PST_TLS_HANDSHAKE', client: this.clientAddr, detail: (err as NodeJS.ErrnoException).code ?? err.message }, ERRORS.PST_TLS_HANDSHAKE.message);
-    }
+    if (this.session.phase === 'tls-handshake') this.#run(this.session.tlsFailed('PST_TLS_HANDSHAKE', (err as NodeJS.ErrnoException).code ?? err.message));
   }
 
-  /** SIGTERM: tell an idle session at once; a session mid-command hears it at its next command. */
+  /** SIGTERM: the session decides who hears it now and who at the next command. */
   shutdown(): void {
-    // A session in its TLS handshake or waiting for a route hears it as soon as it can be told.
     if (this.session.phase !== 'handed-off' && this.session.phase !== 'closed') this.#run(this.session.shutdown());
   }
 
@@ -127,89 +113,136 @@ export class Connection {
   }
 
   onData(chunk: Buffer): void {
-    if (this.session.phase === 'handed-off') return; // the relay owns the socket now
     this.#run(this.session.receive(chunk));
   }
 
   onEnd(): void {
     this.#clientEnded = true;
-    // Before the hand-off a client EOF ends the session, unless a routing decision is pending:
-    // then the pipelined commands it already sent are still delivered, and EOF follows them.
-    if (this.session.phase === 'command' || this.session.phase === 'greeting') {
-      this.#outcome ??= 'client-eof';
-      this.socket.end();
-    } else if (this.session.phase === 'tls-handshake') {
-      this.#outcome ??= 'PST_TLS_HANDSHAKE';
-      this.socket.destroy();
-    }
+    this.#run(this.session.clientEnded());
   }
 
   onTimeout(): void {
-    if (this.session.phase === 'tls-handshake') {
-      // No SMTP reply is possible in the middle of a handshake.
-      this.session.phase = 'closed';
-      this.#outcome = 'PST_TLS_HANDSHAKE_TIMEOUT';
-      this.#ctx.logger.info({ code: 'PST_TLS_HANDSHAKE_TIMEOUT', client: this.clientAddr }, ERRORS.PST_TLS_HANDSHAKE_TIMEOUT.message);
-      this.socket.destroy();
-      return;
-    }
-    if (this.session.phase === 'closed') {
-      this.socket.destroy(); // the client did not close after our last reply
-      return;
-    }
-    if (this.session.phase === 'command' || this.session.phase === 'greeting') {
-      this.session.phase = 'closed';
-      this.#run([{ type: 'error', code: 'PST_IDLE_TIMEOUT' }]);
-    }
+    // After our last reply the client had its grace period to close.
+    if (this.session.phase === 'closed') this.socket.destroy();
+    else this.#run(this.session.idleTimeout());
   }
 
   onClose(): void {
-    if (this.#greetTimer) clearTimeout(this.#greetTimer);
+    this.#clearTimer();
     this.#abortBackend?.();
     // Once relaying, the relay reports the end when both sides have closed.
-    if (this.#relayStats === null) this.#finish();
+    if (this.#relayStats === null) {
+      // A client gone mid-body must not let the back-end complete the message.
+      this.#dropBackend(this.session.phase === 'data');
+      this.#finish();
+    }
+  }
+
+  onDrain(): void {
+    this.#flow();
+  }
+
+  // Back-end events (transaction mode; in session mode the relay owns the back-end socket).
+  onBackendData(chunk: Buffer): void {
+    this.#run(this.session.backendData(chunk));
+  }
+
+  onBackendGone(code: ErrorCode, detail: string): void {
+    if (this.#backendSocket === null) return;
+    this.#run(this.session.backendLost(code, `${this.#backend}: ${detail}`));
   }
 
   #run(actions: Action[]): void {
-    if (actions.length === 0) return;
-    const s = this.socket;
-    let startTls = false;
-    s.cork();
-    for (const a of actions) {
-      switch (a.type) {
-        case 'reply':
-          this.#write(a.data);
-          break;
-        case 'error':
-          this.#error(a.code, a.detail);
-          break;
-        case 'route':
-          this.#route(a.envelope);
-          break;
-        case 'close':
-          this.#close();
-          break;
-        case 'starttls':
-          if (a.discarded > 0) {
-            this.#ctx.logger.info({ client: this.clientAddr, bytes: a.discarded }, 'discarded bytes pipelined after STARTTLS (RFC 3207 §4.2)');
-          }
-          startTls = true;
-          break;
-      }
+    if (actions.length > 0) {
+      const s = this.socket;
+      let startTls = false;
+      s.cork();
+      for (const a of actions) if (this.#act(a)) startTls = true;
+      s.uncork();
+      if (startTls) return this.#startTls();
     }
-    s.uncork();
-    if (startTls) {
-      this.#startTls();
-      return;
+    this.#flow();
+  }
+
+  /** Carries out one action; true for `starttls`, which waits until the batch is written. */
+  #act(a: Action): boolean {
+    switch (a.type) {
+      case 'reply':
+        this.#write(a.data);
+        break;
+      case 'error':
+        this.#error(a.code, a.detail, a.reply);
+        break;
+      case 'log':
+        this.#log(a.code, a.detail);
+        break;
+      case 'route':
+        this.#route(a.envelope);
+        break;
+      case 'connect':
+        this.#connect(a.target, a.envelope);
+        break;
+      case 'splice':
+        this.#splice(a.first, a.rest);
+        break;
+      case 'backend-write':
+        this.#backendSocket?.write(a.data);
+        break;
+      case 'backend-close':
+        this.#dropBackend(a.abort);
+        break;
+      case 'timer':
+        this.#clearTimer();
+        this.#timer = setTimeout(() => {
+          this.#timer = null;
+          this.#run(this.session.timer());
+        }, a.ms);
+        break;
+      case 'message':
+        for (const o of this.#ctx.observers) o.message?.({ client: `${this.clientAddr}:${this.clientPort}`, ...a.record });
+        break;
+      case 'close':
+        if (a.abort) this.socket.destroy();
+        else this.#close();
+        break;
+      case 'starttls':
+        if (a.discarded > 0) this.#log('PSW_STARTTLS_DISCARDED', `${a.discarded} bytes`);
+        return true;
     }
-    // Backpressure: a client that pipelines without reading its replies is not read further
-    // until it has taken what it was sent.
-    if (s.writableNeedDrain && this.session.phase === 'command') {
-      s.pause();
-      s.once('drain', () => {
-        if (this.session.phase === 'command') s.resume();
-      });
+    return false;
+  }
+
+  /**
+   * Reading and timers follow the session: the client is read only when the session wants
+   * input and neither side is behind (a client that pipelines without reading its replies, or
+   * a back-end slower than the body it is sent, pauses the client until it has caught up).
+   */
+  #flow(): void {
+    const s = this.session;
+    const phase = s.phase;
+    if (phase === 'handed-off' || this.socket.destroyed) return;
+    const blocked = this.socket.writableNeedDrain || (this.#backendSocket?.writableNeedDrain ?? false);
+    if (s.reading && !blocked) this.socket.resume();
+    else this.socket.pause();
+    if (phase !== 'closed') this.#setClientTimer(phase === 'tls-handshake' ? 'handshake' : s.reading ? 'idle' : 'none');
+    const bw = s.backendWaiting;
+    if (bw !== this.#backendTimer && this.#backendSocket) {
+      this.#backendTimer = bw;
+      const t = this.#ctx.config.timeouts;
+      this.#backendSocket.setTimeout(bw === 'none' ? 0 : bw === 'final' ? t.relay_idle : t.backend);
     }
+  }
+
+  #setClientTimer(kind: ClientTimer): void {
+    if (kind === this.#clientTimer) return;
+    this.#clientTimer = kind;
+    const t = this.#ctx.config.timeouts;
+    this.socket.setTimeout(kind === 'idle' ? t.idle : kind === 'handshake' ? t.handshake : 0);
+  }
+
+  #clearTimer(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
   }
 
   #write(data: Buffer): void {
@@ -218,35 +251,34 @@ export class Connection {
     this.socket.write(data);
   }
 
-  #error(code: ErrorCode, detail?: string, reply?: Buffer): void {
-    const spec = ERRORS[code];
-    this.#ctx.logger[spec.level]({ code, client: this.clientAddr, detail }, spec.message);
-    this.#write(reply ?? this.#book.error(code));
-    if (spec.close) {
-      this.#outcome ??= code;
-      this.session.phase = 'closed';
-      this.#close();
+  #log(code: ErrorCode | WarningCode, detail?: string): void {
+    if (code in WARNINGS) {
+      const w = WARNINGS[code as WarningCode];
+      this.#ctx.logger[w.level]({ code, client: this.clientAddr, backend: this.#backend ?? undefined, detail }, w.message);
+      return;
     }
+    const spec = ERRORS[code as ErrorCode];
+    this.#ctx.logger[spec.level]({ code, client: this.clientAddr, detail }, spec.message);
+    if (spec.close) this.#outcome ??= OUTCOME[code as ErrorCode] ?? code;
+  }
+
+  #error(code: ErrorCode, detail?: string, reply?: Buffer): void {
+    this.#log(code, detail);
+    this.#write(reply ?? this.session.errorReply(code));
+    if (ERRORS[code].close) this.#close();
   }
 
   #close(): void {
     this.#outcome ??= 'quit';
+    this.#clearTimer();
     this.socket.end();
     this.socket.setTimeout(LINGER_MS);
+    this.#clientTimer = null;
   }
 
   #route(envelope: Envelope): void {
-    this.#envelope = envelope;
-    if (envelope.auth && envelope.mailLine === '' && this.#ctx.authFailures.blocked(this.clientAddr)) {
-      // Brute-force guard (nginx has none): this address has failed too often lately.
-      this.#routeFailed({ type: 'error', code: 'PST_AUTH_TOO_MANY', detail: `${this.clientAddr} is over auth.max_failures_per_client` }, false);
-      return;
-    }
-    // Nothing more is read from the client until the decision and the replay are done (nginx
-    // does the same); the idle timer is replaced by the auth and back-end timers.
-    this.socket.pause();
-    this.socket.setTimeout(0);
     const decision = this.#ctx.router.route({
+      protocol: this.#ctx.protocol.name,
       envelope,
       clientAddr: this.clientAddr,
       clientPort: this.clientPort,
@@ -259,120 +291,87 @@ export class Connection {
         (err: Error) => this.#routed({ kind: 'error', code: 'PST_AUTH_HTTP_UNAVAILABLE', detail: err.message }),
       );
     } else {
-      this.#routed(decision);
+      // Answered on the next tick so that a synchronous router cannot nest one batch in another.
+      queueMicrotask(() => this.#routed(decision));
     }
   }
 
   #routed(d: RouteDecision): void {
     if (this.socket.destroyed) return;
-    if (d.kind === 'error') {
-      this.#routeFailed({ type: 'error', code: d.code, detail: d.detail }, false);
-      return;
-    }
-    if (d.kind === 'reject') {
-      const user = this.#envelope?.auth?.user;
-      // Only a refused login counts towards the per-address cap, not a refused recipient.
-      if (user !== undefined && this.#envelope!.mailLine === '') this.#ctx.authFailures.add(this.clientAddr);
-      this.#ctx.logger.info({ code: 'PST_AUTH_REJECTED', client: this.clientAddr, user, detail: d.reason, wait_ms: d.waitMs }, ERRORS.PST_AUTH_REJECTED.message);
-      const reply: Action = { type: 'reply', data: lineReply(d.reply) };
-      this.#outcome = d.waitMs > 0 ? null : 'PST_AUTH_REJECTED';
-      if (d.waitMs > 0) setTimeout(() => this.#routeFailed(reply, true), d.waitMs);
-      else this.#routeFailed(reply, false);
-      return;
-    }
-    const cfg = this.#ctx.config;
-    const env = this.#envelope!;
-    if (env.auth && env.mailLine === '' && 'auth_http' in cfg.route && cfg.route.auth_http.envelope_after_auth) {
-      // envelope_after_auth: the login is good; where the mail goes is asked again at RCPT.
-      this.socket.setTimeout(cfg.timeouts.idle);
-      this.#run(this.session.authAccepted(env.auth));
-      if (this.session.phase === 'command') this.socket.resume();
-      return;
-    }
-    this.#backend = `${d.host}:${d.port}`;
-    this.#abortBackend = connectBackend(
-      d.host,
-      d.port,
-      {
-        serverName: cfg.server_name,
-        envelope: this.#envelope!,
-        client: { addr: this.clientAddr, port: this.clientPort, name: '[UNAVAILABLE]' },
-        xclient: cfg.xclient,
-        // nginx: Auth-User in the answer replaces the login the client gave.
-        ...(this.#envelope!.auth ? { login: d.user ?? this.#envelope!.auth.user } : {}),
-        ...backendAuthFor(this.#envelope!.auth, d, cfg.proxy_smtp_auth),
-      },
-      backendTlsFor(this.#ctx.backendTls, d.tls),
-      cfg.timeouts.backend,
-      (err, ready) => {
-        this.#abortBackend = null;
-        if (err) this.#backendFailed(err);
-        else this.#handOff(ready!);
-      },
-    );
+    if (d.kind === 'reject') this.#ctx.logger.info({ code: 'PST_AUTH_REJECTED', client: this.clientAddr, user: this.session.summary().user, detail: d.reason, wait_ms: d.waitMs }, ERRORS.PST_AUTH_REJECTED.message);
+    this.#run(this.session.routed(d));
   }
 
-  #routeFailed(action: Action, keepOpen: boolean): void {
-    if (this.socket.destroyed) return;
-    if (keepOpen) this.socket.setTimeout(this.#ctx.config.timeouts.idle);
-    this.#run(this.session.routeFailed(action, keepOpen && !this.#clientEnded));
-    if (this.session.phase === 'command') {
-      this.socket.resume();
-      if (this.#clientEnded) this.socket.end();
-    }
+  #connect(target: RouteTarget, envelope: Envelope): void {
+    this.#backend = backendName(target);
+    this.#abortBackend = this.#ctx.protocol.connect({ addr: this.clientAddr, port: this.clientPort, name: '[UNAVAILABLE]' }, target, envelope, (err, b) => {
+      this.#abortBackend = null;
+      if (err) {
+        if (err.code !== 'PST_CLIENT_LOST' && !this.socket.destroyed) this.#run(this.session.backendFailed(err));
+        return;
+      }
+      this.#backendReady(b!);
+    });
   }
 
-  #backendFailed(err: PosternError): void {
-    if (err.code === 'PST_CLIENT_LOST') return;
-    // proxy_pass_error_message: the back-end's own refusal, else nginx's generic 451.
-    const passText = this.#ctx.config.proxy_pass_error_message ? err.reply : undefined;
-    const reply = passText ? Buffer.from(passText, 'latin1') : undefined;
-    this.socket.cork();
-    this.#error(err.code, err.detail, reply);
-    this.socket.uncork();
-  }
-
-  #handOff({ socket: backend, reply, xclient, loginDropped, tls: backendTls }: BackendReady): void {
-    this.#backendTls = backendTls;
+  #backendReady(b: BackendSession): void {
     if (this.socket.destroyed) {
-      backend.destroy();
+      b.socket.destroy();
       return;
     }
-    if (this.#ctx.config.xclient && !xclient) {
-      // Postfix offers XCLIENT only to smtpd_authorized_xclient_hosts: without it every session
-      // looks as if it came from Postern, which matters if Postern is in the back-end's mynetworks.
-      this.#warnOnce('no-xclient', 'xclient is on but the back-end does not offer XCLIENT: it sees Postern as the client (add Postern to smtpd_authorized_xclient_hosts)');
-    }
-    if (loginDropped) {
-      this.#warnOnce('no-xclient-login', 'the back-end\'s XCLIENT has no LOGIN attribute: it does not learn who authenticated (Postfix < 2.9, or use proxy_smtp_auth)');
-    }
-    this.#backendSocket = backend;
+    this.#backendTls = b.tls;
+    this.#backendSocket = b.socket;
+    this.#backendTimer = 'none';
     this.#outcome = 'relayed';
+    this.#run(this.session.backendReady(b.ready));
+    // Transaction mode keeps the session machine on the back-end's replies (same tick: no byte is missed).
+    if (this.#backendSocket === b.socket && this.session.phase !== 'handed-off') this.#adoptBackend();
+  }
+
+  /** Session mode: the back-end's reply to the client, pipelined bytes to the back-end, then the blind relay. */
+  #splice(first: Buffer, rest: Buffer): void {
+    const backend = this.#backendSocket!;
+    this.#clearTimer();
     this.socket.removeListener('data', clientOnData);
-    // After RCPT the client gets the back-end's own reply; after AUTH, nginx's 235 (the back-end
-    // has accepted the session, with XCLIENT LOGIN= naming the user).
-    const first = reply ? reply.raw : this.#book.authOk;
-    this.#lastCode = reply ? reply.code : 235;
-    this.socket.write(first);
+    this.socket.setTimeout(0);
+    this.#write(first);
     // Commands the client pipelined after the RCPT or AUTH (RFC 2920) go to the back-end untouched.
-    const rest = this.session.handOff();
     if (rest.length > 0) backend.write(rest);
     if (this.#clientEnded) backend.end();
     this.#relayStats = { lastCode: this.#lastCode, failure: null };
     relay(this.socket, backend, this.#ctx.config.timeouts.relay_idle, this.#relayStats, () => this.#finish());
   }
 
-  /** A back-end misconfiguration is logged once per back-end, not once per session. */
-  #warnOnce(kind: string, message: string): void {
-    const key = `${kind} ${this.#backend}`;
-    if (this.#ctx.warned.has(key)) return;
-    this.#ctx.warned.add(key);
-    this.#ctx.logger.warn({ backend: this.#backend }, message);
+  /** Transaction mode: the back-end session's socket is read by the session machine through us. */
+  #adoptBackend(): void {
+    const s = this.#backendSocket!;
+    (s as OwnedSocket)[kConn] = this;
+    s.on('data', backendOnData);
+    s.on('error', backendOnError);
+    s.on('end', backendOnEnd);
+    s.on('close', backendOnClose);
+    s.on('timeout', backendOnTimeout);
+    s.on('drain', backendOnDrain);
+    s.resume();
   }
 
-  #finished = false;
+  /** Ends the back-end session: QUIT (RFC 5321 §4.1.1.10) and a grace period, or at once. */
+  #dropBackend(abort: boolean): void {
+    const s = this.#backendSocket;
+    if (!s || this.#relayStats) return;
+    this.#backendSocket = null;
+    for (const ev of ['data', 'error', 'end', 'close', 'timeout', 'drain']) s.removeAllListeners(ev);
+    s.on('error', noop);
+    if (abort || s.destroyed) {
+      s.destroy();
+      return;
+    }
+    s.end('QUIT\r\n');
+    s.setTimeout(5000, () => s.destroy());
+    s.resume(); // its 221 is read and dropped
+  }
 
-  /** The access-log record: one per session, at its end (nginx has no equivalent). */
+  /** The access record: one per session, at its end (nginx has no equivalent). */
   #finish(): void {
     if (this.#finished) return;
     this.#finished = true;
@@ -381,28 +380,19 @@ export class Connection {
       const spec = ERRORS[rs.failure];
       this.#ctx.logger[spec.level]({ code: rs.failure, client: this.clientAddr, backend: this.#backend }, spec.message);
     }
-    if (this.#ctx.config.log.access) {
-      const e = this.#envelope;
-      this.#ctx.logger.info(
-        {
-          type: 'access',
-          client: `${this.clientAddr}:${this.clientPort}`,
-          helo: this.session.helo || undefined,
-          user: e?.auth?.user,
-          from: e?.mailFrom || undefined,
-          to: e?.rcptTo || undefined,
-          backend: this.#backend ?? undefined,
-          tls: this.#tls?.protocol,
-          backend_tls: this.#backendTls ?? undefined,
-          bytes_in: this.#raw.bytesRead,
-          bytes_out: this.#raw.bytesWritten,
-          duration_ms: Date.now() - this.#started,
-          outcome: rs?.failure ?? this.#outcome ?? 'client-closed',
-          code: rs ? rs.lastCode : this.#lastCode || undefined,
-        },
-        'session',
-      );
-    }
+    const record = {
+      client: `${this.clientAddr}:${this.clientPort}`,
+      ...this.session.summary(),
+      backend: this.#backend ?? undefined,
+      tls: this.#tls?.protocol,
+      backend_tls: this.#backendTls ?? undefined,
+      bytes_in: this.#raw.bytesRead,
+      bytes_out: this.#raw.bytesWritten,
+      duration_ms: Date.now() - this.#started,
+      outcome: rs?.failure ?? this.#outcome ?? 'client-closed',
+      code: rs ? rs.lastCode : this.#lastCode || undefined,
+    };
+    for (const o of this.#ctx.observers) o.sessionEnd?.(record);
     this.#onClosed(this);
   }
 }
@@ -420,7 +410,6 @@ function clientOnEnd(this: OwnedSocket): void {
   this[kConn].onEnd();
 }
 function clientOnError(this: OwnedSocket, err: Error): void {
-  // 'close' follows; a reset client is logged through the access record.
   this[kConn].onError(err);
 }
 function clientOnTimeout(this: OwnedSocket): void {
@@ -429,6 +418,28 @@ function clientOnTimeout(this: OwnedSocket): void {
 function clientOnClose(this: OwnedSocket): void {
   this[kConn].onClose();
 }
+function clientOnDrain(this: OwnedSocket): void {
+  this[kConn].onDrain();
+}
+function backendOnData(this: OwnedSocket, chunk: Buffer): void {
+  this[kConn].onBackendData(chunk);
+}
+function backendOnError(this: OwnedSocket, err: NodeJS.ErrnoException): void {
+  this[kConn].onBackendGone('PST_BACKEND_CLOSED', err.code ?? err.message);
+}
+function backendOnEnd(this: OwnedSocket): void {
+  this[kConn].onBackendGone('PST_BACKEND_CLOSED', 'closed the connection');
+}
+function backendOnClose(this: OwnedSocket): void {
+  this[kConn].onBackendGone('PST_BACKEND_CLOSED', 'connection closed');
+}
+function backendOnTimeout(this: OwnedSocket): void {
+  this[kConn].onBackendGone('PST_BACKEND_TIMEOUT', 'no reply within the timeout');
+}
+function backendOnDrain(this: OwnedSocket): void {
+  this[kConn].onDrain();
+}
+function noop(): void {}
 
 function attach(socket: Socket, conn: Connection): void {
   (socket as OwnedSocket)[kConn] = conn;
@@ -437,6 +448,7 @@ function attach(socket: Socket, conn: Connection): void {
   socket.on('error', clientOnError);
   socket.on('timeout', clientOnTimeout);
   socket.on('close', clientOnClose);
+  socket.on('drain', clientOnDrain);
 }
 
 /** The TCP socket under a TLS socket is the TLS layer's now: Postern's handlers come off it. */
@@ -446,6 +458,7 @@ function detach(socket: Socket): void {
   socket.removeListener('timeout', clientOnTimeout);
   socket.removeListener('close', clientOnClose);
   socket.removeListener('error', clientOnError);
+  socket.removeListener('drain', clientOnDrain);
   socket.setTimeout(0);
 }
 

@@ -1,101 +1,60 @@
-/** What the connections share: the frozen config and what was built from it, per listener. */
-import type { Router } from '../auth/router.js';
-import type { Config, ListenerConfig } from '../config/schema.js';
+/**
+ * What the connections of one server block share: its frozen config and what was built from it
+ * — the protocol module, the composed router, the TLS contexts, the observers.
+ */
+import { authFailureGuard } from '../auth/failure-guard.js';
+import { AuthHttpRouter } from '../auth/auth-http.js';
+import { composeRouter, StaticRouter, type Router } from '../auth/router.js';
+import type { ListenerConfig, ServerConfig } from '../config/schema.js';
+import { WindowLimiter } from '../limits/limiter.js';
 import type { Logger } from '../log/logger.js';
-import type { SessionLimits } from '../session/session.js';
-import { randomInt } from 'node:crypto';
-import { ReplyBook } from '../smtp/replies.js';
-import { cramChallenge, type Mechanism } from '../smtp/sasl.js';
-import type { BackendTlsOptions } from '../backend/connect.js';
-import { readBackendCa, type TlsContexts } from '../tls/contexts.js';
+import { accessLog } from '../observe/access-log.js';
+import type { SessionObserver } from '../observe/observer.js';
+import type { ProtocolModule, ProtocolSession } from '../protocol.js';
+import { SmtpProtocol } from '../protocols/smtp.js';
+import { TlsContexts } from '../tls/contexts.js';
 
 export interface ListenerContext {
   readonly config: ListenerConfig;
-  readonly book: ReplyBook;
-  readonly limits: SessionLimits;
+  readonly newSession: () => ProtocolSession;
 }
 
 export interface ServerContext {
-  readonly config: Readonly<Config>;
+  readonly config: ServerConfig;
+  readonly protocol: ProtocolModule;
   readonly router: Router;
   readonly logger: Logger;
-  /** Server certificates; null when no listener uses TLS. */
+  /** Server certificates; null when no listener of this server uses TLS. */
   readonly tls: TlsContexts | null;
   readonly listeners: readonly ListenerContext[];
-  /** Default TLS towards back-ends (the auth service may override the mode and name per route). */
-  readonly backendTls: BackendTlsOptions;
-  /** Failed AUTH attempts per client address (auth.max_failures_per_client). */
-  readonly authFailures: FailureCounter;
-  /** Back-end warnings already logged ("<kind> <host:port>"): each is logged once, not per session. */
-  readonly warned: Set<string>;
+  readonly observers: readonly SessionObserver[];
 }
 
-/** Counts failures per key in a fixed window; entries expire with their window (no timers). */
-export class FailureCounter {
-  readonly #max: number;
-  readonly #windowMs: number;
-  readonly #entries = new Map<string, { n: number; until: number }>();
-
-  constructor(max: number, windowMs: number) {
-    this.#max = max;
-    this.#windowMs = windowMs;
-  }
-
-  add(key: string, now = Date.now()): void {
-    const e = this.#entries.get(key);
-    if (!e || e.until <= now) {
-      // Expired entries are swept lazily, so the map stays bounded by recent offenders.
-      if (this.#entries.size > 10_000) for (const [k, v] of this.#entries) if (v.until <= now) this.#entries.delete(k);
-      this.#entries.set(key, { n: 1, until: now + this.#windowMs });
-    } else {
-      e.n++;
-    }
-  }
-
-  blocked(key: string, now = Date.now()): boolean {
-    const e = this.#entries.get(key);
-    return e !== undefined && e.until > now && e.n >= this.#max;
-  }
+/** The server's own router: static or auth_http, with the checks that wrap it. */
+export function createRouter(config: ServerConfig): Router {
+  const r = config.route;
+  const base = 'static' in r ? new StaticRouter(r.static.host, r.static.port) : new AuthHttpRouter(r.auth_http, config.timeouts.auth);
+  return composeRouter(base, [authFailureGuard(new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window))]);
 }
 
-function mechanisms(l: ListenerConfig): Mechanism[] {
-  return l.smtp_auth.filter((m) => m !== 'none').map((m) => m.toUpperCase() as Mechanism);
+export interface ContextOptions {
+  logger: Logger;
+  accessLog: boolean;
+  /** Replaces the configured router (tests). */
+  router?: Router;
 }
 
-export function buildContext(config: Readonly<Config>, router: Router, logger: Logger, tls: TlsContexts | null): ServerContext {
-  const capabilities = config.capabilities.map((c) =>
-    c.toUpperCase() === 'SIZE' && config.max_message_size > 0 ? `SIZE ${config.max_message_size}` : c,
-  );
-  const listeners = config.listen.map((l) => ({
-    config: l,
-    book: new ReplyBook({ serverName: config.server_name, capabilities, starttls: l.starttls !== 'off', auth: mechanisms(l) }),
-    limits: {
-      maxLineLength: config.max_line_length,
-      maxErrors: config.max_errors,
-      maxMessageSize: config.max_message_size,
-      requireHelo: config.require_helo,
-      greetingDelay: config.greeting_delay > 0,
-      starttls: l.starttls,
-      implicitTls: l.implicit_tls,
-      auth: {
-        mechanisms: mechanisms(l),
-        allowNone: l.smtp_auth.includes('none'),
-        plaintext: l.auth_plaintext,
-        maxAttempts: config.auth.max_attempts,
-        // nginx's salt: <random.unixtime@server_name>
-        challenge: () => cramChallenge(randomInt(1e9), Math.floor(Date.now() / 1000), config.server_name),
-      },
-    },
-  }));
-  const b = config.backend_tls;
-  const ca = b.ca ? readBackendCa(b.ca) : undefined;
-  const backendTls: BackendTlsOptions = {
-    mode: b.mode,
-    verify: b.verify,
-    minVersion: b.min_version,
-    ...(ca ? { ca } : {}),
-    ...(b.server_name ? { serverName: b.server_name } : {}),
+export function buildContext(config: ServerConfig, o: ContextOptions): ServerContext {
+  const needsTls = config.listen.some((l) => l.implicit_tls || l.starttls !== 'off');
+  const protocol = new SmtpProtocol(config, o.logger);
+  const listeners = config.listen.map((l) => ({ config: l, newSession: protocol.sessions(l) }));
+  return {
+    config,
+    protocol,
+    router: o.router ?? createRouter(config),
+    logger: o.logger,
+    tls: needsTls ? new TlsContexts(config.tls) : null,
+    listeners,
+    observers: o.accessLog ? [accessLog(o.logger)] : [],
   };
-  const authFailures = new FailureCounter(config.auth.max_failures_per_client, config.auth.failure_window);
-  return { config, router, logger, tls, listeners, backendTls, authFailures, warned: new Set() };
 }

@@ -1,39 +1,40 @@
 /**
- * The listeners and the set of live connections, with a bounded drain on stop.
+ * The listeners of every server block and the set of live connections, with a bounded drain
+ * on stop. Connection caps are process-wide (per worker), as nginx's worker_connections.
  */
 import net from 'node:net';
-import { AuthHttpRouter } from '../auth/auth-http.js';
-import { StaticRouter, type Router } from '../auth/router.js';
+import type { Router } from '../auth/router.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { ERRORS } from '../errors.js';
+import { ConcurrencyLimiter, type LimitVerdict } from '../limits/limiter.js';
 import { Connection } from './connection.js';
 import { buildContext, type ListenerContext, type ServerContext } from './context.js';
-import { TlsContexts } from '../tls/contexts.js';
 
-export function createRouter(config: Readonly<Config>): Router {
-  const r = config.route;
-  if ('static' in r) return new StaticRouter(r.static.host, r.static.port);
-  return new AuthHttpRouter(r.auth_http, config.timeouts.auth);
-}
+export { createRouter } from './context.js';
 
 export class PosternServer {
-  readonly #ctx: ServerContext;
+  readonly #config: Readonly<Config>;
+  readonly #logger: Logger;
+  readonly #contexts: ServerContext[];
   readonly #servers: net.Server[] = [];
   readonly #connections = new Set<Connection>();
   /** Open connections per client address (limits.max_connections_per_client). */
-  readonly #perClient = new Map<string, number>();
+  readonly #perClient: ConcurrencyLimiter;
   #stopping: Promise<void> | null = null;
   #onIdle: (() => void) | null = null;
 
-  constructor(config: Readonly<Config>, logger: Logger, router: Router = createRouter(config)) {
-    const needsTls = config.listen.some((l) => l.implicit_tls || l.starttls !== 'off');
-    this.#ctx = buildContext(config, router, logger, needsTls ? new TlsContexts(config.tls) : null);
+  /** `router` replaces every server's configured router (tests). */
+  constructor(config: Readonly<Config>, logger: Logger, router?: Router) {
+    this.#config = config;
+    this.#logger = logger;
+    this.#perClient = new ConcurrencyLimiter(config.limits.max_connections_per_client);
+    this.#contexts = config.servers.map((srv) => buildContext(srv, { logger, accessLog: config.log.access, ...(router ? { router } : {}) }));
   }
 
   /** Re-reads the certificate files (SIGHUP); on error the running certificates stay. */
   reloadTls(): void {
-    this.#ctx.tls?.reload();
+    for (const c of this.#contexts) c.tls?.reload();
   }
 
   /** The bound addresses, in `listen` order (after start()). */
@@ -48,10 +49,10 @@ export class PosternServer {
   /** Binds every listener; resolves with the bound addresses (port 0 gets a real port). */
   async start(): Promise<net.AddressInfo[]> {
     const bound: net.AddressInfo[] = [];
-    for (const listener of this.#ctx.listeners) {
+    for (const ctx of this.#contexts) for (const listener of ctx.listeners) {
       const l = listener.config;
       // allowHalfOpen: a client's FIN must not cut off the back-end's last replies (see relay.ts).
-      const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.#accept(socket, listener));
+      const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.#accept(socket, ctx, listener));
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen({ host: l.address.host, port: l.address.port, backlog: 511 }, () => {
@@ -59,45 +60,43 @@ export class PosternServer {
           resolve();
         });
       });
-      server.on('error', (err) => this.#ctx.logger.error({ err }, 'listener error'));
+      server.on('error', (err) => this.#logger.error({ err }, 'listener error'));
       this.#servers.push(server);
       bound.push(server.address() as net.AddressInfo);
-      this.#ctx.logger.info({ listen: `${l.address.host}:${(server.address() as net.AddressInfo).port}` }, 'listening');
+      this.#logger.info({ listen: `${l.address.host}:${(server.address() as net.AddressInfo).port}` }, 'listening');
     }
     return bound;
   }
 
-  #accept(socket: net.Socket, listener: ListenerContext): void {
+  #accept(socket: net.Socket, ctx: ServerContext, listener: ListenerContext): void {
     if (this.#stopping) {
       socket.destroy();
       return;
     }
     socket.on('error', noop);
-    const limits = this.#ctx.config.limits;
-    if (limits.max_connections > 0 && this.#connections.size >= limits.max_connections) return this.#refuse(socket, 'PST_TOO_MANY_CONNECTIONS');
-    const addr = socket.remoteAddress ?? '';
-    if (limits.max_connections_per_client > 0) {
-      const n = this.#perClient.get(addr) ?? 0;
-      if (n >= limits.max_connections_per_client) return this.#refuse(socket, 'PST_CLIENT_CONNECTIONS');
-      this.#perClient.set(addr, n + 1);
-    }
-    this.#connections.add(new Connection(socket, this.#ctx, listener, (c) => this.#closed(c, addr)));
+    const limits = this.#config.limits;
+    if (limits.max_connections > 0 && this.#connections.size >= limits.max_connections) return this.#refuse(socket, ctx, 'PST_TOO_MANY_CONNECTIONS');
+    const key = `conn:${socket.remoteAddress ?? ''}`;
+    const admit = (v: LimitVerdict): void => {
+      if (!v.allowed) return this.#refuse(socket, ctx, 'PST_CLIENT_CONNECTIONS');
+      if (socket.destroyed) return void this.#perClient.release(key);
+      this.#connections.add(new Connection(socket, ctx, listener, (c) => this.#closed(c, key)));
+    };
+    const v = this.#perClient.take(key);
+    if (v instanceof Promise) v.then(admit, () => admit({ allowed: true, count: 0, limit: 0 }));
+    else admit(v);
   }
 
   /** Over a cap: the 421 (RFC 5321 §3.8) without a session, then close. */
-  #refuse(socket: net.Socket, code: 'PST_TOO_MANY_CONNECTIONS' | 'PST_CLIENT_CONNECTIONS'): void {
-    this.#ctx.logger[ERRORS[code].level]({ code, client: socket.remoteAddress }, ERRORS[code].message);
-    socket.end(this.#ctx.listeners[0]!.book.error(code));
+  #refuse(socket: net.Socket, ctx: ServerContext, code: 'PST_TOO_MANY_CONNECTIONS' | 'PST_CLIENT_CONNECTIONS'): void {
+    this.#logger[ERRORS[code].level]({ code, client: socket.remoteAddress }, ERRORS[code].message);
+    socket.end(ctx.protocol.refusal(code));
     socket.setTimeout(2000, () => socket.destroy());
   }
 
-  #closed(c: Connection, addr: string): void {
+  #closed(c: Connection, key: string): void {
     this.#connections.delete(c);
-    const n = this.#perClient.get(addr);
-    if (n !== undefined) {
-      if (n <= 1) this.#perClient.delete(addr);
-      else this.#perClient.set(addr, n - 1);
-    }
+    void this.#perClient.release(key);
     if (this.#connections.size === 0) this.#onIdle?.();
   }
 
@@ -105,7 +104,7 @@ export class PosternServer {
    * Stops accepting, tells idle sessions (421), lets the others finish for up to `drainMs`,
    * then closes what is left. Resolves when every connection is gone.
    */
-  stop(drainMs = this.#ctx.config.timeouts.shutdown): Promise<void> {
+  stop(drainMs = Math.max(...this.#config.servers.map((s) => s.timeouts.shutdown))): Promise<void> {
     this.#stopping ??= (async () => {
       // close() stops accepting now; its callback would wait for every connection, so it is not awaited.
       for (const s of this.#servers) s.close();
@@ -118,7 +117,7 @@ export class PosternServer {
         clearTimeout(timer);
         for (const c of this.#connections) c.destroy();
       }
-      await this.#ctx.router.close();
+      await Promise.all(this.#contexts.map((c) => c.router.close()));
     })();
     return this.#stopping;
   }

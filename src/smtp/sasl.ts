@@ -9,16 +9,9 @@ export type Mechanism = 'PLAIN' | 'LOGIN' | 'CRAM-MD5' | 'EXTERNAL' | 'XOAUTH2' 
 
 export const MECHANISMS: readonly Mechanism[] = ['PLAIN', 'LOGIN', 'CRAM-MD5', 'EXTERNAL', 'XOAUTH2', 'OAUTHBEARER'];
 
-/** What the auth service is asked about (nginx's Auth-Method, Auth-User, Auth-Pass, Auth-Salt). */
-export interface Credentials {
-  /** nginx's value: `plain` for PLAIN and LOGIN, `cram-md5`, `external`; ours: `xoauth2`, `oauthbearer`. */
-  method: 'plain' | 'cram-md5' | 'external' | 'xoauth2' | 'oauthbearer';
-  user: string;
-  /** Password, CRAM-MD5 digest or OAuth bearer token; empty for EXTERNAL. */
-  pass: string;
-  /** The CRAM-MD5 challenge, as sent base64-encoded in the 334. */
-  salt?: string;
-}
+import type { Credentials } from '../domain.js';
+
+export type { Credentials };
 
 const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
 

@@ -4,23 +4,13 @@
  */
 import { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
-import { escapeAuthValue } from '../auth/auth-http-protocol.js';
+import { escapeAuthValue } from '../auth/escape.js';
+import type { TlsInfo } from '../domain.js';
 import type { ErrorCode } from '../errors.js';
 
 export type VerifyClient = 'off' | 'on' | 'optional' | 'optional_no_ca';
 
-export interface TlsInfo {
-  protocol: string;
-  cipher: string;
-  /** `SUCCESS`, `FAILED:<reason>` or `NONE`; undefined when verify_client is off. */
-  verify?: string;
-  subject?: string;
-  issuer?: string;
-  serial?: string;
-  fingerprint?: string;
-  /** PEM, URL-escaped as nginx sends it (only with pass_client_cert). */
-  cert?: string;
-}
+export type { TlsInfo };
 
 /** OpenSSL's X509_verify_cert_error_string texts for Node's error codes, as nginx reports them. */
 const REASONS: Record<string, string> = {

@@ -31,8 +31,11 @@ const RESERVED_MESSAGE = 'CHUNKING, STARTTLS, AUTH, XCLIENT, XFORWARD, BDAT cann
 describe('parseConfig defaults', () => {
   it('an empty file gives every default', () => {
     const c = parseConfig('');
-    const { server_name, ...rest } = c;
+    const { server_name, servers, ...rest } = c;
     assert.equal(server_name, os.hostname().replace(/[^A-Za-z0-9.-]/g, '') || 'localhost');
+    // Without servers:, the top level is the one (implicit) server.
+    const { workers: _w, limits: _l, log: _g, ...serverPart } = { server_name, ...rest };
+    assert.deepEqual(servers, [serverPart]);
     assert.deepEqual(rest, {
       workers: 1,
       listen: [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false }],
@@ -52,13 +55,14 @@ describe('parseConfig defaults', () => {
       backend_tls: { mode: 'off', verify: true, min_version: 'TLSv1.2' },
       timeouts: { idle: 300_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000 },
       log: { level: 'info', access: true },
+      proxy_mode: 'session',
     });
   });
 
   it('a document with only comments, or an empty mapping, is the same as an empty file', () => {
-    const { server_name: _a, ...empty } = parseConfig('');
-    const { server_name: _b, ...comments } = parseConfig('# nothing here\n');
-    const { server_name: _c, ...braces } = parseConfig('{}');
+    const { server_name: _a, servers: _d, ...empty } = parseConfig('');
+    const { server_name: _b, servers: _e, ...comments } = parseConfig('# nothing here\n');
+    const { server_name: _c, servers: _f, ...braces } = parseConfig('{}');
     assert.deepEqual(comments, empty);
     assert.deepEqual(braces, empty);
   });

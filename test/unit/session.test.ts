@@ -61,6 +61,8 @@ function token(a: Action): string {
       return 'close';
     case 'starttls':
       return `starttls ${a.discarded}`;
+    default:
+      return a.type;
   }
 }
 

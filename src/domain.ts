@@ -1,0 +1,117 @@
+/**
+ * The shared domain types: what a session learns about its client (identity, TLS, credentials,
+ * envelope) and what a router decides from it. Every layer imports these from here and nothing
+ * else, so the protocol machines, the routers and the back-end code never import each other
+ * just to name a type (docs/architecture.md, "Seams").
+ */
+import type { ErrorCode } from './errors.js';
+
+/** The mail protocol a session speaks (nginx's `Auth-Protocol`). */
+export type ProtocolName = 'smtp';
+
+/** What the auth service is asked about (nginx's Auth-Method, Auth-User, Auth-Pass, Auth-Salt). */
+export interface Credentials {
+  /** nginx's value: `plain` for PLAIN and LOGIN, `cram-md5`, `external`; ours: `xoauth2`, `oauthbearer`. */
+  method: 'plain' | 'cram-md5' | 'external' | 'xoauth2' | 'oauthbearer';
+  user: string;
+  /** Password, CRAM-MD5 digest or OAuth bearer token; empty for EXTERNAL. */
+  pass: string;
+  /** The CRAM-MD5 challenge, as sent base64-encoded in the 334. */
+  salt?: string;
+}
+
+/** What the client's TLS session tells the auth service, in nginx's formats. */
+export interface TlsInfo {
+  protocol: string;
+  cipher: string;
+  /** `SUCCESS`, `FAILED:<reason>` or `NONE`; undefined when verify_client is off. */
+  verify?: string;
+  subject?: string;
+  issuer?: string;
+  serial?: string;
+  fingerprint?: string;
+  /** PEM, URL-escaped as nginx sends it (only with pass_client_cert). */
+  cert?: string;
+}
+
+/** The client as the back-end should see it (XCLIENT ADDR, PORT, NAME). */
+export interface ClientIdentity {
+  /** Client IP address without port (IPv4-mapped IPv6 already unmapped). */
+  addr: string;
+  port: number;
+  /** Verified reverse name, or `[UNAVAILABLE]` / `[TEMPUNAVAIL]` as nginx sends them. */
+  name: string;
+}
+
+/** What the router needs to choose a back-end, and what the replay sends to it. */
+export interface Envelope {
+  /** HELO/EHLO argument, empty when the client never greeted. */
+  helo: string;
+  /** True when the client greeted with EHLO. */
+  esmtp: boolean;
+  /** The MAIL command line as the client typed it, without CRLF (replayed verbatim, nginx's Auth-SMTP-From). */
+  mailLine: string;
+  /** The RCPT command line being routed, without CRLF (nginx's Auth-SMTP-To). */
+  rcptLine: string;
+  mailFrom: string;
+  rcptTo: string;
+  /** 1 for the first routing request of the session, +1 for each later one (Auth-Login-Attempt). */
+  attempt: number;
+  /** Set when routing follows a completed AUTH (nginx's authenticated path): no MAIL/RCPT yet. */
+  auth?: Credentials;
+  /**
+   * Transaction-aware proxying only: the position of this recipient in its transaction (1 for
+   * the first RCPT), sent as `X-Postern-Recipient` so an auth service may tell them apart.
+   */
+  recipient?: number;
+}
+
+/** The auth service's choice of TLS to this back-end (Postern's own response headers). */
+export interface BackendTlsChoice {
+  mode?: 'off' | 'opportunistic' | 'required' | 'implicit';
+  name?: string;
+}
+
+export interface RouteRequest {
+  /** The session's protocol (nginx's Auth-Protocol); `smtp` when not given. */
+  protocol?: ProtocolName;
+  envelope: Envelope;
+  clientAddr: string;
+  clientPort: number;
+  /** Reverse name or `[UNAVAILABLE]`, sent as Client-Host. */
+  clientHost: string;
+  /** The client's TLS session, when there is one (Auth-SSL-* headers). */
+  tls?: TlsInfo;
+}
+
+/** A back-end chosen by a router, with the per-route options the auth service may set. */
+export interface RouteTarget {
+  kind: 'ok';
+  host: string;
+  port: number;
+  user?: string;
+  pass?: string;
+  tls?: BackendTlsChoice;
+  backendAuth?: 'off' | 'plain' | 'login';
+}
+
+export type RouteDecision =
+  | RouteTarget
+  /** Refused by policy: `reply` goes to the client; with `waitMs` > 0 it is delayed and the session stays open (Auth-Wait). */
+  | { kind: 'reject'; reply: string; waitMs: number; reason: string }
+  /** The router itself failed (auth service down, garbage…): 451 4.3.2. */
+  | { kind: 'error'; code: ErrorCode; detail: string };
+
+/**
+ * Two decisions name the same back-end session when host, port and every per-route option
+ * agree: only then may a later recipient join the transaction already open there.
+ */
+export function sameBackend(a: RouteTarget, b: RouteTarget): boolean {
+  return a.host === b.host && a.port === b.port && a.user === b.user && a.pass === b.pass && a.backendAuth === b.backendAuth
+    && a.tls?.mode === b.tls?.mode && a.tls?.name === b.tls?.name;
+}
+
+/** `host:port` for logs and access records (IPv6 in brackets). */
+export function backendName(t: { host: string; port: number }): string {
+  return t.host.includes(':') ? `[${t.host}]:${t.port}` : `${t.host}:${t.port}`;
+}
