@@ -1,0 +1,401 @@
+/**
+ * The SMTP dialog with the client: the command half of the session machine (see ./session.ts
+ * for the whole and for the events that drive routing and the back-end). Lines are handled
+ * strictly one at a time, and the machine stops consuming at a command that waits for a router
+ * or a back-end, so replies leave in command order (RFC 2920 §3.1) and every byte after that
+ * command stays in the reader. Only this class and its subclass write the session's state.
+ */
+import type { Credentials, Envelope } from '../domain.js';
+import { ERRORS, type ErrorCode } from '../errors.js';
+import type { Action } from '../protocol.js';
+import { hasForbiddenByte, parseCommand } from '../smtp/command.js';
+import { LINE_TOO_LONG, LineReader } from '../smtp/line-reader.js';
+import { parsePathArg, sizeParam } from '../smtp/path.js';
+import type { ReplyBook } from '../smtp/replies.js';
+import type { Reply } from '../smtp/reply-reader.js';
+import { MECHANISMS, type Mechanism } from '../smtp/sasl.js';
+import type { SessionLimits } from './limits.js';
+import { SaslExchange } from './sasl-exchange.js';
+import type { MessageDraft, TransactionProxy } from './transaction.js';
+
+export type Phase =
+  | 'tls-handshake'
+  | 'greeting'
+  | 'command'
+  /** Waiting for the router, then for the back-end's connect and replay. */
+  | 'routing'
+  /** A refusal with Auth-Wait: the reply goes out when the wait is over. */
+  | 'auth-wait'
+  /** Transaction mode: a command is with the back-end and its reply is owed to the client. */
+  | 'backend-wait'
+  /** Transaction mode: the message body flows to the back-end. */
+  | 'data'
+  | 'handed-off'
+  | 'closed';
+
+/** What the back-end connection reports once connect and replay are done. */
+export interface BackendReadyInfo {
+  /** The back-end's reply to the replayed RCPT; null after AUTH (no RCPT replayed). */
+  reply: Reply | null;
+  /** The back-end offers PIPELINING (MAIL and RCPT can leave together). */
+  pipelining: boolean;
+}
+
+interface HeldMail {
+  line: string;
+  from: string;
+}
+
+export abstract class SmtpDialog {
+  protected stage: Phase = 'greeting';
+  helo = '';
+  esmtp = false;
+  errors = 0;
+  attempts = 0;
+  /** TLS is active (implicit, or after STARTTLS). */
+  secure = false;
+  /** Credentials the router accepted, when the session stays with Postern until RCPT (envelope_after_auth). */
+  authenticated: Credentials | null = null;
+  /** AUTH attempts the router refused. */
+  authFailures = 0;
+  /** The envelope of the first route (for the session's access record). */
+  firstEnvelope: Envelope | null = null;
+  /** Messages relayed in transaction mode. */
+  messages = 0;
+  protected mail: HeldMail | null = null;
+  protected sasl: SaslExchange | null = null;
+  protected authRouting = false;
+  protected draining = false;
+  protected ended = false;
+  /** The envelope being routed, and for a recipient of a transaction mode session, its path. */
+  protected routing: Envelope | null = null;
+  /** An Auth-Wait refusal waiting for its timer. */
+  protected waiting: { reply: Action; keepOpen: boolean } | null = null;
+  /** Transaction mode: the back-end link, once the first route has connected. */
+  protected tx: TransactionProxy | null = null;
+  protected draft: MessageDraft | null = null;
+  protected readonly reader: LineReader;
+  protected readonly book: ReplyBook;
+  protected readonly limits: SessionLimits;
+
+  constructor(book: ReplyBook, limits: SessionLimits) {
+    this.book = book;
+    this.limits = limits;
+    this.reader = new LineReader(limits.maxLineLength);
+  }
+
+  get phase(): Phase {
+    return this.stage;
+  }
+
+  /** Whether the driver should read from the client now (it pauses the socket otherwise). */
+  get reading(): boolean {
+    const p = this.stage;
+    return p !== 'routing' && p !== 'auth-wait' && p !== 'backend-wait' && p !== 'handed-off';
+  }
+
+  /** The catalogue's reply bytes for `code` ({host} filled in). */
+  errorReply(code: ErrorCode): Buffer {
+    return this.book.error(code);
+  }
+
+  protected body(chunk: Buffer, out: Action[]): void {
+    const s = this.tx!.body(chunk, out);
+    if (s.kind === 'more') return;
+    if (s.kind === 'smuggling') {
+      this.stage = 'closed';
+      this.tx = null;
+      out.push({ type: 'backend-close', abort: true }, { type: 'error', code: 'PST_DATA_BARE_LF' });
+      return;
+    }
+    this.draft = null;
+    this.mail = null;
+    this.stage = 'backend-wait';
+    if (s.rest.length > 0) this.reader.push(s.rest);
+  }
+
+  /** Back in the command phase: go on with pipelined commands, then honour EOF and stop requests. */
+  protected resume(out: Action[]): void {
+    this.drain(out);
+    if (this.stage !== 'command') return;
+    if (this.draining) this.end(out, 'PST_SHUTDOWN');
+    else if (this.ended) this.end(out, 'PST_CLIENT_EOF');
+  }
+
+  /** Ends an idle session: 421 for a stop, a quiet close for EOF; the back-end gets its QUIT. */
+  protected end(out: Action[], code: 'PST_SHUTDOWN' | 'PST_CLIENT_EOF'): void {
+    this.stage = 'closed';
+    if (this.tx) out.push({ type: 'backend-close', abort: false });
+    this.tx = null;
+    if (code === 'PST_SHUTDOWN') out.push({ type: 'error', code });
+    else out.push({ type: 'log', code }, { type: 'close' });
+  }
+
+  protected drain(out: Action[]): void {
+    while (this.stage === 'command') {
+      const line = this.reader.next();
+      if (line === null) return;
+      if (line === LINE_TOO_LONG) {
+        this.reader.rest();
+        this.fail(out, 'PST_LINE_TOO_LONG');
+        return;
+      }
+      if (this.draining) {
+        this.end(out, 'PST_SHUTDOWN');
+        return;
+      }
+      if (this.sasl) this.saslResponse(line, out);
+      else this.command(line, out);
+    }
+  }
+
+  protected command(line: Buffer, out: Action[]): void {
+    if (hasForbiddenByte(line)) return this.fail(out, 'PST_BAD_BYTES', printable(line));
+    const { verb, arg } = parseCommand(line);
+    switch (verb) {
+      case 'EHLO':
+      case 'HELO':
+        return this.hello(verb, arg, out);
+      case 'MAIL':
+        return this.mailFrom(line, arg, out);
+      case 'RCPT':
+        return this.rcptTo(line, arg, out);
+      case 'RSET':
+        return this.rset(out);
+      case 'NOOP':
+        return reply(out, this.book.ok);
+      case 'QUIT':
+        this.stage = 'closed';
+        reply(out, this.book.bye);
+        if (this.tx) out.push({ type: 'backend-close', abort: false });
+        this.tx = null;
+        out.push({ type: 'close' });
+        return;
+      case 'VRFY':
+        return arg ? reply(out, this.book.vrfy) : this.fail(out, 'PST_INVALID_ARGUMENT');
+      case 'HELP':
+        return reply(out, this.book.help);
+      case 'DATA':
+        return this.data(out);
+      case 'BDAT':
+        return this.bdat(arg, out);
+      case 'STARTTLS':
+        return this.startTls(arg, out);
+      case 'AUTH':
+        return this.auth(arg, out);
+      case 'EXPN':
+        return this.fail(out, 'PST_NOT_IMPLEMENTED', verb);
+      case 'XCLIENT':
+      case 'XFORWARD':
+        // Only Postern speaks XCLIENT to the back-end; a client's own would impersonate others.
+        return this.fail(out, 'PST_NOT_PERMITTED', verb);
+      case 'HTTP':
+        return this.fail(out, 'PST_HTTP_REQUEST', printable(line));
+      case 'UNKNOWN':
+        return this.fail(out, 'PST_UNKNOWN_COMMAND', printable(line.subarray(0, 64)));
+    }
+  }
+
+  /** Forgets the transaction (RSET, HELO/EHLO: RFC 5321 §4.1.4); an open one at the back-end is reset too. */
+  protected forgetTransaction(out: Action[], relay: boolean): boolean {
+    this.mail = null;
+    this.draft = null;
+    if (!this.tx?.open) return false;
+    this.tx.rset(relay, out);
+    return true;
+  }
+
+  protected rset(out: Action[]): void {
+    if (this.forgetTransaction(out, true)) this.stage = 'backend-wait';
+    else reply(out, this.book.ok);
+  }
+
+  protected hello(verb: 'EHLO' | 'HELO', arg: string, out: Action[]): void {
+    // RFC 5321 §4.1.1.1: exactly one domain or address literal (nginx: "501 5.5.4 Invalid argument").
+    if (arg.length === 0 || /\s/.test(arg)) return this.fail(out, 'PST_INVALID_ARGUMENT', `${verb} ${arg}`);
+    this.helo = arg;
+    this.esmtp = verb === 'EHLO';
+    this.forgetTransaction(out, false);
+    const a = this.limits.auth;
+    const ehlo = this.book.ehlo(!this.secure && this.limits.starttls !== 'off', a.mechanisms.length > 0 && (this.secure || a.plaintext));
+    reply(out, this.esmtp ? ehlo : this.book.helo);
+  }
+
+  protected startTls(arg: string, out: Action[]): void {
+    if (this.limits.starttls === 'off') return this.fail(out, 'PST_NOT_IMPLEMENTED', 'STARTTLS');
+    if (arg !== '') return this.fail(out, 'PST_INVALID_ARGUMENT', `STARTTLS ${arg}`);
+    if (this.secure) return this.fail(out, 'PST_TLS_ACTIVE');
+    reply(out, this.book.startTls);
+    // The identity the back-end session was set up with is gone with the TLS restart.
+    this.dropBackend(out);
+    // RFC 3207 §4.2 and CVE-2011-0411 / nginx CVE-2014-3556: bytes the client pipelined after
+    // STARTTLS were sent in the clear and must never be read as commands of the TLS session.
+    const discarded = this.reader.rest().length;
+    this.stage = 'tls-handshake';
+    out.push({ type: 'starttls', discarded });
+  }
+
+  protected dropBackend(out: Action[]): void {
+    if (!this.tx) return;
+    out.push({ type: 'backend-close', abort: false });
+    this.tx = null;
+    this.mail = null;
+    this.draft = null;
+  }
+
+  protected mailFrom(line: Buffer, arg: string, out: Action[]): void {
+    if (this.limits.starttls === 'only' && !this.secure) return this.fail(out, 'PST_TLS_REQUIRED');
+    if (!this.limits.auth.allowNone && !this.authenticated && !this.tx?.fixed) return this.fail(out, 'PST_AUTH_REQUIRED');
+    if (this.limits.requireHelo && this.helo === '') return this.fail(out, 'PST_NEED_HELO');
+    if (this.mail) return this.fail(out, 'PST_NESTED_MAIL');
+    const path = parsePathArg(arg, 'FROM:');
+    if (!path) return this.fail(out, 'PST_BAD_SENDER', arg);
+    const size = sizeParam(path.params);
+    if (size !== undefined && Number.isNaN(size)) return this.fail(out, 'PST_INVALID_ARGUMENT', arg);
+    if (size !== undefined && this.limits.maxMessageSize > 0 && size > this.limits.maxMessageSize) {
+      return this.fail(out, 'PST_MESSAGE_TOO_BIG', `SIZE=${size}`);
+    }
+    this.mail = { line: line.toString('latin1'), from: path.address };
+    this.draft = { from: path.address, recipients: [] };
+    if (this.tx?.fixed) {
+      // A route fixed at AUTH: MAIL goes to the back-end now and its reply is the client's.
+      this.stage = 'backend-wait';
+      this.tx.mail(this.mail.line, out);
+      return;
+    }
+    reply(out, this.book.mailOk);
+  }
+
+  protected rcptTo(line: Buffer, arg: string, out: Action[]): void {
+    if (this.limits.starttls === 'only' && !this.secure) return this.fail(out, 'PST_TLS_REQUIRED');
+    if (!this.limits.auth.allowNone && !this.authenticated && !this.tx?.fixed) return this.fail(out, 'PST_AUTH_REQUIRED');
+    if (!this.mail) return this.fail(out, 'PST_NEED_MAIL');
+    const path = parsePathArg(arg, 'TO:');
+    if (!path || path.address === '') return this.fail(out, 'PST_BAD_RECIPIENT', arg);
+    const rcptLine = line.toString('latin1');
+    if (this.tx?.fixed) {
+      this.stage = 'backend-wait';
+      this.tx.rcpt(this.draft!, this.mail.line, rcptLine, path.address, out);
+      return;
+    }
+    this.stage = 'routing';
+    this.attempts++;
+    const envelope: Envelope = {
+      helo: this.helo,
+      esmtp: this.esmtp,
+      mailLine: this.mail.line,
+      rcptLine,
+      mailFrom: this.mail.from,
+      rcptTo: path.address,
+      attempt: this.attempts,
+      ...(this.authenticated ? { auth: this.authenticated } : {}),
+      ...(this.limits.proxyMode === 'transaction' ? { recipient: this.draft!.recipients.length + 1 } : {}),
+    };
+    this.route(envelope, out);
+  }
+
+  protected route(envelope: Envelope, out: Action[]): void {
+    this.routing = envelope;
+    this.firstEnvelope ??= envelope;
+    out.push({ type: 'route', envelope });
+  }
+
+  protected data(out: Action[]): void {
+    if (!this.mail) return this.fail(out, 'PST_NEED_MAIL');
+    if (this.tx?.open) {
+      this.stage = 'backend-wait';
+      this.tx.data(this.draft!, out);
+      return;
+    }
+    // Transaction mode: recipients were given, but none reached a back-end (Postfix's text).
+    if (this.draft && this.draft.recipients.length > 0) return this.fail(out, 'PST_NO_VALID_RECIPIENTS');
+    this.fail(out, 'PST_NEED_RCPT');
+  }
+
+  /** AUTH <mechanism> [initial-response] (RFC 4954 §4). */
+  protected auth(arg: string, out: Action[]): void {
+    const a = this.limits.auth;
+    if (a.mechanisms.length === 0) return this.fail(out, 'PST_NOT_IMPLEMENTED', 'AUTH');
+    if (this.authenticated || this.tx?.fixed) return this.fail(out, 'PST_AUTH_ALREADY');
+    if (this.mail) return this.fail(out, 'PST_AUTH_IN_TRANSACTION');
+    if (this.limits.requireHelo && this.helo === '') return this.fail(out, 'PST_NEED_HELO');
+    const [name = '', initial, extra] = arg.split(' ');
+    // The argument may hold credentials: it is never logged.
+    if (name === '' || extra !== undefined) return this.fail(out, 'PST_INVALID_ARGUMENT', 'AUTH');
+    const mech = name.toUpperCase() as Mechanism;
+    if (!MECHANISMS.includes(mech) || !a.mechanisms.includes(mech)) return this.fail(out, 'PST_AUTH_MECHANISM', name);
+    if (this.limits.starttls === 'only' && !this.secure) return this.fail(out, 'PST_TLS_REQUIRED');
+    if (!this.secure && !a.plaintext) return this.fail(out, 'PST_AUTH_NEEDS_TLS', mech);
+    // RFC 4954 §4: CRAM-MD5 has no initial response (the server speaks first).
+    if (mech === 'CRAM-MD5' && initial !== undefined) return this.fail(out, 'PST_AUTH_BAD_RESPONSE', 'CRAM-MD5 takes no initial response');
+    // A login changes who the back-end must see: the unauthenticated back-end session ends.
+    this.dropBackend(out);
+    this.sasl = new SaslExchange(mech, this.book, mech === 'CRAM-MD5' ? a.challenge() : '');
+    this.saslStep(this.sasl.start(initial), out);
+  }
+
+  protected saslResponse(line: Buffer, out: Action[]): void {
+    if (hasForbiddenByte(line)) {
+      this.sasl = null;
+      return this.fail(out, 'PST_AUTH_BAD_RESPONSE', 'control byte in a SASL response');
+    }
+    this.saslStep(this.sasl!.respond(line.toString('latin1').trim()), out);
+  }
+
+  protected saslStep(step: ReturnType<SaslExchange['respond']>, out: Action[]): void {
+    if (step.kind === 'challenge') return reply(out, step.reply);
+    this.sasl = null;
+    if (step.kind === 'error') return this.fail(out, step.code, step.detail);
+    // nginx's authenticated path: the routing decision is made now, not at RCPT.
+    this.stage = 'routing';
+    this.authRouting = true;
+    this.attempts++;
+    this.route({ helo: this.helo, esmtp: this.esmtp, mailLine: '', rcptLine: '', mailFrom: '', rcptTo: '', attempt: this.attempts, auth: step.credentials }, out);
+  }
+
+  /** CHUNKING is never advertised, but a BDAT chunk is stepped over so it is not read as commands. */
+  protected bdat(arg: string, out: Action[]): void {
+    const m = /^(\d{1,15})(?: +LAST)?$/i.exec(arg);
+    if (!m) {
+      // Without a valid size the chunk boundary is unknown: nothing after it can be trusted.
+      this.fail(out, 'PST_INVALID_ARGUMENT', `BDAT ${arg}`);
+      if (this.stage === 'command') {
+        this.stage = 'closed';
+        if (this.tx) out.push({ type: 'backend-close', abort: false });
+        this.tx = null;
+        out.push({ type: 'close' });
+      }
+      return;
+    }
+    this.reader.skip(Number(m[1]));
+    this.fail(out, this.mail ? 'PST_NEED_RCPT' : 'PST_NEED_MAIL');
+  }
+
+  protected fail(out: Action[], code: ErrorCode, detail?: string): void {
+    out.push(detail === undefined ? { type: 'error', code } : { type: 'error', code, detail });
+    if (ERRORS[code].close) {
+      this.stage = 'closed';
+      if (this.tx) out.push({ type: 'backend-close', abort: false });
+      this.tx = null;
+      return;
+    }
+    this.errors++;
+    if (this.limits.maxErrors > 0 && this.errors >= this.limits.maxErrors) {
+      this.stage = 'closed';
+      if (this.tx) out.push({ type: 'backend-close', abort: false });
+      this.tx = null;
+      out.push({ type: 'error', code: 'PST_TOO_MANY_ERRORS' });
+    }
+  }
+}
+
+function reply(out: Action[], data: Buffer): void {
+  out.push({ type: 'reply', data });
+}
+
+/** A log-safe rendering of client bytes: control and 8-bit bytes escaped, length capped. */
+export function printable(buf: Buffer): string {
+  const s = buf.subarray(0, 128).toString('latin1');
+  // eslint-disable-next-line no-control-regex
+  return s.replace(/[\x00-\x1f\x7f-\xff]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
