@@ -12,6 +12,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { FakeBackend, closedPort } from '../helpers/fake-backend.js';
+import { greeted, hello, toRcpt } from '../helpers/preamble.js';
 import { SmtpClient, replyText } from '../helpers/smtp-client.js';
 
 const run = promisify(execFile);
@@ -114,11 +115,9 @@ describe('postern run', () => {
     const f = configFile('dist.yaml', `server_name: dist.test\nlisten: ["127.0.0.1:${port}"]\nroute: { static: "127.0.0.1:${backend.port}" }\n`);
     const { child } = await startProcess([path.join(root, 'dist/cli.js'), '--config', f]);
     try {
-      const c = await SmtpClient.connect(port);
-      assert.equal(replyText(await c.reply()), '220 dist.test ESMTP ready');
-      await c.cmd('HELO c.test');
-      await c.cmd('MAIL FROM:<a@x.test>');
-      assert.equal(await c.cmd('RCPT TO:<u@y.test>'), '250 2.1.5 Ok');
+      const { c, greeting } = await greeted(port);
+      assert.equal(replyText(greeting), '220 dist.test ESMTP ready');
+      assert.equal((await toRcpt(c, { greeted: true, hello: 'HELO c.test' })).rcpt, '250 2.1.5 Ok');
       assert.equal(await c.data('Subject: x\r\n\r\nhello\r\n'), '250 2.0.0 Ok: queued');
       c.close();
     } finally {
@@ -131,16 +130,10 @@ describe('postern run', () => {
     const port = await closedPort();
     const f = configFile('drain.yaml', `server_name: drain.test\nlisten: ["127.0.0.1:${port}"]\nroute: { static: "127.0.0.1:${backend.port}" }\ntimeouts: { shutdown: 10s }\n`);
     const { child, logs } = await startProcess([...tsxCli, '--config', f]);
-    const busy = await SmtpClient.connect(port);
-    await busy.reply();
-    await busy.cmd('HELO busy.test');
-    await busy.cmd('MAIL FROM:<a@x.test>');
-    await busy.cmd('RCPT TO:<u@y.test>');
+    const { c: busy } = await toRcpt(port, { hello: 'HELO busy.test' });
     assert.equal(await busy.cmd('DATA'), '354 End data with <CR><LF>.<CR><LF>');
     busy.write('Subject: in flight\r\n\r\n');
-    const idle = await SmtpClient.connect(port);
-    await idle.reply();
-    await idle.cmd('EHLO idle.test');
+    const { c: idle } = await hello(port, { hello: 'EHLO idle.test' });
 
     child.kill('SIGTERM');
     assert.equal(replyText(await idle.reply()), '421 4.3.2 drain.test Service shutting down, try again later');
@@ -159,11 +152,7 @@ describe('postern run', () => {
     const port = await closedPort();
     const f = configFile('deadline.yaml', `listen: ["127.0.0.1:${port}"]\nroute: { static: "127.0.0.1:${backend.port}" }\ntimeouts: { shutdown: 500ms }\n`);
     const { child } = await startProcess([...tsxCli, '--config', f]);
-    const c = await SmtpClient.connect(port);
-    await c.reply();
-    await c.cmd('HELO stuck.test');
-    await c.cmd('MAIL FROM:<a@x.test>');
-    await c.cmd('RCPT TO:<u@y.test>');
+    const { c } = await toRcpt(port, { hello: 'HELO stuck.test' });
     await c.cmd('DATA');
     const t0 = Date.now();
     child.kill('SIGTERM');
@@ -197,9 +186,7 @@ describe('postern run', () => {
       const [first, second] = await workerPids();
       assert.ok(first && second, logs.join(''));
       // A session on some worker stays up while a worker is killed.
-      const c = await SmtpClient.connect(port);
-      await c.reply();
-      await c.cmd('HELO steady.test');
+      const { c } = await hello(port, { hello: 'HELO steady.test' });
       process.kill(first, 'SIGKILL');
       const replaced = await workerPids(first);
       assert.equal(replaced.length, 2, logs.join(''));

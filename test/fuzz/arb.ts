@@ -2,6 +2,7 @@
  * Generators and helpers shared by the fuzz tests (not a test file itself).
  */
 import fc from 'fast-check';
+import { cutAt, cutEvery } from '../helpers/split.js';
 
 // The node:test reporter does not print an error's `cause`: put the failing assertion into
 // fast-check's report itself, next to the (default-shrunk) counterexample.
@@ -60,19 +61,6 @@ export const chunking: fc.Arbitrary<Chunking> = fc.oneof(
 
 /** Splits `buf` as `c` says; the parts concatenate back to `buf`. */
 export function split(buf: Buffer, c: Chunking): Buffer[] {
-  const out: Buffer[] = [];
-  if ('step' in c) {
-    for (let i = 0; i < buf.length; i += c.step) out.push(buf.subarray(i, i + c.step));
-    if (out.length === 0) out.push(buf);
-    return out;
-  }
-  const at = c.cuts.map((n) => n % (buf.length + 1)).sort((x, y) => x - y);
-  let last = 0;
-  for (const p of at) {
-    out.push(buf.subarray(last, p));
-    last = p;
-  }
-  out.push(buf.subarray(last));
-  return out;
+  if ('step' in c) return cutEvery(buf, c.step);
+  return cutAt(buf, c.cuts.map((n) => n % (buf.length + 1)));
 }
-

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { LINE_TOO_LONG, LineReader } from '../../src/smtp/line-reader.js';
+import { pull } from '../helpers/split.js';
 import { buf, bytes, chunking, split, type Chunking } from './arb.js';
 import { runs } from './runs.js';
 
@@ -32,17 +33,12 @@ type Item = Buffer | typeof LINE_TOO_LONG;
 function read(input: Buffer, c: Chunking, maxLine: number): { items: Item[]; rest: Buffer | null } {
   const r = new LineReader(maxLine);
   const items: Item[] = [];
-  for (const chunk of split(input, c)) {
-    r.push(chunk);
-    for (;;) {
-      const line = r.next();
-      if (line === null) break;
-      if (line === LINE_TOO_LONG) {
-        items.push(line);
-        return { items, rest: null };
-      }
-      items.push(Buffer.from(line)); // a view is valid only until the next push
+  for (const line of pull(r, split(input, c))) {
+    if (line === LINE_TOO_LONG) {
+      items.push(line);
+      return { items, rest: null };
     }
+    items.push(Buffer.from(line)); // a view is valid only until the next push
   }
   return { items, rest: Buffer.from(r.rest()) };
 }
@@ -71,19 +67,14 @@ describe('fuzz: LineReader', () => {
       fc.property(anyInput, chunking, maxLine, (input, c, max) => {
         const r = new LineReader(max);
         let tooLong = false;
-        for (const chunk of split(input, c)) {
-          r.push(chunk);
-          for (;;) {
-            const line = r.next();
-            if (line === null) break;
-            if (line === LINE_TOO_LONG) {
-              tooLong = true;
-              r.rest(); // what the session does before closing; the reader must stay usable
-              break;
-            }
-            assert.equal(line.indexOf(LF), -1, 'a returned line contains LF');
-            assert.ok(line.length + 1 <= max, `line of ${line.length} bytes + LF exceeds maxLine ${max}`);
+        for (const line of pull(r, split(input, c))) {
+          if (line === LINE_TOO_LONG) {
+            tooLong = true;
+            r.rest(); // what the session does before closing; the reader must stay usable (empty: next() is null until the next push)
+            continue;
           }
+          assert.equal(line.indexOf(LF), -1, 'a returned line contains LF');
+          assert.ok(line.length + 1 <= max, `line of ${line.length} bytes + LF exceeds maxLine ${max}`);
         }
         assert.ok(tooLong || r.buffered < max, 'a partial line of maxLine bytes or more is buffered without LINE_TOO_LONG');
       }),
@@ -135,15 +126,12 @@ describe('fuzz: LineReader', () => {
       fc.property(input, chunking, (data, c) => {
         const r = new LineReader(1 << 20);
         const lines: string[] = [];
-        for (const chunk of split(data, c)) {
-          r.push(chunk);
-          for (let line = r.next(); line !== null; line = r.next()) {
-            assert.notEqual(line, LINE_TOO_LONG);
-            const text = (line as Buffer).toString('latin1');
-            lines.push(text);
-            const m = /^SKIP (\d+)$/.exec(text);
-            if (m) r.skip(Number(m[1]));
-          }
+        for (const line of pull(r, split(data, c))) {
+          assert.notEqual(line, LINE_TOO_LONG);
+          const text = (line as Buffer).toString('latin1');
+          lines.push(text);
+          const m = /^SKIP (\d+)$/.exec(text);
+          if (m) r.skip(Number(m[1]));
         }
         const skipping = r.skipping;
         const rest = r.rest().toString('latin1');

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { ReplyError, ReplyReader } from '../../src/smtp/reply-reader.js';
+import { pull } from '../helpers/split.js';
 import { b, buf, bytes, chunking, printable, split, type Chunking } from './arb.js';
 import { runs } from './runs.js';
 
@@ -14,23 +15,18 @@ type Item = { code: number; lines: string[]; raw: string } | { error: string };
 function collect(input: Buffer, c: Chunking, maxReply?: number): { items: Item[]; rest: string } {
   const r = new ReplyReader(maxReply);
   const items: Item[] = [];
-  for (const chunk of split(input, c)) {
-    r.push(chunk);
-    for (;;) {
-      const reply = r.next();
-      if (reply === null) break;
-      if (reply instanceof ReplyError) {
-        assert.equal(typeof reply.reason, 'string');
-        items.push({ error: reply.reason });
-        return { items, rest: '' };
-      }
-      assert.ok(reply.code >= 0 && reply.code <= 999 && Number.isInteger(reply.code));
-      assert.ok(reply.lines.length >= 1);
-      assert.equal(reply.raw[reply.raw.length - 1], 0x0a, 'raw must end with LF');
-      if (maxReply !== undefined) assert.ok(reply.raw.length <= maxReply, `reply of ${reply.raw.length} bytes over maxReply ${maxReply}`);
-      for (const l of reply.lines) assert.ok(!l.includes('\n'));
-      items.push({ code: reply.code, lines: reply.lines, raw: reply.raw.toString('latin1') });
+  for (const reply of pull(r, split(input, c))) {
+    if (reply instanceof ReplyError) {
+      assert.equal(typeof reply.reason, 'string');
+      items.push({ error: reply.reason });
+      return { items, rest: '' };
     }
+    assert.ok(reply.code >= 0 && reply.code <= 999 && Number.isInteger(reply.code));
+    assert.ok(reply.lines.length >= 1);
+    assert.equal(reply.raw[reply.raw.length - 1], 0x0a, 'raw must end with LF');
+    if (maxReply !== undefined) assert.ok(reply.raw.length <= maxReply, `reply of ${reply.raw.length} bytes over maxReply ${maxReply}`);
+    for (const l of reply.lines) assert.ok(!l.includes('\n'));
+    items.push({ code: reply.code, lines: reply.lines, raw: reply.raw.toString('latin1') });
   }
   return { items, rest: r.rest().toString('latin1') };
 }

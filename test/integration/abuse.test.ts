@@ -7,6 +7,7 @@ import net from 'node:net';
 import { describe, it } from 'node:test';
 import { FakeBackend } from '../helpers/fake-backend.js';
 import { startPostern } from '../helpers/postern.js';
+import { greeted } from '../helpers/preamble.js';
 import { SmtpClient, replyText } from '../helpers/smtp-client.js';
 
 function rssOfThisProcess(): number {
@@ -49,9 +50,7 @@ describe('connection floods and caps', () => {
     const held: SmtpClient[] = [];
     try {
       for (let i = 0; i < 3; i++) {
-        const c = await SmtpClient.connect(p.port);
-        await c.reply();
-        held.push(c);
+        held.push((await greeted(p.port)).c);
       }
       const extra = await SmtpClient.connect(p.port);
       assert.equal(replyText(await extra.reply()), '421 4.7.0 proxy.test Too many connections, try again later');
@@ -102,8 +101,7 @@ describe('injection from the client side', () => {
     const b = await FakeBackend.start();
     const p = await startPostern({ route: { static: `127.0.0.1:${b.port}` } });
     try {
-      const c = await SmtpClient.connect(p.port);
-      await c.reply();
+      const { c } = await greeted(p.port);
       assert.equal(await c.cmd('PROXY TCP4 203.0.113.9 192.0.2.1 4444 25'), '500 5.5.1 Invalid command');
       await c.cmd('EHLO c.test');
       assert.equal(await c.cmd('XCLIENT ADDR=203.0.113.9'), '550 5.7.0 Command not permitted');

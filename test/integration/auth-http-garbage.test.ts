@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { describe, it } from 'node:test';
 import { startPostern } from '../helpers/postern.js';
-import { SmtpClient } from '../helpers/smtp-client.js';
+import { toRcpt } from '../helpers/preamble.js';
 
 async function rawAuth(respond: (s: net.Socket) => void): Promise<{ url: string; close(): Promise<void> }> {
   const server = net.createServer((s) => {
@@ -36,11 +36,8 @@ describe('auth_http: garbage answers', () => {
       const auth = await rawAuth(respond);
       const p = await startPostern({ route: { auth_http: { url: auth.url } }, timeouts: { auth: '2s' } });
       try {
-        const c = await SmtpClient.connect(p.port);
-        await c.reply();
-        await c.cmd('EHLO c.test');
-        await c.cmd('MAIL FROM:<a@x.test>');
-        assert.equal(await c.cmd('RCPT TO:<u@y.test>'), '451 4.3.2 Internal server error');
+        const { c, rcpt } = await toRcpt(p.port);
+        assert.equal(rcpt, '451 4.3.2 Internal server error');
         assert.ok(await c.waitClosed());
         await p.waitForLog((r) => r.code === code);
       } finally {

@@ -7,16 +7,11 @@ import { after, before, describe, it } from 'node:test';
 import { AuthStub, okAnswer } from '../helpers/auth-stub.js';
 import { FakeBackend } from '../helpers/fake-backend.js';
 import { startPostern, type RunningPostern } from '../helpers/postern.js';
-import { SmtpClient } from '../helpers/smtp-client.js';
+import { hello, toRcpt } from '../helpers/preamble.js';
 
-/** Greets, sends MAIL and the RCPT that triggers routing; returns the RCPT reply. */
-async function envelope(port: number, helo = 'client.test', rcpt = 'RCPT TO:<u@y.test> ORCPT=rfc822;u@y.test'): Promise<{ c: SmtpClient; rcpt: string }> {
-  const c = await SmtpClient.connect(port);
-  await c.reply();
-  await c.cmd(`EHLO ${helo}`);
-  await c.cmd('MAIL FROM:<a@x.test> SIZE=42');
-  return { c, rcpt: await c.cmd(rcpt) };
-}
+/** Greets, sends MAIL and the RCPT that triggers routing; the Auth-SMTP-* headers carry these lines as typed. */
+const envelope = (port: number): ReturnType<typeof toRcpt> =>
+  toRcpt(port, { hello: 'EHLO client.test', mail: 'MAIL FROM:<a@x.test> SIZE=42', rcpt: 'RCPT TO:<u@y.test> ORCPT=rfc822;u@y.test' });
 
 function authConfig(stub: AuthStub, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return { route: { auth_http: { url: `${stub.url}?svc=smtp`, headers: { 'X-Auth-Key': 's3cret' }, ...extra } }, timeouts: { auth: '1s' } };
@@ -71,9 +66,7 @@ describe('auth_http: the request', () => {
   });
 
   it('passes 8-bit bytes in Auth-SMTP-* raw, as nginx does', async () => {
-    const c = await SmtpClient.connect(p.port);
-    await c.reply();
-    await c.cmd('EHLO client.test');
+    const { c } = await hello(p.port, { hello: 'EHLO client.test' });
     c.write(Buffer.from('MAIL FROM:<j\xfcrgen@x.test>\r\n', 'latin1'));
     await c.reply();
     c.send('RCPT TO:<u@y.test>');

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { FakeBackend, closedPort, type FakeBackendOptions } from '../helpers/fake-backend.js';
 import { startPostern, type RunningPostern } from '../helpers/postern.js';
-import { SmtpClient } from '../helpers/smtp-client.js';
+import { toRcpt } from '../helpers/preamble.js';
+import type { SmtpClient } from '../helpers/smtp-client.js';
 
 async function withBackend(opts: FakeBackendOptions, config: Record<string, unknown>, fn: (p: RunningPostern, b: FakeBackend) => Promise<void>): Promise<void> {
   const b = await FakeBackend.start(opts);
@@ -33,14 +34,6 @@ async function withBackend(opts: FakeBackendOptions, config: Record<string, unkn
 /** Open TCP sockets of this process (libuv handles), servers excluded. */
 function openSockets(): number {
   return process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap').length;
-}
-
-async function toRcpt(port: number): Promise<{ c: SmtpClient; rcpt: string }> {
-  const c = await SmtpClient.connect(port);
-  await c.reply();
-  await c.cmd('EHLO c.test');
-  await c.cmd('MAIL FROM:<a@x.test>');
-  return { c, rcpt: await c.cmd('RCPT TO:<u@y.test>') };
 }
 
 describe('replay failures: 451 4.3.2 and a clean close', () => {

@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { AuthStub, okAnswer } from '../helpers/auth-stub.js';
 import { FakeBackend } from '../helpers/fake-backend.js';
 import { startPostern, type RunningPostern } from '../helpers/postern.js';
+import { greeted, hello } from '../helpers/preamble.js';
 import { SmtpClient, replyText } from '../helpers/smtp-client.js';
 
 describe('bad input', () => {
@@ -26,14 +27,8 @@ describe('bad input', () => {
     await backend.stop();
   });
 
-  async function greeted(): Promise<SmtpClient> {
-    const c = await SmtpClient.connect(p.port);
-    await c.reply();
-    return c;
-  }
-
   it('a line over max_line_length: 500 5.5.2 and close', async () => {
-    const c = await greeted();
+    const { c } = await greeted(p.port);
     c.write(`EHLO ${'a'.repeat(2000)}\r\n`);
     assert.equal(replyText(await c.reply()), '500 5.5.2 Line too long');
     assert.ok(await c.waitClosed());
@@ -41,14 +36,14 @@ describe('bad input', () => {
   });
 
   it('a 1 MB line without LF is cut off at the limit, not buffered', async () => {
-    const c = await greeted();
+    const { c } = await greeted(p.port);
     c.write(Buffer.alloc(1 << 20, 0x41));
     assert.equal(replyText(await c.reply()), '500 5.5.2 Line too long');
     assert.ok(await c.waitClosed());
   });
 
   it('NUL, bare CR and binary junk: 500 5.5.2, counted as errors', async () => {
-    const c = await greeted();
+    const { c } = await greeted(p.port);
     c.write(Buffer.from('EHLO a\0b\r\n'));
     assert.equal(replyText(await c.reply()), '500 5.5.2 Invalid character in command');
     c.write(Buffer.from('EHLO a\rQUIT\r\n'));
@@ -61,7 +56,7 @@ describe('bad input', () => {
   });
 
   it('unknown commands and out-of-order commands until max_errors', async () => {
-    const c = await greeted();
+    const { c } = await greeted(p.port);
     assert.equal(await c.cmd('FOO bar'), '500 5.5.1 Invalid command');
     assert.equal(await c.cmd('RCPT TO:<u@y.test>'), '503 5.5.1 Need MAIL command');
     assert.equal(await c.cmd('MAIL FROM:<a@x.test>'), '503 5.5.1 Send HELO/EHLO first');
@@ -70,8 +65,7 @@ describe('bad input', () => {
   });
 
   it('DATA, BDAT, VRFY, EXPN, HELP, STARTTLS and AUTH before a route get sensible replies', async () => {
-    const c = await greeted();
-    await c.cmd('EHLO c.test');
+    const { c } = await hello(p.port);
     assert.equal(await c.cmd('VRFY root'), '252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery');
     assert.equal(await c.cmd('HELP'), '214 2.0.0 See RFC 5321');
     assert.equal(await c.cmd('DATA'), '503 5.5.1 Need MAIL command');
@@ -83,7 +77,7 @@ describe('bad input', () => {
   });
 
   it('an HTTP request to the SMTP port: 554 and close, not an error per header line', async () => {
-    const c = await greeted();
+    const { c } = await greeted(p.port);
     c.write('GET / HTTP/1.1\r\nHost: mx.example\r\nUser-Agent: curl\r\n\r\n');
     assert.equal(replyText(await c.reply()), '554 5.7.0 HTTP requests are not accepted here');
     assert.ok(await c.waitClosed());
@@ -102,8 +96,7 @@ describe('bad input', () => {
 
   it('the client\'s own XCLIENT and XFORWARD are refused and never forwarded', async () => {
     const before = backend.commands.length;
-    const c = await greeted();
-    await c.cmd('EHLO c.test');
+    const { c } = await hello(p.port);
     assert.equal(await c.cmd('XCLIENT ADDR=10.9.9.9 NAME=spoofed.test'), '550 5.7.0 Command not permitted');
     assert.equal(await c.cmd('XFORWARD ADDR=10.9.9.9'), '550 5.7.0 Command not permitted');
     await c.cmd('MAIL FROM:<a@x.test>');
@@ -119,8 +112,7 @@ describe('bad input', () => {
     const beforeCmd = backend.commands.length;
     const lenient = await startPostern({ route: { auth_http: { url: stub.url } } });
     after(() => lenient.stop());
-    const c = await SmtpClient.connect(lenient.port);
-    await c.reply();
+    const { c } = await greeted(lenient.port);
     c.write('EHLO c.test\rX-Injected: 1\r\n');
     assert.equal((await c.reply()).code, 500);
     c.write('EHLO c.test\r\n');
@@ -142,7 +134,7 @@ describe('bad input', () => {
   });
 
   it('a client that pipelines without reading is not read faster than it reads (backpressure)', async () => {
-    const c = await greeted();
+    const { c } = await greeted(p.port);
     c.send('EHLO backpressure.test');
     c.socket.pause();
     const burst = Buffer.from('NOOP\r\n'.repeat(20000));
@@ -159,9 +151,7 @@ describe('timeouts and the greeting', () => {
   it('an idle client gets 421 4.4.2 and is closed', async () => {
     const p = await startPostern({ route: { static: '127.0.0.1:1' }, timeouts: { idle: '300ms' } });
     try {
-      const c = await SmtpClient.connect(p.port);
-      await c.reply();
-      await c.cmd('EHLO slow.test');
+      const { c } = await hello(p.port, { hello: 'EHLO slow.test' });
       assert.equal(replyText(await c.reply(2000)), '421 4.4.2 proxy.test Error: timeout exceeded');
       assert.ok(await c.waitClosed());
       await p.waitForLog((r) => r.code === 'PST_IDLE_TIMEOUT');
@@ -173,8 +163,7 @@ describe('timeouts and the greeting', () => {
   it('a slow client that sends one byte at a time is still served (each byte resets the timer)', async () => {
     const p = await startPostern({ route: { static: '127.0.0.1:1' }, timeouts: { idle: '2s' } });
     try {
-      const c = await SmtpClient.connect(p.port);
-      await c.reply();
+      const { c } = await greeted(p.port);
       for (const ch of 'NOOP\r\n') {
         c.write(ch);
         await new Promise((r) => setTimeout(r, 30));

@@ -8,7 +8,8 @@ import { after, before, describe, it } from 'node:test';
 import { AuthStub, okAnswer, type RecordedRequest } from '../helpers/auth-stub.js';
 import { FakeBackend } from '../helpers/fake-backend.js';
 import { startPostern, type RunningPostern } from '../helpers/postern.js';
-import { SmtpClient, replyText } from '../helpers/smtp-client.js';
+import { hello } from '../helpers/preamble.js';
+import { replyText, type SmtpClient } from '../helpers/smtp-client.js';
 
 const b64 = (s: string): string => Buffer.from(s, 'latin1').toString('base64');
 const PASSWORDS: Record<string, string> = { alice: 'secret', 'j\xfcrgen %1': 'p\xe4ss w%rd' };
@@ -47,10 +48,8 @@ after(async () => {
 });
 
 async function ehlo(): Promise<{ c: SmtpClient; lines: string[] }> {
-  const c = await SmtpClient.connect(p.port);
-  await c.reply();
-  c.send('EHLO sub.client.test');
-  return { c, lines: (await c.reply()).lines };
+  const { c, ehlo: reply } = await hello(p.port, { hello: 'EHLO sub.client.test' });
+  return { c, lines: reply.lines };
 }
 
 describe('AUTH mechanisms', () => {
@@ -189,10 +188,8 @@ describe('AUTH bad input and failures', () => {
   it('plaintext AUTH on a listener that forbids it: 538, and AUTH is not advertised before TLS', async () => {
     const q = await startPostern({ listen: [{ address: '127.0.0.1:0', smtp_auth: ['none', 'plain'] }], route: { auth_http: { url: stub.url } } });
     try {
-      const c = await SmtpClient.connect(q.port);
-      await c.reply();
-      c.send('EHLO c.test');
-      assert.ok(!(await c.reply()).lines.some((l) => l.startsWith('AUTH')));
+      const { c, ehlo } = await hello(q.port);
+      assert.ok(!ehlo.lines.some((l) => l.startsWith('AUTH')));
       assert.equal(await c.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '538 5.7.11 Encryption required for requested authentication mechanism');
       // smtp_auth: [none, …]: unauthenticated mail (the MX case) still works on the same listener.
       assert.equal(await c.cmd('MAIL FROM:<a@x.test>'), '250 2.1.0 OK');
@@ -211,15 +208,11 @@ describe('AUTH bad input and failures', () => {
     try {
       const before = stub.requests.length;
       for (let i = 0; i < 2; i++) {
-        const c = await SmtpClient.connect(q.port);
-        await c.reply();
-        await c.cmd('EHLO c.test');
+        const { c } = await hello(q.port);
         assert.match(await c.cmd(`AUTH PLAIN ${b64('\0alice\0bad')}`), /^535 /);
         c.close();
       }
-      const c = await SmtpClient.connect(q.port);
-      await c.reply();
-      await c.cmd('EHLO c.test');
+      const { c } = await hello(q.port);
       assert.equal(await c.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '421 4.7.0 proxy.test Too many authentication failures');
       assert.equal(stub.requests.length - before, 2, 'the capped attempt never reached the auth service');
       await q.waitForLog((r) => r.code === 'PST_AUTH_TOO_MANY');
@@ -271,9 +264,7 @@ describe('proxy_smtp_auth: AUTH to the back-end', () => {
   }
 
   async function submit(port: number, auth: string): Promise<{ c: SmtpClient; reply: string }> {
-    const c = await SmtpClient.connect(port);
-    await c.reply();
-    await c.cmd('EHLO sub.client.test');
+    const { c } = await hello(port, { hello: 'EHLO sub.client.test' });
     return { c, reply: await c.cmd(auth) };
   }
 
@@ -315,9 +306,7 @@ describe('proxy_smtp_auth: AUTH to the back-end', () => {
     const s = await AuthStub.start(okAnswer(b.port));
     const q = await startPostern({ listen: [{ address: '127.0.0.1:0', smtp_auth: ['cram-md5'], auth_plaintext: true }], route: { auth_http: { url: s.url } }, proxy_smtp_auth: 'plain' });
     try {
-      const c = await SmtpClient.connect(q.port);
-      await c.reply();
-      await c.cmd('EHLO c.test');
+      const { c } = await hello(q.port);
       c.send('AUTH CRAM-MD5');
       await c.reply();
       assert.equal(await c.cmd(b64(`alice ${'0'.repeat(32)}`)), '451 4.3.2 Internal server error');
@@ -357,9 +346,7 @@ describe('envelope_after_auth: the auth service sees the envelope of authenticat
       route: { auth_http: { url: s.url, envelope_after_auth: true } },
     });
     try {
-      const c = await SmtpClient.connect(q.port);
-      await c.reply();
-      await c.cmd('EHLO sub.client.test');
+      const { c } = await hello(q.port, { hello: 'EHLO sub.client.test' });
       assert.equal(await c.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '235 2.0.0 OK');
       assert.equal(b.sessions.length, 0, 'no back-end yet');
       assert.equal(await c.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '503 5.5.1 Already authenticated');
@@ -398,22 +385,16 @@ describe('listeners and AUTH together', () => {
     try {
       const addrs = q.server.addresses;
       const [mx, mixed, sub] = addrs.map((a) => a.port) as [number, number, number];
-      const c1 = await SmtpClient.connect(mx);
-      await c1.reply();
-      c1.send('EHLO c.test');
-      assert.ok(!(await c1.reply()).lines.some((l) => l.startsWith('AUTH')));
+      const { c: c1, ehlo } = await hello(mx);
+      assert.ok(!ehlo.lines.some((l) => l.startsWith('AUTH')));
       assert.equal(await c1.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '502 5.5.1 Command not implemented');
       assert.equal(await c1.cmd('MAIL FROM:<a@x.test>'), '250 2.1.0 OK');
       c1.close();
-      const c2 = await SmtpClient.connect(mixed);
-      await c2.reply();
-      await c2.cmd('EHLO c.test');
+      const { c: c2 } = await hello(mixed);
       assert.equal(await c2.cmd('MAIL FROM:<a@x.test>'), '250 2.1.0 OK');
       assert.equal(await c2.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '503 5.5.1 AUTH not permitted during a mail transaction');
       c2.close();
-      const c3 = await SmtpClient.connect(sub);
-      await c3.reply();
-      await c3.cmd('EHLO c.test');
+      const { c: c3 } = await hello(sub);
       assert.equal(await c3.cmd('MAIL FROM:<a@x.test>'), '530 5.7.1 Authentication required');
       assert.equal(await c3.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '235 2.0.0 OK');
       c3.close();
@@ -436,9 +417,7 @@ describe('AUTH edge cases', () => {
     const q = await startPostern({ listen: [{ address: '127.0.0.1:0', smtp_auth: ['plain'], auth_plaintext: true }], route: { auth_http: { url: s.url } } });
     try {
       for (let i = 0; i < 2; i++) {
-        const c = await SmtpClient.connect(q.port);
-        await c.reply();
-        await c.cmd('EHLO c.test');
+        const { c } = await hello(q.port);
         assert.equal(await c.cmd(`AUTH PLAIN ${b64('\0alice\0secret')}`), '235 2.0.0 OK');
         c.close();
       }

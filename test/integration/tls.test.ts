@@ -13,6 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { AuthStub, okAnswer } from '../helpers/auth-stub.js';
 import { FakeBackend } from '../helpers/fake-backend.js';
 import { startPostern, type RunningPostern } from '../helpers/postern.js';
+import { hello, toRcpt } from '../helpers/preamble.js';
 import { SmtpClient, replyText } from '../helpers/smtp-client.js';
 
 const FIX = path.resolve(import.meta.dirname, '../fixtures/tls');
@@ -37,12 +38,6 @@ function tlsConfig(listen: Record<string, unknown>, tls: Record<string, unknown>
   return { listen: [{ address: '127.0.0.1:0', ...listen }], tls: { certificates: CERTS, ...tls }, route: { auth_http: { url: stub.url } }, ...extra };
 }
 
-async function greetEhlo(c: SmtpClient): Promise<string[]> {
-  await c.reply();
-  c.send('EHLO c.test');
-  return (await c.reply()).lines;
-}
-
 describe('STARTTLS', () => {
   let p: RunningPostern;
   before(async () => {
@@ -51,8 +46,8 @@ describe('STARTTLS', () => {
   after(() => p.stop());
 
   it('is offered before TLS, resets the session after it, and is not offered again', async () => {
-    const c = await SmtpClient.connect(p.port);
-    assert.ok((await greetEhlo(c)).includes('STARTTLS'));
+    const { c, ehlo } = await hello(p.port);
+    assert.ok(ehlo.lines.includes('STARTTLS'));
     await c.cmd('MAIL FROM:<before@x.test>');
     assert.equal(await c.cmd('STARTTLS'), '220 2.0.0 Start TLS');
     const secure = await c.startTls({ ca: CA, servername: 'proxy.test' });
@@ -75,8 +70,7 @@ describe('STARTTLS', () => {
   });
 
   it('discards commands pipelined after STARTTLS (CVE-2011-0411, nginx CVE-2014-3556)', async () => {
-    const c = await SmtpClient.connect(p.port);
-    await greetEhlo(c);
+    const { c } = await hello(p.port);
     c.write('STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n');
     assert.equal(replyText(await c.reply()), '220 2.0.0 Start TLS');
     await c.startTls({ ca: CA, servername: 'proxy.test' });
@@ -88,15 +82,13 @@ describe('STARTTLS', () => {
   });
 
   it('STARTTLS with an argument is a syntax error', async () => {
-    const c = await SmtpClient.connect(p.port);
-    await greetEhlo(c);
+    const { c } = await hello(p.port);
     assert.equal(await c.cmd('STARTTLS now'), '501 5.5.4 Invalid argument');
     c.close();
   });
 
   it('garbage instead of a handshake: the connection is closed and logged', async () => {
-    const c = await SmtpClient.connect(p.port);
-    await greetEhlo(c);
+    const { c } = await hello(p.port);
     await c.cmd('STARTTLS');
     c.write('EHLO this is not TLS\r\n');
     assert.ok(await c.waitClosed());
@@ -104,8 +96,7 @@ describe('STARTTLS', () => {
   });
 
   it('a client that never finishes the handshake is closed after timeouts.handshake', async () => {
-    const c = await SmtpClient.connect(p.port);
-    await greetEhlo(c);
+    const { c } = await hello(p.port);
     await c.cmd('STARTTLS');
     assert.ok(await c.waitClosed(3000));
     await p.waitForLog((r) => r.code === 'PST_TLS_HANDSHAKE_TIMEOUT');
@@ -116,8 +107,7 @@ describe('starttls: only', () => {
   it('refuses MAIL and RCPT before TLS (nginx lets them through), accepts them after', async () => {
     const p = await startPostern(tlsConfig({ starttls: 'only' }));
     try {
-      const c = await SmtpClient.connect(p.port);
-      await greetEhlo(c);
+      const { c } = await hello(p.port);
       assert.equal(await c.cmd('MAIL FROM:<a@x.test>'), '530 5.7.0 Must issue a STARTTLS command first');
       assert.equal(await c.cmd('RCPT TO:<u@y.test>'), '530 5.7.0 Must issue a STARTTLS command first');
       await c.cmd('STARTTLS');
@@ -139,8 +129,8 @@ describe('implicit TLS', () => {
   after(() => p.stop());
 
   it('greets after the handshake; EHLO offers no STARTTLS; SNI picks the certificate', async () => {
-    const c = await SmtpClient.connectTls(p.port, { ca: CA, servername: 'proxy.test' });
-    assert.ok(!(await greetEhlo(c)).includes('STARTTLS'));
+    const { c, ehlo } = await hello(await SmtpClient.connectTls(p.port, { ca: CA, servername: 'proxy.test' }));
+    assert.ok(!ehlo.lines.includes('STARTTLS'));
     c.close();
     const c2 = await SmtpClient.connectTls(p.port, { ca: CA, servername: 'mx2.test' });
     const peer = (c2.socket as import('node:tls').TLSSocket).getPeerX509Certificate()!;
@@ -182,9 +172,7 @@ describe('client certificates (verify_client)', () => {
     try {
       const greeting = await c.reply();
       if (greeting.code !== 220) return replyText(greeting);
-      await c.cmd('EHLO c.test');
-      await c.cmd('MAIL FROM:<a@x.test>');
-      return await c.cmd('RCPT TO:<u@y.test>');
+      return (await toRcpt(c, { greeted: true })).rcpt;
     } finally {
       c.close();
     }
@@ -295,10 +283,8 @@ describe('AUTH EXTERNAL with a client certificate', () => {
       route: { auth_http: { url: stub.url } },
     });
     try {
-      const c = await SmtpClient.connectTls(p.port, { ca: CA, servername: 'proxy.test', ...clientCert('client') });
-      await c.reply();
-      c.send('EHLO c.test');
-      assert.ok((await c.reply()).lines.includes('AUTH EXTERNAL'));
+      const { c, ehlo } = await hello(await SmtpClient.connectTls(p.port, { ca: CA, servername: 'proxy.test', ...clientCert('client') }));
+      assert.ok(ehlo.lines.includes('AUTH EXTERNAL'));
       assert.equal(await c.cmd('AUTH EXTERNAL ='), '235 2.0.0 OK');
       c.close();
       const req = stub.requests.at(-1)!;
@@ -316,9 +302,7 @@ describe('starttls: only and AUTH', () => {
   it('AUTH before TLS is refused with 530, as nginx\'s starttls only does', async () => {
     const p = await startPostern(tlsConfig({ starttls: 'only', smtp_auth: ['plain'] }));
     try {
-      const c = await SmtpClient.connect(p.port);
-      await c.reply();
-      await c.cmd('EHLO c.test');
+      const { c } = await hello(p.port);
       assert.equal(await c.cmd(`AUTH PLAIN ${Buffer.from('\0alice\0secret').toString('base64')}`), '530 5.7.0 Must issue a STARTTLS command first');
       c.close();
     } finally {

@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { FakeBackend } from '../helpers/fake-backend.js';
 import { requireBinary, startPostfix, TLS_FIXTURES, type PostfixInstance } from '../helpers/postfix.js';
 import { startPostern, type RunningPostern } from '../helpers/postern.js';
-import { SmtpClient } from '../helpers/smtp-client.js';
+import { toRcpt } from '../helpers/preamble.js';
 
 const run = promisify(execFile);
 const f = (name: string): string => path.join(TLS_FIXTURES, name);
@@ -122,11 +122,7 @@ describe('back-end TLS policies against Postfix', () => {
 
   async function rcpt(backendTls: Record<string, unknown>, port = postfix.port): Promise<{ reply: string; p: RunningPostern }> {
     const p = await startPostern({ route: { static: `127.0.0.1:${port}` }, backend_tls: backendTls });
-    const c = await SmtpClient.connect(p.port);
-    await c.reply();
-    await c.cmd('EHLO c.test');
-    await c.cmd('MAIL FROM:<a@x.test>');
-    const reply = await c.cmd('RCPT TO:<u@y.test>');
+    const { c, rcpt: reply } = await toRcpt(p.port);
     c.close();
     return { reply, p };
   }
@@ -168,11 +164,7 @@ describe('back-end TLS policies against Postfix', () => {
 describe('back-end TLS faults (scripted back-ends)', () => {
   async function rcptVia(b: FakeBackend, mode: string): Promise<{ reply: string; p: RunningPostern }> {
     const p = await startPostern({ route: { static: `127.0.0.1:${b.port}` }, backend_tls: { mode }, timeouts: { backend: '2s' } });
-    const c = await SmtpClient.connect(p.port);
-    await c.reply();
-    await c.cmd('EHLO c.test');
-    await c.cmd('MAIL FROM:<a@x.test>');
-    const reply = await c.cmd('RCPT TO:<u@y.test>');
+    const { c, rcpt: reply } = await toRcpt(p.port);
     c.close();
     return { reply, p };
   }
@@ -218,11 +210,8 @@ describe('back-end TLS faults (scripted back-ends)', () => {
     const port = (server.address() as net.AddressInfo).port;
     const p = await startPostern({ route: { static: `127.0.0.1:${port}` }, backend_tls: { mode: 'required' }, timeouts: { backend: '2s' } });
     try {
-      const c = await SmtpClient.connect(p.port);
-      await c.reply();
-      await c.cmd('EHLO c.test');
-      await c.cmd('MAIL FROM:<a@x.test>');
-      assert.equal(await c.cmd('RCPT TO:<u@y.test>'), '451 4.3.2 Internal server error');
+      const { c, rcpt } = await toRcpt(p.port);
+      assert.equal(rcpt, '451 4.3.2 Internal server error');
       c.close();
       await p.waitForLog((r) => r.code === 'PST_BACKEND_TLS_FAILED');
     } finally {

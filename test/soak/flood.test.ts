@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { it } from 'node:test';
 import { FakeBackend, closedPort } from '../helpers/fake-backend.js';
-import { SmtpClient } from '../helpers/smtp-client.js';
+import { toRcpt } from '../helpers/preamble.js';
 
 const root = path.resolve(import.meta.dirname, '../..');
 const N = 10_000;
@@ -54,11 +54,8 @@ it(`${N} concurrent connections: all greeted, none dropped, service goes on, all
     assert.equal(greeted, N);
     const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))![1]) * 1024;
     // A real session while all of them are held.
-    const c = await SmtpClient.connect(port);
-    await c.reply();
-    await c.cmd('HELO busy.test');
-    await c.cmd('MAIL FROM:<a@x.test>');
-    assert.equal(await c.cmd('RCPT TO:<u@y.test>'), '250 2.1.5 Ok');
+    const { c, rcpt } = await toRcpt(port, { hello: 'HELO busy.test' });
+    assert.equal(rcpt, '250 2.1.5 Ok');
     assert.equal(await c.data('Subject: during the flood\r\n\r\nhi\r\n'), '250 2.0.0 Ok: queued');
     c.close();
     for (const s of sockets) s.destroy();

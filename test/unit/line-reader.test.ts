@@ -6,23 +6,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { LINE_TOO_LONG, LineReader } from '../../src/smtp/line-reader.js';
+import { describeCut, pull, splits } from '../helpers/split.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
-
-/** Every way of cutting `buf` in two, then byte by byte, then a few fixed multi-cuts. */
-function splits(buf: Buffer): Buffer[][] {
-  const out: Buffer[][] = [[buf]];
-  for (let i = 1; i < buf.length; i++) out.push([buf.subarray(0, i), buf.subarray(i)]);
-  const bytes: Buffer[] = [];
-  for (let i = 0; i < buf.length; i++) bytes.push(buf.subarray(i, i + 1));
-  out.push(bytes);
-  for (const step of [2, 3, 7]) {
-    const parts: Buffer[] = [];
-    for (let i = 0; i < buf.length; i += step) parts.push(buf.subarray(i, i + step));
-    out.push(parts);
-  }
-  return out;
-}
 
 interface Collected {
   lines: string[];
@@ -39,17 +25,12 @@ interface Collected {
 function collect(chunks: Buffer[], maxLine: number): Collected {
   const r = new LineReader(maxLine);
   const lines: string[] = [];
-  for (const c of chunks) {
-    r.push(c);
-    for (;;) {
-      const line = r.next();
-      if (line === null) break;
-      if (line === LINE_TOO_LONG) return { lines, tooLong: true, rest: '', skipping: r.skipping };
-      const text = line.toString('latin1');
-      lines.push(text);
-      const m = /^SKIP (\d+)$/.exec(text);
-      if (m) r.skip(Number(m[1]));
-    }
+  for (const line of pull(r, chunks)) {
+    if (line === LINE_TOO_LONG) return { lines, tooLong: true, rest: '', skipping: r.skipping };
+    const text = line.toString('latin1');
+    lines.push(text);
+    const m = /^SKIP (\d+)$/.exec(text);
+    if (m) r.skip(Number(m[1]));
   }
   return { lines, tooLong: false, skipping: r.skipping, rest: r.rest().toString('latin1') };
 }
@@ -58,7 +39,7 @@ function assertSplitInvariant(input: string, maxLine: number, expected: Collecte
   const buf = b(input);
   assert.deepEqual(collect([buf], maxLine), expected, 'one chunk');
   for (const chunks of splits(buf)) {
-    assert.deepEqual(collect(chunks, maxLine), expected, `split ${chunks.map((c) => c.length).join('+')}`);
+    assert.deepEqual(collect(chunks, maxLine), expected, describeCut(chunks));
   }
 }
 

@@ -9,6 +9,7 @@ import { Replay, type ClientIdentity, type ReplayOptions, type ReplayResult } fr
 import type { Envelope } from '../../src/session/session.js';
 import { ReplyError, ReplyReader, type Reply } from '../../src/smtp/reply-reader.js';
 import { unxtext } from '../../src/smtp/xtext.js';
+import { POSTFIX_EHLO, POSTFIX_GREETING } from '../helpers/fixtures.js';
 
 function reply(text: string): Reply {
   const r = new ReplyReader();
@@ -62,17 +63,6 @@ function drive(rp: Replay, replies: string[]): string[] {
   return replies.map((r) => show(rp.onReply(reply(r))));
 }
 
-const GREETING = '220 mx.backend.example ESMTP Postfix\r\n';
-const POSTFIX_EHLO =
-  '250-mx.backend.example\r\n' +
-  '250-PIPELINING\r\n' +
-  '250-SIZE 10240000\r\n' +
-  '250-VRFY\r\n' +
-  '250-ETRN\r\n' +
-  '250-XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN\r\n' +
-  '250-ENHANCEDSTATUSCODES\r\n' +
-  '250-8BITMIME\r\n' +
-  '250 DSN\r\n';
 const POSTFIX_EHLO_AFTER_XCLIENT = '250-mx.backend.example\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n';
 const PLAIN_EHLO = '250-mx.backend.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n';
 
@@ -80,12 +70,12 @@ describe('Replay: Postfix with XCLIENT', () => {
   it('sends the full sequence with the exact bytes at each step', () => {
     const rp = replay();
     assert.equal(rp.step, 'greeting');
-    assert.equal(show(rp.onReply(reply(GREETING))), 'send EHLO px.example\r\n');
+    assert.equal(show(rp.onReply(reply(POSTFIX_GREETING))), 'send EHLO px.example\r\n');
     assert.equal(rp.step, 'ehlo');
     assert.equal(show(rp.onReply(reply(POSTFIX_EHLO))), 'send XCLIENT ADDR=192.0.2.7 PORT=40123 NAME=[UNAVAILABLE] PROTO=ESMTP HELO=client.example\r\n');
     assert.equal(rp.step, 'xclient');
     // Postfix answers XCLIENT with a fresh greeting and forgets the EHLO: the client's own greeting is replayed.
-    assert.equal(show(rp.onReply(reply(GREETING))), 'send EHLO client.example\r\n');
+    assert.equal(show(rp.onReply(reply(POSTFIX_GREETING))), 'send EHLO client.example\r\n');
     assert.equal(rp.step, 'rehello');
     // PIPELINING (RFC 2920): MAIL and RCPT leave in one write; their replies are checked in turn.
     assert.equal(show(rp.onReply(reply(POSTFIX_EHLO_AFTER_XCLIENT))), 'send MAIL FROM:<alice@example.org> SIZE=500 BODY=8BITMIME\r\nRCPT TO:<bob@example.net> NOTIFY=NEVER\r\n');
@@ -100,7 +90,7 @@ describe('Replay: Postfix with XCLIENT', () => {
 
   it('learns the back-end capabilities from the first EHLO reply (upper-cased keywords)', () => {
     const rp = replay();
-    drive(rp, [GREETING, POSTFIX_EHLO]);
+    drive(rp, [POSTFIX_GREETING, POSTFIX_EHLO]);
     assert.deepEqual([...rp.capabilities.entries()], [
       ['PIPELINING', ''],
       ['SIZE', '10240000'],
@@ -115,7 +105,7 @@ describe('Replay: Postfix with XCLIENT', () => {
 
   it('IPv6 client: ADDR=IPV6:<address>', () => {
     const rp = replay({ client: { addr: '2001:db8::25', port: 587, name: 'mail.client.example' } });
-    assert.deepEqual(drive(rp, [GREETING, POSTFIX_EHLO]), [
+    assert.deepEqual(drive(rp, [POSTFIX_GREETING, POSTFIX_EHLO]), [
       'send EHLO px.example\r\n',
       'send XCLIENT ADDR=IPV6:2001:db8::25 PORT=587 NAME=mail.client.example PROTO=ESMTP HELO=client.example\r\n',
     ]);
@@ -124,16 +114,16 @@ describe('Replay: Postfix with XCLIENT', () => {
   it('values are xtext-encoded (RFC 3461 §4), so no space, CR, LF, "+" or "=" reaches the line raw', () => {
     const helo = '[h+e=l\xe9o]';
     const rp = replay({ envelope: { helo }, client: { addr: '192.0.2.7', port: 1, name: '[TEMPUNAVAIL]' } });
-    const [, xclient] = drive(rp, [GREETING, POSTFIX_EHLO]);
+    const [, xclient] = drive(rp, [POSTFIX_GREETING, POSTFIX_EHLO]);
     assert.equal(xclient, 'send XCLIENT ADDR=192.0.2.7 PORT=1 NAME=[TEMPUNAVAIL] PROTO=ESMTP HELO=[h+2Be+3Dl+E9o]\r\n');
     assert.deepEqual(unxtext('[h+2Be+3Dl+E9o]'), Buffer.from(helo, 'latin1'));
     // The client's greeting is replayed with its own bytes.
-    assert.equal(show(rp.onReply(reply(GREETING))), `send EHLO ${helo}\r\n`);
+    assert.equal(show(rp.onReply(reply(POSTFIX_GREETING))), `send EHLO ${helo}\r\n`);
   });
 
   it('a HELO client: PROTO=SMTP and HELO replayed after XCLIENT', () => {
     const rp = replay({ envelope: { helo: 'old.example', esmtp: false } });
-    assert.deepEqual(drive(rp, [GREETING, POSTFIX_EHLO, GREETING]), [
+    assert.deepEqual(drive(rp, [POSTFIX_GREETING, POSTFIX_EHLO, POSTFIX_GREETING]), [
       'send EHLO px.example\r\n',
       'send XCLIENT ADDR=192.0.2.7 PORT=40123 NAME=[UNAVAILABLE] PROTO=SMTP HELO=old.example\r\n',
       'send HELO old.example\r\n',
@@ -142,7 +132,7 @@ describe('Replay: Postfix with XCLIENT', () => {
 
   it('a client that never greeted: no HELO= attribute and, as nginx does, no second greeting', () => {
     const rp = replay({ envelope: { helo: '', esmtp: false } });
-    assert.deepEqual(drive(rp, [GREETING, POSTFIX_EHLO, GREETING]), [
+    assert.deepEqual(drive(rp, [POSTFIX_GREETING, POSTFIX_EHLO, POSTFIX_GREETING]), [
       'send EHLO px.example\r\n',
       'send XCLIENT ADDR=192.0.2.7 PORT=40123 NAME=[UNAVAILABLE] PROTO=SMTP\r\n',
       `send ${ENVELOPE.mailLine}\r\n${ENVELOPE.rcptLine}\r\n`,
@@ -153,22 +143,22 @@ describe('Replay: Postfix with XCLIENT', () => {
     const base = 'XCLIENT ADDR=192.0.2.7 PORT=40123 NAME=[UNAVAILABLE] PROTO=ESMTP';
     const fits = 'h'.repeat(512 - 2 - base.length - ' HELO='.length);
     const rpFits = replay({ envelope: { helo: fits } });
-    const sentFits = drive(rpFits, [GREETING, POSTFIX_EHLO])[1]!;
+    const sentFits = drive(rpFits, [POSTFIX_GREETING, POSTFIX_EHLO])[1]!;
     assert.equal(sentFits, `send ${base} HELO=${fits}\r\n`);
     assert.equal(sentFits.length - 'send '.length, 512);
 
     const rpLong = replay({ envelope: { helo: `${fits}h` } });
-    assert.equal(drive(rpLong, [GREETING, POSTFIX_EHLO])[1], `send ${base}\r\n`);
-    assert.equal(show(rpLong.onReply(reply(GREETING))), `send EHLO ${fits}h\r\n`);
+    assert.equal(drive(rpLong, [POSTFIX_GREETING, POSTFIX_EHLO])[1], `send ${base}\r\n`);
+    assert.equal(show(rpLong.onReply(reply(POSTFIX_GREETING))), `send EHLO ${fits}h\r\n`);
 
     // The limit counts the encoded length: 10 "+" become 30 bytes.
     const rpEnc = replay({ envelope: { helo: `${fits.slice(20)}${'+'.repeat(10)}` } });
-    assert.equal(drive(rpEnc, [GREETING, POSTFIX_EHLO])[1], `send ${base}\r\n`);
+    assert.equal(drive(rpEnc, [POSTFIX_GREETING, POSTFIX_EHLO])[1], `send ${base}\r\n`);
   });
 
   it('XCLIENT keyword and attributes are matched case-insensitively', () => {
     const rp = replay();
-    assert.deepEqual(drive(rp, [GREETING, '250-mx\r\n250-xclient addr name\r\n250 8BITMIME\r\n']), [
+    assert.deepEqual(drive(rp, [POSTFIX_GREETING, '250-mx\r\n250-xclient addr name\r\n250 8BITMIME\r\n']), [
       'send EHLO px.example\r\n',
       'send XCLIENT ADDR=192.0.2.7 NAME=[UNAVAILABLE]\r\n',
     ]);
@@ -176,7 +166,7 @@ describe('Replay: Postfix with XCLIENT', () => {
 
   it('never sends LOGIN=, REVERSE_NAME= or DESTADDR= (no login in none mode)', () => {
     const rp = replay();
-    const [, x] = drive(rp, [GREETING, '250-mx\r\n250 XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT\r\n']);
+    const [, x] = drive(rp, [POSTFIX_GREETING, '250-mx\r\n250 XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT\r\n']);
     assert.doesNotMatch(x!, /LOGIN=|REVERSE_NAME=|DESTADDR=|DESTPORT=/);
   });
 
@@ -184,7 +174,7 @@ describe('Replay: Postfix with XCLIENT', () => {
   }, () => {
     for (const ehlo of ['250-mx\r\n250 XCLIENT LOGIN\r\n', '250-mx\r\n250 XCLIENT\r\n', '250-mx\r\n250 XCLIENT DESTADDR DESTPORT\r\n']) {
       const rp = replay();
-      const [, next] = drive(rp, [GREETING, ehlo]);
+      const [, next] = drive(rp, [POSTFIX_GREETING, ehlo]);
       assert.notEqual(next, 'send XCLIENT \r\n', ehlo);
       assert.equal(next, `send ${ENVELOPE.mailLine}\r\n`, ehlo);
     }
@@ -211,7 +201,7 @@ describe('Replay: other back-ends', () => {
 
   it('xclient disabled: straight from EHLO to MAIL even when XCLIENT is advertised', () => {
     const rp = replay({ xclient: false });
-    assert.deepEqual(drive(rp, [GREETING, POSTFIX_EHLO, '250 2.1.0 Ok\r\n']), [
+    assert.deepEqual(drive(rp, [POSTFIX_GREETING, POSTFIX_EHLO, '250 2.1.0 Ok\r\n']), [
       'send EHLO px.example\r\n',
       `send ${ENVELOPE.mailLine}\r\n${ENVELOPE.rcptLine}\r\n`,
       'wait',
@@ -220,7 +210,7 @@ describe('Replay: other back-ends', () => {
 
   it('back-end without XCLIENT: straight from EHLO to MAIL', () => {
     const rp = replay();
-    assert.deepEqual(drive(rp, [GREETING, PLAIN_EHLO, '250 2.1.0 Ok\r\n', '250 2.1.5 Ok\r\n']), [
+    assert.deepEqual(drive(rp, [POSTFIX_GREETING, PLAIN_EHLO, '250 2.1.0 Ok\r\n', '250 2.1.5 Ok\r\n']), [
       'send EHLO px.example\r\n',
       `send ${ENVELOPE.mailLine}\r\n${ENVELOPE.rcptLine}\r\n`,
       'wait',
@@ -230,7 +220,7 @@ describe('Replay: other back-ends', () => {
 
   it('back-end without PIPELINING: MAIL and RCPT one at a time, in lock-step', () => {
     const rp = replay();
-    assert.deepEqual(drive(rp, [GREETING, '250-mx\r\n250 8BITMIME\r\n', '250 2.1.0 Ok\r\n', '250 2.1.5 Ok\r\n']), [
+    assert.deepEqual(drive(rp, [POSTFIX_GREETING, '250-mx\r\n250 8BITMIME\r\n', '250 2.1.0 Ok\r\n', '250 2.1.5 Ok\r\n']), [
       'send EHLO px.example\r\n',
       `send ${ENVELOPE.mailLine}\r\n`,
       `send ${ENVELOPE.rcptLine}\r\n`,
@@ -241,7 +231,7 @@ describe('Replay: other back-ends', () => {
   it('EHLO refused with 502 (or 500): HELO fallback, then MAIL', () => {
     for (const refusal of ['502 5.5.2 Error: command not recognized\r\n', '500 Syntax error, command unrecognized\r\n']) {
       const rp = replay();
-      assert.deepEqual(drive(rp, [GREETING, refusal, '250 mx.old.example\r\n', '250 Ok\r\n']), [
+      assert.deepEqual(drive(rp, [POSTFIX_GREETING, refusal, '250 mx.old.example\r\n', '250 Ok\r\n']), [
         'send EHLO px.example\r\n',
         'send HELO px.example\r\n',
         `send ${ENVELOPE.mailLine}\r\n`,
@@ -269,14 +259,14 @@ describe('Replay: failures before RCPT become kind "fail" (PST_BACKEND_REJECTED)
   });
 
   it('EHLO answered 421 (not a "command unknown"): no HELO fallback', () => {
-    assert.deepEqual(drive(replay(), [GREETING, '421 4.4.2 closing\r\n']), [
+    assert.deepEqual(drive(replay(), [POSTFIX_GREETING, '421 4.4.2 closing\r\n']), [
       'send EHLO px.example\r\n',
       'fail PST_BACKEND_REJECTED | ehlo: 421 4.4.2 closing | 421 4.4.2 closing\r\n',
     ]);
   });
 
   it('HELO fallback refused', () => {
-    assert.deepEqual(drive(replay(), [GREETING, '502 no\r\n', '501 bad\r\n']), [
+    assert.deepEqual(drive(replay(), [POSTFIX_GREETING, '502 no\r\n', '501 bad\r\n']), [
       'send EHLO px.example\r\n',
       'send HELO px.example\r\n',
       'fail PST_BACKEND_REJECTED | helo: 501 bad | 501 bad\r\n',
@@ -284,7 +274,7 @@ describe('Replay: failures before RCPT become kind "fail" (PST_BACKEND_REJECTED)
   });
 
   it('XCLIENT 550 (Postern not in smtpd_authorized_xclient_hosts), with a hint in the detail', () => {
-    assert.deepEqual(drive(replay(), [GREETING, POSTFIX_EHLO, '550 5.7.0 Error: insufficient authorization\r\n']), [
+    assert.deepEqual(drive(replay(), [POSTFIX_GREETING, POSTFIX_EHLO, '550 5.7.0 Error: insufficient authorization\r\n']), [
       'send EHLO px.example\r\n',
       'send XCLIENT ADDR=192.0.2.7 PORT=40123 NAME=[UNAVAILABLE] PROTO=ESMTP HELO=client.example\r\n',
       'fail PST_BACKEND_REJECTED | XCLIENT refused: is Postern in smtpd_authorized_xclient_hosts? xclient: 550 5.7.0 Error: insufficient authorization | 550 5.7.0 Error: insufficient authorization\r\n',
@@ -293,18 +283,18 @@ describe('Replay: failures before RCPT become kind "fail" (PST_BACKEND_REJECTED)
 
   it('XCLIENT 501 and 421 are failures too; only 220 and 250 are accepted', () => {
     for (const code of [501, 421, 235, 354]) {
-      const [, , r] = drive(replay(), [GREETING, POSTFIX_EHLO, `${code} x\r\n`]);
+      const [, , r] = drive(replay(), [POSTFIX_GREETING, POSTFIX_EHLO, `${code} x\r\n`]);
       assert.match(r!, new RegExp(`^fail PST_BACKEND_REJECTED \\| XCLIENT refused: .* xclient: ${code} x \\|`));
     }
   });
 
   it('re-EHLO after XCLIENT refused', () => {
-    const r = drive(replay(), [GREETING, POSTFIX_EHLO, GREETING, '554 5.7.1 go away\r\n']);
+    const r = drive(replay(), [POSTFIX_GREETING, POSTFIX_EHLO, POSTFIX_GREETING, '554 5.7.1 go away\r\n']);
     assert.equal(r[3], 'fail PST_BACKEND_REJECTED | rehello: 554 5.7.1 go away | 554 5.7.1 go away\r\n');
   });
 
   it('MAIL 451', () => {
-    const r = drive(replay(), [GREETING, PLAIN_EHLO, '451 4.3.0 Temporary lookup failure\r\n']);
+    const r = drive(replay(), [POSTFIX_GREETING, PLAIN_EHLO, '451 4.3.0 Temporary lookup failure\r\n']);
     assert.deepEqual(r, [
       'send EHLO px.example\r\n',
       `send ${ENVELOPE.mailLine}\r\n${ENVELOPE.rcptLine}\r\n`,
@@ -314,7 +304,7 @@ describe('Replay: failures before RCPT become kind "fail" (PST_BACKEND_REJECTED)
 
   it('MAIL 552 multi-line: the detail joins the lines, the reply keeps the raw bytes', () => {
     const rp = replay();
-    drive(rp, [GREETING, PLAIN_EHLO]);
+    drive(rp, [POSTFIX_GREETING, PLAIN_EHLO]);
     const r = rp.onReply(reply('552-5.3.4 Message size\r\n552 5.3.4 exceeds fixed limit\r\n'));
     assert.deepEqual(r, {
       kind: 'fail',
@@ -328,7 +318,7 @@ describe('Replay: failures before RCPT become kind "fail" (PST_BACKEND_REJECTED)
 describe('Replay: the RCPT reply belongs to the client', () => {
   it('RCPT 550 is "done" with that exact reply, not a failure', () => {
     const rp = replay();
-    drive(rp, [GREETING, PLAIN_EHLO, '250 2.1.0 Ok\r\n']);
+    drive(rp, [POSTFIX_GREETING, PLAIN_EHLO, '250 2.1.0 Ok\r\n']);
     const raw = '550 5.1.1 <bob@example.net>: Recipient address rejected: User unknown in virtual mailbox table\r\n';
     const r = rp.onReply(reply(raw));
     assert.deepEqual(r, { kind: 'done', reply: reply(raw) });
@@ -337,14 +327,14 @@ describe('Replay: the RCPT reply belongs to the client', () => {
   it('RCPT 451 and multi-line replies are passed whole', () => {
     for (const raw of ['451 4.7.1 Greylisted, try later\r\n', '550-5.7.1 first\r\n550 5.7.1 second\r\n', '252 2.1.5 maybe\r\n']) {
       const rp = replay();
-      drive(rp, [GREETING, PLAIN_EHLO, '250 2.1.0 Ok\r\n']);
+      drive(rp, [POSTFIX_GREETING, PLAIN_EHLO, '250 2.1.0 Ok\r\n']);
       assert.equal(show(rp.onReply(reply(raw))), `done ${raw}`);
     }
   });
 
   it('a reply after the RCPT reply is an invalid reply', () => {
     const rp = replay();
-    drive(rp, [GREETING, PLAIN_EHLO, '250 2.1.0 Ok\r\n', '250 2.1.5 Ok\r\n']);
+    drive(rp, [POSTFIX_GREETING, PLAIN_EHLO, '250 2.1.0 Ok\r\n', '250 2.1.5 Ok\r\n']);
     assert.equal(show(rp.onReply(reply('250 extra\r\n'))), 'fail PST_BACKEND_INVALID_REPLY | unexpected reply after RCPT | 250 extra\r\n');
   });
 });
