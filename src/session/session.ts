@@ -368,6 +368,8 @@ export class Session extends SmtpDialog implements ProtocolSession<BackendReadyI
     this.stage = 'closed';
     // After the dot (or mid-body) no reply of Postern's may stand in for the back-end's: close.
     if (waiting === 'final' || inBody) out.push({ type: 'log', code: 'PST_BACKEND_LOST', detail }, { type: 'close' });
+    // A refusal or a broken reply keeps its own code; a connection that failed is PST_BACKEND_LOST_REPLY.
+    else if (code === 'PST_BACKEND_REJECTED' || code === 'PST_BACKEND_INVALID_REPLY') out.push({ type: 'error', code, detail });
     else out.push({ type: 'error', code: 'PST_BACKEND_LOST_REPLY', detail: `${code}: ${detail}` });
   }
 }
