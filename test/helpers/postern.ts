@@ -26,7 +26,9 @@ export interface RunningPostern {
 }
 
 export async function startPostern(overrides: Record<string, unknown>): Promise<RunningPostern> {
-  const config = parseConfig(stringify({ server_name: 'proxy.test', listen: ['127.0.0.1:0'], ...overrides }));
+  // With server blocks each block has its own listen; otherwise one ephemeral loopback port.
+  const base = 'servers' in overrides ? { server_name: 'proxy.test' } : { server_name: 'proxy.test', listen: ['127.0.0.1:0'] };
+  const config = parseConfig(stringify({ ...base, ...overrides }));
   const logs: LogRecord[] = [];
   const waiters = new Set<() => void>();
   const sink = new Writable({
