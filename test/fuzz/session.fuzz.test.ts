@@ -160,6 +160,8 @@ function token(a: Action): string {
     case 'starttls':
       // How many pipelined plaintext bytes were thrown away depends on what had arrived yet.
       return 'starttls';
+    default:
+      return a.type;
   }
 }
 
