@@ -1,5 +1,5 @@
 /**
- * A real Postfix on loopback, one private instance per call (recipe: shared/reference/postfix-loopback.md).
+ * A real Postfix on loopback, one private instance per call (its own config, queue and data directories; nothing in /etc/postfix is changed).
  *
  * Constraints (verified with Postfix 3.7.11 on Debian 12):
  * - Needs root: the master drops privileges to `postfix` and virtual(8) delivers as uid 65534.

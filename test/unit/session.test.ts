@@ -1,5 +1,5 @@
 /**
- * The client-side SMTP state machine up to the hand-off (nginx-mail.md §3.3–3.7, hard-parts.md).
+ * The client-side SMTP state machine up to the hand-off (nginx's dialog as in src/mail/ngx_mail_smtp_handler.c; RFC 5321, RFC 2920 pipelining, RFC 3207).
  *
  * Every dialog is run with the client's bytes in one chunk, split at every byte offset, byte by
  * byte and in a few fixed multi-cuts; the full list of actions (reply bytes, error codes, route
@@ -11,6 +11,7 @@ import { buildAuthHeaders } from '../../src/auth/auth-http-protocol.js';
 import { ERRORS, type ErrorCode } from '../../src/errors.js';
 import { printable, Session, type Action, type Envelope, type Phase, type SessionLimits, NO_AUTH } from '../../src/session/session.js';
 import { lineReply, ReplyBook } from '../../src/smtp/replies.js';
+import { splits } from '../helpers/split.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 
@@ -111,19 +112,6 @@ function run(chunks: Buffer[], o: RunOptions = {}): Outcome & { envelopes: Envel
   };
 }
 
-function splits(buf: Buffer): Buffer[][] {
-  const out: Buffer[][] = [];
-  for (let i = 1; i < buf.length; i++) out.push([buf.subarray(0, i), buf.subarray(i)]);
-  const bytes: Buffer[] = [];
-  for (let i = 0; i < buf.length; i++) bytes.push(buf.subarray(i, i + 1));
-  out.push(bytes);
-  for (const step of [2, 3, 7, 64]) {
-    const parts: Buffer[] = [];
-    for (let i = 0; i < buf.length; i += step) parts.push(buf.subarray(i, i + step));
-    out.push(parts);
-  }
-  return out;
-}
 
 const strip = (r: Outcome): Outcome => ({ events: r.events, wire: r.wire, handOff: r.handOff, phase: r.phase });
 
