@@ -286,6 +286,75 @@ describe('transaction mode: faults at the new steps never yield a false 250', ()
     });
   });
 
+  it('back-end A refuses a later RCPT: its refusal is relayed, the transaction goes on', async () => {
+    const r = await rig({ a: { onCommand: (l) => (l === 'RCPT TO:<a2@a.test>' ? '550 5.1.1 No such user' : undefined) } });
+    await oneMessage(r, async (c) => {
+      await c.cmd('MAIL FROM:<s@x.test>');
+      await c.cmd('RCPT TO:<a1@a.test>');
+      assert.equal(await c.cmd('RCPT TO:<a2@a.test>'), '550 5.1.1 No such user');
+      assert.equal(await c.data(BODY), '250 2.0.0 Ok: queued');
+      assert.equal(r.a.accepted.length, 1);
+      const m = await r.p.waitForLog((l) => l.type === 'message');
+      assert.deepEqual((m.recipients as { code: number }[]).map((x) => x.code), [250, 550]);
+    });
+  });
+
+  it('back-end A answers garbage to a later RCPT: 451 and close, nothing delivered', async () => {
+    const r = await rig({ a: { onCommand: (l) => (l === 'RCPT TO:<a2@a.test>' ? 'hello there' : undefined) } });
+    await oneMessage(r, async (c) => {
+      await c.cmd('MAIL FROM:<s@x.test>');
+      await c.cmd('RCPT TO:<a1@a.test>');
+      assert.equal(await c.cmd('RCPT TO:<a2@a.test>'), '451 4.3.2 Internal server error');
+      assert.ok(await c.waitClosed());
+      assert.equal(r.a.accepted.length, 0);
+      await r.p.waitForLog((l) => l.code === 'PST_BACKEND_INVALID_REPLY');
+    });
+  });
+
+  it('the switch target stalls at its greeting: timeouts.backend, 451, close; the first message stays delivered once', async () => {
+    const r = await rig({ b: { greeting: 'stall' }, timeouts: { backend: '300ms' } });
+    await oneMessage(r, async (c) => {
+      await c.cmd('MAIL FROM:<s@x.test>');
+      await c.cmd('RCPT TO:<a1@a.test>');
+      assert.equal(await c.data(BODY), '250 2.0.0 Ok: queued');
+      await c.cmd('MAIL FROM:<s@x.test>');
+      assert.equal(await c.cmd('RCPT TO:<b1@b.test>'), '451 4.3.2 Internal server error');
+      assert.ok(await c.waitClosed());
+      assert.equal(r.a.accepted.length, 1);
+      assert.equal(r.b.accepted.length, 0);
+      await r.p.waitForLog((l) => l.code === 'PST_BACKEND_TIMEOUT');
+    });
+  });
+
+  it('the switch target dies at the replayed RCPT: 451 and close', async () => {
+    const r = await rig({ b: { onCommand: (l) => (l.startsWith('RCPT') ? 'reset' : undefined) } });
+    await oneMessage(r, async (c) => {
+      await c.cmd('MAIL FROM:<s@x.test>');
+      await c.cmd('RCPT TO:<a1@a.test>');
+      assert.equal(await c.data(BODY), '250 2.0.0 Ok: queued');
+      await c.cmd('MAIL FROM:<s@x.test>');
+      assert.equal(await c.cmd('RCPT TO:<b1@b.test>'), '451 4.3.2 Internal server error');
+      assert.ok(await c.waitClosed());
+      assert.equal(r.a.accepted.length, 1);
+      assert.equal(r.b.accepted.length, 0);
+    });
+  });
+
+  it('the same back-end refuses the second transaction\'s MAIL: 451 and close, the first message delivered once', async () => {
+    let mails = 0;
+    const r = await rig({ a: { onCommand: (l) => (l.startsWith('MAIL') && ++mails === 2 ? '452 4.3.1 Insufficient system storage' : undefined) } });
+    await oneMessage(r, async (c) => {
+      await c.cmd('MAIL FROM:<s@x.test>');
+      await c.cmd('RCPT TO:<a1@a.test>');
+      assert.equal(await c.data(BODY), '250 2.0.0 Ok: queued');
+      await c.cmd('MAIL FROM:<s@x.test>');
+      assert.equal(await c.cmd('RCPT TO:<a2@a.test>'), '451 4.3.2 Internal server error');
+      assert.ok(await c.waitClosed());
+      assert.equal(r.a.accepted.length, 1);
+      await r.p.waitForLog((l) => l.code === 'PST_BACKEND_REJECTED');
+    });
+  });
+
   it('a back-end that closes while idle between transactions is replaced without the client noticing', async () => {
     const r = await rig({ a: { onMessage: (_d, s) => { setTimeout(() => s.socket.end('421 4.4.2 idle\r\n'), 20); return undefined; } } });
     await oneMessage(r, async (c) => {
