@@ -116,4 +116,6 @@ export interface ProtocolModule<Ready = unknown> {
   connect(client: ClientIdentity, target: RouteTarget, envelope: Envelope, done: BackendDone<Ready>): () => void;
   /** The reply for a connection refused before any session exists (connection caps). */
   refusal(code: ErrorCode): Buffer;
+  /** The reply code at the end of bytes sent to the client (0: none), for the access record. */
+  replyCode(data: Buffer): number;
 }

@@ -9,11 +9,12 @@ import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { Envelope, RouteDecision, RouteTarget, TlsInfo } from '../domain.js';
 import { backendName } from '../domain.js';
-import { relay, type RelayStats } from '../backend/relay.js';
+import { relay, type RelayStats } from './relay.js';
 import { ERRORS, WARNINGS, type ErrorCode, type WarningCode, PosternError } from '../errors.js';
 import type { Action, BackendSession, ProtocolSession } from '../protocol.js';
 import { inspectClientTls } from '../tls/client-cert.js';
 import type { ListenerContext, ServerContext } from './context.js';
+import { attach, attachBackend, detach, detachBackend, stopReading, unmapIPv4, type SocketOwner } from './socket-events.js';
 
 /** Grace period for the client to close after our final reply, before the socket is destroyed. */
 const LINGER_MS = 2000;
@@ -23,7 +24,7 @@ const OUTCOME: Partial<Record<ErrorCode, string>> = { PST_CLIENT_EOF: 'client-eo
 
 type ClientTimer = 'idle' | 'handshake' | 'none';
 
-export class Connection {
+export class Connection implements SocketOwner {
   /** The client socket: the TCP socket, or the TLS socket over it once TLS has started. */
   socket: Socket;
   readonly session: ProtocolSession;
@@ -247,7 +248,7 @@ export class Connection {
 
   #write(data: Buffer): void {
     if (data.length === 0 || this.socket.destroyed || this.socket.writableEnded) return;
-    this.#lastCode = (data[0]! - 0x30) * 100 + (data[1]! - 0x30) * 10 + (data[2]! - 0x30);
+    this.#lastCode = this.#ctx.protocol.replyCode(data) || this.#lastCode;
     this.socket.write(data);
   }
 
@@ -332,27 +333,19 @@ export class Connection {
   #splice(first: Buffer, rest: Buffer): void {
     const backend = this.#backendSocket!;
     this.#clearTimer();
-    this.socket.removeListener('data', clientOnData);
-    this.socket.setTimeout(0);
+    stopReading(this.socket);
     this.#write(first);
     // Commands the client pipelined after the RCPT or AUTH (RFC 2920) go to the back-end untouched.
     if (rest.length > 0) backend.write(rest);
     if (this.#clientEnded) backend.end();
     this.#relayStats = { lastCode: this.#lastCode, failure: null };
-    relay(this.socket, backend, this.#ctx.config.timeouts.relay_idle, this.#relayStats, () => this.#finish());
+    relay(this.socket, backend, this.#ctx.config.timeouts.relay_idle, this.#relayStats, this.#ctx.protocol.replyCode, () => this.#finish());
   }
 
   /** Transaction mode: the back-end session's socket is read by the session machine through us. */
   #adoptBackend(): void {
-    const s = this.#backendSocket!;
-    (s as OwnedSocket)[kConn] = this;
-    s.on('data', backendOnData);
-    s.on('error', backendOnError);
-    s.on('end', backendOnEnd);
-    s.on('close', backendOnClose);
-    s.on('timeout', backendOnTimeout);
-    s.on('drain', backendOnDrain);
-    s.resume();
+    attachBackend(this.#backendSocket!, this);
+    this.#backendSocket!.resume();
   }
 
   /** Ends the back-end session: QUIT (RFC 5321 §4.1.1.10) and a grace period, or at once. */
@@ -360,8 +353,7 @@ export class Connection {
     const s = this.#backendSocket;
     if (!s || this.#relayStats) return;
     this.#backendSocket = null;
-    for (const ev of ['data', 'error', 'end', 'close', 'timeout', 'drain']) s.removeAllListeners(ev);
-    s.on('error', noop);
+    detachBackend(s);
     if (abort || s.destroyed) {
       s.destroy();
       return;
@@ -395,73 +387,4 @@ export class Connection {
     for (const o of this.#ctx.observers) o.sessionEnd?.(record);
     this.#onClosed(this);
   }
-}
-
-const kConn = Symbol('postern.connection');
-interface OwnedSocket extends Socket {
-  [kConn]: Connection;
-}
-
-// Module-level handlers (the ws style): no closures allocated per connection.
-function clientOnData(this: OwnedSocket, chunk: Buffer): void {
-  this[kConn].onData(chunk);
-}
-function clientOnEnd(this: OwnedSocket): void {
-  this[kConn].onEnd();
-}
-function clientOnError(this: OwnedSocket, err: Error): void {
-  this[kConn].onError(err);
-}
-function clientOnTimeout(this: OwnedSocket): void {
-  this[kConn].onTimeout();
-}
-function clientOnClose(this: OwnedSocket): void {
-  this[kConn].onClose();
-}
-function clientOnDrain(this: OwnedSocket): void {
-  this[kConn].onDrain();
-}
-function backendOnData(this: OwnedSocket, chunk: Buffer): void {
-  this[kConn].onBackendData(chunk);
-}
-function backendOnError(this: OwnedSocket, err: NodeJS.ErrnoException): void {
-  this[kConn].onBackendGone('PST_BACKEND_CLOSED', err.code ?? err.message);
-}
-function backendOnEnd(this: OwnedSocket): void {
-  this[kConn].onBackendGone('PST_BACKEND_CLOSED', 'closed the connection');
-}
-function backendOnClose(this: OwnedSocket): void {
-  this[kConn].onBackendGone('PST_BACKEND_CLOSED', 'connection closed');
-}
-function backendOnTimeout(this: OwnedSocket): void {
-  this[kConn].onBackendGone('PST_BACKEND_TIMEOUT', 'no reply within the timeout');
-}
-function backendOnDrain(this: OwnedSocket): void {
-  this[kConn].onDrain();
-}
-function noop(): void {}
-
-function attach(socket: Socket, conn: Connection): void {
-  (socket as OwnedSocket)[kConn] = conn;
-  socket.on('data', clientOnData);
-  socket.on('end', clientOnEnd);
-  socket.on('error', clientOnError);
-  socket.on('timeout', clientOnTimeout);
-  socket.on('close', clientOnClose);
-  socket.on('drain', clientOnDrain);
-}
-
-/** The TCP socket under a TLS socket is the TLS layer's now: Postern's handlers come off it. */
-function detach(socket: Socket): void {
-  socket.removeListener('data', clientOnData);
-  socket.removeListener('end', clientOnEnd);
-  socket.removeListener('timeout', clientOnTimeout);
-  socket.removeListener('close', clientOnClose);
-  socket.removeListener('error', clientOnError);
-  socket.removeListener('drain', clientOnDrain);
-  socket.setTimeout(0);
-}
-
-function unmapIPv4(addr: string): string {
-  return addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
 }

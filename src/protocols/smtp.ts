@@ -15,7 +15,7 @@ import type { Logger } from '../log/logger.js';
 import type { BackendDone, ProtocolModule, ProtocolSession } from '../protocol.js';
 import { Session, type BackendReadyInfo } from '../session/session.js';
 import type { SessionLimits } from '../session/limits.js';
-import { ReplyBook } from '../smtp/replies.js';
+import { lastReplyCode, ReplyBook } from '../smtp/replies.js';
 import { cramChallenge, type Mechanism } from '../smtp/sasl.js';
 import { readBackendCa } from '../tls/contexts.js';
 
@@ -82,6 +82,8 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
     };
     return () => new Session(book, limits);
   }
+
+  readonly replyCode = lastReplyCode;
 
   refusal(code: ErrorCode): Buffer {
     return this.#refusals.error(code);

@@ -84,3 +84,13 @@ export class ReplyBook {
     return this.#errors.get(code) ?? Buffer.alloc(0);
   }
 }
+
+/** The reply code of the last complete line in a chunk when it starts with three digits, else 0 (for the access log). */
+export function lastReplyCode(chunk: Buffer): number {
+  const n = chunk.length;
+  if (n < 5 || chunk[n - 1] !== 0x0a) return 0;
+  const start = chunk.lastIndexOf(0x0a, n - 2) + 1;
+  const a = chunk[start]! - 0x30, b = chunk[start + 1]! - 0x30, c = chunk[start + 2]! - 0x30;
+  if (a < 0 || a > 9 || b < 0 || b > 9 || c < 0 || c > 9) return 0;
+  return a * 100 + b * 10 + c;
+}

@@ -1,17 +1,18 @@
 /**
- * The transparent phase: bytes both ways, untouched, with explicit backpressure (a side that
+ * The blind relay (any protocol): bytes both ways, untouched, with explicit backpressure (a side that
  * cannot keep up pauses the other) and half-close passed through, until both sides are done.
  */
 import type { Socket } from 'node:net';
 
 export interface RelayStats {
-  /** Last reply code seen at the start of a back-end line (for the access log). */
+  /** Last reply code seen in the back-end's stream (for the access log), by the protocol's reading. */
   lastCode: number;
   /** Why the relay ended abnormally, or null for a normal end. */
   failure: 'PST_BACKEND_LOST' | 'PST_CLIENT_LOST' | 'PST_RELAY_IDLE_TIMEOUT' | null;
 }
 
-export function relay(client: Socket, backend: Socket, idleMs: number, stats: RelayStats, onDone: () => void): void {
+/** `replyCode` reads the protocol's reply code at the end of a chunk (0: none), for the access log. */
+export function relay(client: Socket, backend: Socket, idleMs: number, stats: RelayStats, replyCode: (chunk: Buffer) => number, onDone: () => void): void {
   let open = 2;
   const closed = (): void => {
     if (--open === 0) onDone();
@@ -29,7 +30,7 @@ export function relay(client: Socket, backend: Socket, idleMs: number, stats: Re
   });
   backend.on('drain', () => client.resume());
   backend.on('data', (chunk: Buffer) => {
-    const code = lastReplyCode(chunk);
+    const code = replyCode(chunk);
     if (code > 0) stats.lastCode = code;
     if (!client.write(chunk)) backend.pause();
   });
@@ -45,14 +46,4 @@ export function relay(client: Socket, backend: Socket, idleMs: number, stats: Re
   client.setTimeout(idleMs, () => fail('PST_RELAY_IDLE_TIMEOUT'));
   backend.setTimeout(idleMs, () => fail('PST_RELAY_IDLE_TIMEOUT'));
   client.resume();
-}
-
-/** The code of the last complete line in a chunk when it starts with three digits, else 0. */
-export function lastReplyCode(chunk: Buffer): number {
-  const n = chunk.length;
-  if (n < 5 || chunk[n - 1] !== 0x0a) return 0;
-  const start = chunk.lastIndexOf(0x0a, n - 2) + 1;
-  const a = chunk[start]! - 0x30, b = chunk[start + 1]! - 0x30, c = chunk[start + 2]! - 0x30;
-  if (a < 0 || a > 9 || b < 0 || b > 9 || c < 0 || c > 9) return 0;
-  return a * 100 + b * 10 + c;
 }

@@ -1,0 +1,115 @@
+/**
+ * The socket events of a connection, routed to its driver by module-level handlers (the ws
+ * style): no closure is allocated per connection, and the owner is found through a symbol on
+ * the socket. The driver implements {@link SocketOwner}.
+ */
+import type { Socket } from 'node:net';
+import type { ErrorCode } from '../errors.js';
+
+export interface SocketOwner {
+  onData(chunk: Buffer): void;
+  onEnd(): void;
+  onError(err: Error): void;
+  onTimeout(): void;
+  onClose(): void;
+  onDrain(): void;
+  onBackendData(chunk: Buffer): void;
+  onBackendGone(code: ErrorCode, detail: string): void;
+}
+
+const kConn = Symbol('postern.connection');
+interface OwnedSocket extends Socket {
+  [kConn]: SocketOwner;
+}
+
+// Module-level handlers (the ws style): no closures allocated per connection.
+function clientOnData(this: OwnedSocket, chunk: Buffer): void {
+  this[kConn].onData(chunk);
+}
+function clientOnEnd(this: OwnedSocket): void {
+  this[kConn].onEnd();
+}
+function clientOnError(this: OwnedSocket, err: Error): void {
+  this[kConn].onError(err);
+}
+function clientOnTimeout(this: OwnedSocket): void {
+  this[kConn].onTimeout();
+}
+function clientOnClose(this: OwnedSocket): void {
+  this[kConn].onClose();
+}
+function clientOnDrain(this: OwnedSocket): void {
+  this[kConn].onDrain();
+}
+function backendOnData(this: OwnedSocket, chunk: Buffer): void {
+  this[kConn].onBackendData(chunk);
+}
+function backendOnError(this: OwnedSocket, err: NodeJS.ErrnoException): void {
+  this[kConn].onBackendGone('PST_BACKEND_CLOSED', err.code ?? err.message);
+}
+function backendOnEnd(this: OwnedSocket): void {
+  this[kConn].onBackendGone('PST_BACKEND_CLOSED', 'closed the connection');
+}
+function backendOnClose(this: OwnedSocket): void {
+  this[kConn].onBackendGone('PST_BACKEND_CLOSED', 'connection closed');
+}
+function backendOnTimeout(this: OwnedSocket): void {
+  this[kConn].onBackendGone('PST_BACKEND_TIMEOUT', 'no reply within the timeout');
+}
+function backendOnDrain(this: OwnedSocket): void {
+  this[kConn].onDrain();
+}
+function noop(): void {}
+
+export function attach(socket: Socket, conn: SocketOwner): void {
+  (socket as OwnedSocket)[kConn] = conn;
+  socket.on('data', clientOnData);
+  socket.on('end', clientOnEnd);
+  socket.on('error', clientOnError);
+  socket.on('timeout', clientOnTimeout);
+  socket.on('close', clientOnClose);
+  socket.on('drain', clientOnDrain);
+}
+
+/** The TCP socket under a TLS socket is the TLS layer's now: Postern's handlers come off it. */
+export function detach(socket: Socket): void {
+  socket.removeListener('data', clientOnData);
+  socket.removeListener('end', clientOnEnd);
+  socket.removeListener('timeout', clientOnTimeout);
+  socket.removeListener('close', clientOnClose);
+  socket.removeListener('error', clientOnError);
+  socket.removeListener('drain', clientOnDrain);
+  socket.setTimeout(0);
+}
+
+export function unmapIPv4(addr: string): string {
+  return addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
+}
+
+/** Session mode: the relay takes over reading the client socket. */
+export function stopReading(socket: Socket): void {
+  socket.removeListener('data', clientOnData);
+  socket.setTimeout(0);
+}
+
+/** Transaction mode: the back-end socket's events go to the driver too. */
+export function attachBackend(socket: Socket, conn: SocketOwner): void {
+  (socket as OwnedSocket)[kConn] = conn;
+  socket.on('data', backendOnData);
+  socket.on('error', backendOnError);
+  socket.on('end', backendOnEnd);
+  socket.on('close', backendOnClose);
+  socket.on('timeout', backendOnTimeout);
+  socket.on('drain', backendOnDrain);
+}
+
+/** The back-end session is over: its events are nobody's any more (a late error is ignored). */
+export function detachBackend(socket: Socket): void {
+  socket.removeListener('data', backendOnData);
+  socket.removeListener('error', backendOnError);
+  socket.removeListener('end', backendOnEnd);
+  socket.removeListener('close', backendOnClose);
+  socket.removeListener('timeout', backendOnTimeout);
+  socket.removeListener('drain', backendOnDrain);
+  socket.on('error', noop);
+}
