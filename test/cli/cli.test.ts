@@ -89,6 +89,16 @@ describe('postern check-config', () => {
     assert.match(r.stderr, /test failed/);
   });
 
+  it('names errors inside a server block by their path in it', async () => {
+    const f = configFile('servers.yaml', 'servers:\n  - listen: ["127.0.0.1:2525"]\n  - listen: ["127.0.0.1:2587"]\n    route: { auth_http: { url: "ftp://x" } }\n    proxy_mode: blind\n');
+    const r = await cli(['check-config', '-c', f]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /servers\.1\.route\.auth_http\.url: /);
+    assert.match(r.stderr, /servers\.1\.proxy_mode: /);
+    const ok = configFile('servers-ok.yaml', 'servers:\n  - listen: ["127.0.0.1:2525"]\n  - listen: ["127.0.0.1:2587"]\n    proxy_mode: transaction\n');
+    assert.equal((await cli(['check-config', '-c', ok])).code, 0);
+  });
+
   it('reports a missing file and a YAML syntax error', async () => {
     assert.match((await cli(['check-config', '-c', path.join(dir, 'none.yaml')])).stderr, /cannot read: ENOENT/);
     const r = await cli(['check-config', '-c', configFile('syntax.yaml', 'listen: [\n')]);
