@@ -1,7 +1,8 @@
 /**
  * The error catalogue and the reference documents stay in step: every code in `ERRORS` is in
  * docs/errors.md with its exact reply, close flag and log level (and no code is documented that
- * does not exist); every reply is a well-formed SMTP reply (RFC 5321 §4.2, RFC 3463); and every
+ * does not exist); every warning in `WARNINGS` is in its "Warnings" table with its log level (the
+ * same both ways); every reply is a well-formed SMTP reply (RFC 5321 §4.2, RFC 3463); and every
  * key of the configuration schema is documented in docs/configuration.md.
  */
 import assert from 'node:assert/strict';
@@ -11,7 +12,7 @@ import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { configSchema } from '../../src/config/schema.js';
-import { ERRORS, type ErrorCode } from '../../src/errors.js';
+import { ERRORS, WARNINGS, type ErrorCode, type WarningCode } from '../../src/errors.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const ERRORS_MD = readFileSync(path.join(ROOT, 'docs/errors.md'), 'utf8');
@@ -22,6 +23,13 @@ const CODE_TOKEN = /\bPST_[A-Z0-9_]*[A-Z0-9]\b/g;
 
 function isCode(s: string): s is ErrorCode {
   return Object.hasOwn(ERRORS, s);
+}
+
+const WARNING_CODES = Object.keys(WARNINGS) as WarningCode[];
+const WARNING_TOKEN = /\bPSW_[A-Z0-9_]*[A-Z0-9]\b/g;
+
+function isWarning(s: string): s is WarningCode {
+  return Object.hasOwn(WARNINGS, s);
 }
 
 /** Rows of the catalogue table in errors.md: `| \`PST_X\` | reply | closes | level | when |`. */
@@ -66,6 +74,47 @@ describe('docs/errors.md documents exactly the codes of ERRORS', () => {
       assert.match(closes!, spec.close ? /^yes\b/ : /^no\b/, `${code}: closes`);
       assert.equal(level!.replace(/`/g, ''), spec.level, `${code}: level`);
     }
+  });
+});
+
+/** Rows of the warnings table in errors.md: `| \`PSW_X\` | level | when |`. */
+function warningRows(): Map<string, string[]> {
+  const rows = new Map<string, string[]>();
+  for (const line of ERRORS_MD.split('\n')) {
+    if (!line.startsWith('| `PSW_')) continue;
+    const cells = line.split('|').slice(1, -1).map((c) => c.trim());
+    assert.equal(cells.length, 3, `warning row should have 3 cells: ${line}`);
+    const code = cells[0]!.replace(/`/g, '');
+    assert.ok(!rows.has(code), `${code} has more than one row in the warnings table`);
+    rows.set(code, cells);
+  }
+  return rows;
+}
+
+describe('docs/errors.md documents exactly the codes of WARNINGS', () => {
+  it('every code in WARNINGS has a row in the warnings table, with its log level', () => {
+    const rows = warningRows();
+    const missing = WARNING_CODES.filter((c) => !rows.has(c));
+    assert.deepEqual(missing, [], `undocumented warnings: ${missing.join(', ')}`);
+    for (const code of WARNING_CODES) {
+      const [, level, when] = rows.get(code)!;
+      assert.equal(level!.replace(/`/g, ''), WARNINGS[code].level, `${code}: level`);
+      assert.ok(when!.length > 0, `${code}: says when`);
+    }
+  });
+
+  it('no warning is documented that does not exist (errors.md and configuration.md)', () => {
+    for (const [name, text] of [['errors.md', ERRORS_MD], ['configuration.md', CONFIG_MD]] as const) {
+      const unknown = [...new Set(text.match(WARNING_TOKEN) ?? [])].filter((t) => !isWarning(t));
+      assert.deepEqual(unknown, [], `${name} names warnings that are not in WARNINGS: ${unknown.join(', ')}`);
+    }
+    const rowsWithoutCode = [...warningRows().keys()].filter((c) => !isWarning(c));
+    assert.deepEqual(rowsWithoutCode, []);
+  });
+
+  it('warning codes begin with PSW_ and error codes with PST_, so the two never mix', () => {
+    for (const code of WARNING_CODES) assert.ok(code.startsWith('PSW_') && !isCode(code), `${code}: warnings begin with PSW_`);
+    for (const code of CODES) assert.ok(code.startsWith('PST_'), `${code}: errors begin with PST_`);
   });
 });
 
