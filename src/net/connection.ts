@@ -260,7 +260,8 @@ export class Connection implements SocketOwner {
     }
     const spec = ERRORS[code as ErrorCode];
     this.#ctx.logger[spec.level]({ code, client: this.clientAddr, detail }, spec.message);
-    if (spec.close) this.#outcome ??= OUTCOME[code as ErrorCode] ?? code;
+    // The first closing code is the outcome; in transaction mode it replaces `relayed` too.
+    if (spec.close && (this.#outcome === null || this.#outcome === 'relayed')) this.#outcome = OUTCOME[code as ErrorCode] ?? code;
   }
 
   #error(code: ErrorCode, detail?: string, reply?: Buffer): void {

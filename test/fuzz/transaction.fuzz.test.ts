@@ -12,23 +12,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import type { RouteDecision } from '../../src/domain.js';
-import { NO_AUTH, Session, type Action, type SessionLimits } from '../../src/session/session.js';
-import { ReplyBook } from '../../src/smtp/replies.js';
-import { ReplyReader, type Reply } from '../../src/smtp/reply-reader.js';
+import { Session, type Action, type SessionLimits } from '../../src/session/session.js';
+import { reply, routeByDomain, TX_BOOK, TX_LIMITS } from '../helpers/tx-harness.js';
 import { b, chunking, split } from './arb.js';
+
+/** No error cap and no HELO needed: junk in the script must not end the session early. */
+const LIMITS: SessionLimits = { ...TX_LIMITS, maxErrors: 0, requireHelo: false };
 import { runs } from './runs.js';
 
-const book = new ReplyBook({ serverName: 'px.example', capabilities: ['PIPELINING'] });
-const LIMITS: SessionLimits = { maxLineLength: 512, maxErrors: 0, maxMessageSize: 0, requireHelo: false, greetingDelay: false, starttls: 'off', implicitTls: false, auth: NO_AUTH, proxyMode: 'transaction' };
 
-function route(rcpt: string): RouteDecision {
-  const d = rcpt.split('@')[1];
-  if (d === 'a.test') return { kind: 'ok', host: 'a', port: 25 };
-  if (d === 'b.test') return { kind: 'ok', host: 'b', port: 25 };
-  if (d === 'down.test') return { kind: 'error', code: 'PST_AUTH_HTTP_UNAVAILABLE', detail: 'down' };
-  return { kind: 'reject', reply: '550 5.1.1 Mailbox unknown', waitMs: 0, reason: 'unknown' };
-}
 
 interface Plan {
   /** Reply codes the back-ends give, drawn in turn (per kind). */
@@ -106,15 +98,10 @@ class Backend {
   }
 }
 
-function readOne(text: string): Reply {
-  const r = new ReplyReader();
-  r.push(b(text));
-  return r.next() as Reply;
-}
 
 function run(chunks: Buffer[], plan: Plan): { wire: string; backends: string[]; world: World } {
   const world = new World(plan);
-  const s = new Session(book, LIMITS);
+  const s = new Session(TX_BOOK, LIMITS);
   let wire = '';
   const backends: Backend[] = [];
   let current: Backend | null = null;
@@ -123,12 +110,12 @@ function run(chunks: Buffer[], plan: Plan): { wire: string; backends: string[]; 
     for (const a of actions) {
       if (a.type === 'reply') wire += a.data.toString('latin1');
       else if (a.type === 'error') wire += (a.reply ?? s.errorReply(a.code)).toString('latin1');
-      else if (a.type === 'route') queue.push(s.routed(route(a.envelope.rcptTo)));
+      else if (a.type === 'route') queue.push(s.routed(routeByDomain(a.envelope.rcptTo)));
       else if (a.type === 'connect') {
         current = new Backend(world, a.target.host);
         backends.push(current);
         // The replay is connect.ts's; its RCPT reply arrives here.
-        queue.push(s.backendReady({ reply: readOne(`${world.pick(plan.rcpt, 0)} 2.1.5 rcpt\r\n`), pipelining: true }));
+        queue.push(s.backendReady({ reply: reply(`${world.pick(plan.rcpt, 0)} 2.1.5 rcpt\r\n`), pipelining: true }));
       } else if (a.type === 'backend-write') {
         const r = current!.write(a.data);
         if (r === 'dead') queue.push(s.backendLost('PST_BACKEND_CLOSED', 'died'));

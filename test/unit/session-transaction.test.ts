@@ -8,22 +8,12 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { RouteDecision } from '../../src/domain.js';
-import { NO_AUTH, Session, type Action, type SessionLimits } from '../../src/session/session.js';
-import { ReplyBook } from '../../src/smtp/replies.js';
-import { ReplyReader, type Reply } from '../../src/smtp/reply-reader.js';
+import { Session, type Action } from '../../src/session/session.js';
 import { describeCut, splits } from '../helpers/split.js';
+import { reply, routeByDomain, TX_BOOK, TX_LIMITS } from '../helpers/tx-harness.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
-const book = new ReplyBook({ serverName: 'px.example', capabilities: ['PIPELINING'] });
-const LIMITS: SessionLimits = { maxLineLength: 512, maxErrors: 10, maxMessageSize: 0, requireHelo: true, greetingDelay: false, starttls: 'off', implicitTls: false, auth: NO_AUTH, proxyMode: 'transaction' };
 
-function route(rcpt: string): RouteDecision {
-  const d = rcpt.split('@')[1];
-  if (d === 'a.test') return { kind: 'ok', host: 'a', port: 25 };
-  if (d === 'b.test') return { kind: 'ok', host: 'b', port: 25 };
-  return { kind: 'reject', reply: '550 5.1.1 Mailbox unknown', waitMs: 0, reason: 'unknown' };
-}
 
 /** A back-end that answers like Postfix: one reply per command line, 250 after the end of data. */
 class ScriptedBackend {
@@ -67,7 +57,7 @@ interface Outcome {
 }
 
 function run(chunks: Buffer[]): Outcome {
-  const s = new Session(book, LIMITS);
+  const s = new Session(TX_BOOK, TX_LIMITS);
   let wire = '';
   const conns: { be: ScriptedBackend; end: string }[] = [];
   const messages: string[] = [];
@@ -83,12 +73,12 @@ function run(chunks: Buffer[]): Outcome {
           wire += (a.reply ?? s.errorReply(a.code)).toString('latin1');
           break;
         case 'route':
-          queue.push(s.routed(route(a.envelope.rcptTo)));
+          queue.push(s.routed(routeByDomain(a.envelope.rcptTo)));
           break;
         case 'connect':
           // The replay (EHLO, XCLIENT, MAIL, RCPT) is the back-end module's; its RCPT reply comes back here.
           conns.push({ be: new ScriptedBackend(a.target.host), end: '' });
-          queue.push(s.backendReady({ reply: readOne('250 2.1.5 Ok\r\n'), pipelining: true }));
+          queue.push(s.backendReady({ reply: reply('250 2.1.5 Ok\r\n'), pipelining: true }));
           break;
         case 'backend-write': {
           const replies = current()!.be.write(a.data);
@@ -119,11 +109,6 @@ function run(chunks: Buffer[]): Outcome {
   return { wire, backends: conns.map(shown), messages, phase: s.phase };
 }
 
-function readOne(text: string): Reply {
-  const r = new ReplyReader();
-  r.push(b(text));
-  return r.next() as Reply;
-}
 
 function dialog(input: string, expected: Outcome): void {
   const buf = b(input);
