@@ -8,6 +8,8 @@ import { pidsOf, procStats, type Proc } from './procs.js';
 
 export interface SourceResult {
   ms: number;
+  /** smtp-source's exit code (null: killed by a signal). */
+  code: number | null;
   failed: boolean;
   stderr: string;
 }
@@ -23,7 +25,7 @@ export function runSource(port: number, o: { sessions: number; messages: number;
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('exit', (code) => {
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-      resolve({ ms, failed: code !== 0 || /fatal|warning/.test(stderr), stderr });
+      resolve({ ms, code, failed: code !== 0 || /fatal|warning/.test(stderr), stderr });
     });
   });
 }
@@ -31,11 +33,11 @@ export function runSource(port: number, o: { sessions: number; messages: number;
 /**
  * Opens `n` connections, waits for each greeting, and reports the proxy's resident memory per
  * connection (RSS with them open minus RSS before, divided by n) and how many were dropped.
+ * `settleMs`: how long the connections stay open before RSS is read (a smoke run needs less).
  */
-export async function holdIdle(proxy: Proc, n: number): Promise<{ bytesPerConn: number; dropped: number }> {
+export async function holdIdle(proxy: Proc, n: number, settleMs = 2000): Promise<{ bytesPerConn: number; dropped: number }> {
   const pids = pidsOf(proxy);
-  if (global.gc) global.gc();
-  await new Promise((r) => setTimeout(r, 500));
+  await new Promise((r) => setTimeout(r, settleMs / 4));
   const before = procStats(pids).rss;
   const sockets: net.Socket[] = [];
   let greeted = 0;
@@ -60,10 +62,10 @@ export async function holdIdle(proxy: Proc, n: number): Promise<{ bytesPerConn: 
       ),
     );
   }
-  await new Promise((r) => setTimeout(r, 2000));
+  await new Promise((r) => setTimeout(r, settleMs));
   const after = procStats(pids).rss;
   dropped += sockets.filter((s) => s.destroyed).length;
   for (const s of sockets) s.destroy();
-  await new Promise((r) => setTimeout(r, 1000));
+  await new Promise((r) => setTimeout(r, settleMs / 2));
   return { bytesPerConn: (after - before) / Math.max(greeted, 1), dropped: dropped + (n - greeted) };
 }

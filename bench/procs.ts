@@ -1,9 +1,10 @@
 /**
- * The processes of a benchmark run: smtp-sink, the nginx auth responder, nginx mail, Postern.
+ * The processes of a benchmark run: smtp-sink, the nginx auth responder, nginx mail, and Postern
+ * (once per proxy_mode).
  * Each is a separate process so its CPU and memory can be read from /proc.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -150,9 +151,19 @@ mail {
 `, port);
 }
 
-export async function startPostern(authPort: number, workers: number): Promise<Proc> {
+export type ProxyMode = 'session' | 'transaction';
+
+/**
+ * One Postern process. Each instance has its own config file and its own log file (Postern logs
+ * JSON lines on stdout, level warn: nothing is written unless something goes wrong), so two of
+ * them (`proxy_mode: session` and `transaction`) can run side by side and a lost message can be
+ * shown with the log lines of the Postern that lost it.
+ */
+export async function startPostern(authPort: number, workers: number, o: { name?: string; proxyMode?: ProxyMode } = {}): Promise<Proc & { log: string }> {
+  const name = o.name ?? 'postern';
   const port = await freePort();
-  const file = path.join(work, 'postern.yaml');
+  const file = path.join(work, `${name}.yaml`);
+  const log = path.join(work, `${name}.log`);
   writeFileSync(file, `server_name: proxy.test
 listen: ["127.0.0.1:${port}"]
 workers: ${workers}
@@ -160,11 +171,23 @@ route:
   auth_http:
     url: http://127.0.0.1:${authPort}/auth
 xclient: false
+proxy_mode: ${o.proxyMode ?? 'session'}
 log: { level: warn, access: ${process.env.BENCH_ACCESS_LOG === '1'} }
 `);
-  const child = spawn(process.execPath, [path.join(root, 'dist/cli.js'), '--config', file], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const out = openSync(log, 'a');
+  const child = spawn(process.execPath, [path.join(root, 'dist/cli.js'), '--config', file], { stdio: ['ignore', out, 'inherit'] });
+  closeSync(out);
   await waitPort(port);
-  return { port, pid: child.pid!, stop: stopper(child) };
+  return { port, pid: child.pid!, stop: stopper(child), log };
+}
+
+/** The last `n` lines of a log file ('' when there is none). */
+export function logTail(file: string, n = 20): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-n).join('\n');
+  } catch {
+    return '';
+  }
 }
 
 /** A process and all its descendants (nginx master + workers, Postern primary + workers). */

@@ -1,16 +1,21 @@
 /**
- * `npm run bench`: Postern, nginx's mail proxy and direct delivery, side by side and interleaved,
- * with Postfix smtp-source as the load and smtp-sink as the one back-end, and one nginx http{}
- * auth responder shared by both proxies. Prints ratios and writes bench/results.md.
+ * `npm run bench`: Postern (once per proxy_mode), nginx's mail proxy and direct delivery, side by
+ * side and interleaved, with Postfix smtp-source as the load and smtp-sink as the one back-end,
+ * and one nginx http{} auth responder shared by all proxies. Prints ratios (Postern ÷ nginx,
+ * Postern ÷ direct, transaction ÷ session) and writes bench/results.md.
+ *
+ * Targets: `direct` (smtp-source → smtp-sink), `nginx`, `postern` (`proxy_mode: session`, the
+ * default: nginx's blind relay after the first RCPT) and `postern-tx` (`proxy_mode: transaction`:
+ * every command read, every RCPT routed, DATA bodies relayed with end-of-data detection).
  *
  * Environment: BENCH_ROUNDS (default 5), BENCH_QUICK=1 (a few messages: a smoke run of the harness),
  * BENCH_WORKERS (Postern and nginx worker processes, default 1), BENCH_SKIP_IDLE=1.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ensurePackages, pidsOf, procStats, startAuthResponder, startNginxMail, startPostern, startSink, type Proc } from './procs.js';
+import { ensurePackages, logTail, pidsOf, procStats, startAuthResponder, startNginxMail, startPostern, startSink, type Proc } from './procs.js';
 import { holdIdle, runSource } from './load.js';
 
 const quick = process.env.BENCH_QUICK === '1';
@@ -26,16 +31,23 @@ interface Scenario {
 }
 
 const SCENARIOS: Scenario[] = quick
-  ? [{ name: '4 KiB × 5 sessions', sessions: 5, messages: 20, size: 4096 }]
+  ? [
+      { name: '4 KiB × 5 sessions', sessions: 5, messages: 20, size: 4096 },
+      // Bodies spanning many reads: transaction mode's end-of-data detection at chunk boundaries.
+      { name: '100 KiB × 2 sessions', sessions: 2, messages: 6, size: 102400 },
+    ]
   : [
       { name: '4 KiB × 50 sessions', sessions: 50, messages: 3000, size: 4096 },
       { name: '100 KiB × 50 sessions', sessions: 50, messages: 600, size: 102400 },
       { name: '4 KiB × 1 session (latency)', sessions: 1, messages: 400, size: 4096 },
     ];
 const IDLE = quick ? 200 : 10_000;
+const IDLE_SETTLE_MS = quick ? 300 : 2000;
 
-type Target = 'direct' | 'nginx' | 'postern';
-const TARGETS: Target[] = ['direct', 'nginx', 'postern'];
+type Target = 'direct' | 'nginx' | 'postern' | 'postern-tx';
+const TARGETS: Target[] = ['direct', 'nginx', 'postern', 'postern-tx'];
+const PROXIES = ['nginx', 'postern', 'postern-tx'] as const;
+const POSTERNS = ['postern', 'postern-tx'] as const;
 
 interface Sample {
   msgsPerSec: number;
@@ -43,46 +55,73 @@ interface Sample {
   msPerMsg: number;
 }
 
+/** Per target, over the warm-up and every round: what smtp-source sent and what reached the sink. */
+interface Delivery {
+  sent: number;
+  delivered: number;
+  /** smtp-source runs that exited non-zero or printed a warning or fatal error. */
+  sourceErrors: number;
+}
+
+type Idle = Partial<Record<(typeof PROXIES)[number], { bytesPerConn: number; dropped: number }>>;
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
+/** a ÷ b, or '–' when it means nothing (a CPU figure below the 10 ms clock tick in a smoke run). */
+function ratio(a: number, b: number): string {
+  return b > 0 && Number.isFinite(a / b) ? (a / b).toFixed(2) : '–';
+}
+
 async function main(): Promise<void> {
   ensurePackages();
-  execFileSync('npm', ['run', 'build'], { cwd: root, stdio: 'ignore' });
+  // Postern runs from dist/, built from the working tree as it is now (others may be editing src/).
+  const build = spawnSync('npm', ['run', 'build'], { cwd: root, encoding: 'utf8' });
+  if (build.status !== 0) throw new Error(`npm run build failed:\n${build.stdout}${build.stderr}`);
   const sink = await startSink();
   const auth = await startAuthResponder(sink.port);
   const nginx = await startNginxMail(auth.port, workers);
-  const postern = await startPostern(auth.port, workers);
-  const ports: Record<Target, number> = { direct: sink.port, nginx: nginx.port, postern: postern.port };
-  const procs: Record<Target, Proc | null> = { direct: null, nginx, postern };
+  const postern = await startPostern(auth.port, workers, { name: 'postern', proxyMode: 'session' });
+  const posternTx = await startPostern(auth.port, workers, { name: 'postern-tx', proxyMode: 'transaction' });
+  const ports: Record<Target, number> = { direct: sink.port, nginx: nginx.port, postern: postern.port, 'postern-tx': posternTx.port };
+  const procs: Record<Target, Proc | null> = { direct: null, nginx, postern, 'postern-tx': posternTx };
+  const logs: Partial<Record<Target, string>> = { postern: postern.log, 'postern-tx': posternTx.log };
   const results = new Map<string, Map<Target, Sample[]>>();
+  const delivery = Object.fromEntries(TARGETS.map((t) => [t, { sent: 0, delivered: 0, sourceErrors: 0 }])) as Record<Target, Delivery>;
   let lost = 0;
 
+  /** One smtp-source run against a target, with its sink count and the CPU of the target's process tree. */
+  const measure = async (t: Target, sc: Scenario): Promise<Sample> => {
+    const before = sink.received();
+    const pids = procs[t] ? pidsOf(procs[t]!) : [];
+    const cpu0 = procStats(pids).cpuMs;
+    const r = await runSource(ports[t], sc);
+    const cpu1 = procStats(pids).cpuMs;
+    const got = (await sink.waitReceived(before + sc.messages, 10_000)) - before;
+    const d = delivery[t];
+    d.sent += sc.messages;
+    d.delivered += got;
+    if (r.failed) d.sourceErrors++;
+    if (r.failed || got !== sc.messages) {
+      lost += Math.abs(sc.messages - got) || 1; // missing or duplicated messages, or at least the failed run
+      console.error(`LOST: ${t} ${sc.name}: sink received ${got} of ${sc.messages}; smtp-source exit ${r.code}: ${r.stderr.slice(0, 500)}`);
+      const log = logs[t] ? logTail(logs[t]!) : '';
+      if (log) console.error(`${t} log (${logs[t]}), last lines:\n${log}`);
+    }
+    return { msgsPerSec: sc.messages / (r.ms / 1000), cpuMsPer1000: ((cpu1 - cpu0) / sc.messages) * 1000, msPerMsg: r.ms / sc.messages };
+  };
+
   try {
-    // Warm-up: JIT, pools and caches, so round 1 is not an outlier.
-    for (const t of TARGETS) await runSource(ports[t], { sessions: 10, messages: quick ? 10 : 300, size: 4096 });
+    // Warm-up: JIT, pools and caches, so round 1 is not an outlier. Its deliveries are checked too.
+    for (const t of TARGETS) await measure(t, { name: 'warm-up', sessions: 10, messages: quick ? 10 : 300, size: 4096 });
     for (let round = 0; round < rounds; round++) {
       for (const sc of SCENARIOS) {
         const order = round % 2 === 0 ? TARGETS : [...TARGETS].reverse();
         for (const t of order) {
-          const before = sink.received();
-          const pids = procs[t] ? pidsOf(procs[t]!) : [];
-          const cpu0 = procStats(pids).cpuMs;
-          const r = await runSource(ports[t], sc);
-          const cpu1 = procStats(pids).cpuMs;
-          const got = await sink.waitReceived(before + sc.messages, 10_000);
-          if (r.failed || got < before + sc.messages) {
-            lost += before + sc.messages - got;
-            console.error(`LOST: ${t} ${sc.name}: sink received ${got - before} of ${sc.messages}; smtp-source: ${r.stderr.slice(0, 500)}`);
-          }
-          const s: Sample = {
-            msgsPerSec: sc.messages / (r.ms / 1000),
-            cpuMsPer1000: ((cpu1 - cpu0) / sc.messages) * 1000,
-            msPerMsg: r.ms / sc.messages,
-          };
+          const s = await measure(t, sc);
           if (!results.has(sc.name)) results.set(sc.name, new Map());
           const m = results.get(sc.name)!;
           if (!m.has(t)) m.set(t, []);
@@ -91,28 +130,38 @@ async function main(): Promise<void> {
         }
       }
     }
-    const idle = process.env.BENCH_SKIP_IDLE === '1' ? null : {
-      nginx: await holdIdle(nginx, IDLE),
-      postern: await holdIdle(postern, IDLE),
-    };
-    const report = render(results, idle);
+    let idle: Idle | null = null;
+    if (process.env.BENCH_SKIP_IDLE !== '1') {
+      idle = {};
+      for (const t of PROXIES) idle[t] = await holdIdle(procs[t]!, IDLE, IDLE_SETTLE_MS);
+      for (const t of PROXIES) lost += idle[t]!.dropped;
+    }
+    const report = render(results, delivery, idle);
     process.stdout.write(report);
     const file = quick ? 'results.quick.md' : workers === 1 ? 'results.md' : `results-workers-${workers}.md`;
     writeFileSync(path.join(root, 'bench', file), report);
-    if (idle && (idle.nginx.dropped > 0 || idle.postern.dropped > 0)) lost += idle.nginx.dropped + idle.postern.dropped;
   } finally {
+    await posternTx.stop();
     await postern.stop();
     await nginx.stop();
     await auth.stop();
     await sink.stop();
   }
   if (lost > 0) {
-    console.error(`FAIL: ${lost} messages or connections lost`);
+    console.error(`FAIL: ${lost} messages or connections lost (or duplicated, or smtp-source errors)`);
     process.exitCode = 1;
   }
 }
 
-function render(results: Map<string, Map<Target, Sample[]>>, idle: { nginx: { bytesPerConn: number; dropped: number }; postern: { bytesPerConn: number; dropped: number } } | null): string {
+/** The commit Postern was built from, and whether src/ had uncommitted changes at build time. */
+function source(): string {
+  const git = (...args: string[]): string => spawnSync('git', args, { cwd: root, encoding: 'utf8' }).stdout?.trim() ?? '';
+  const head = git('rev-parse', '--short', 'HEAD') || '?';
+  const dirty = git('status', '--porcelain', '--', 'src').split('\n').filter(Boolean).length;
+  return `commit ${head}${dirty ? ` plus uncommitted changes to ${dirty} file(s) in src/` : ''}`;
+}
+
+function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Target, Delivery>, idle: Idle | null): string {
   const lines: string[] = [];
   const v = (cmd: string, args: string[]): string => {
     try {
@@ -123,36 +172,64 @@ function render(results: Map<string, Map<Target, Sample[]>>, idle: { nginx: { by
       return String((e as { stderr?: string }).stderr ?? '').trim().split('\n')[0] ?? '?';
     }
   };
+  const HEAD = [
+    '| Scenario | Target | msg/s | CPU ms / 1000 msg | ms / msg | Postern ÷ nginx (msg/s) | Postern ÷ nginx (CPU) | Postern ÷ direct (msg/s) |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
   lines.push('# Postern benchmark results', '');
   lines.push(`Date: ${new Date().toISOString()}  `);
   lines.push(`Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.type()} ${os.release()}  `);
   lines.push(`Versions: Node ${process.version}; ${v('nginx', ['-v'])}; postfix ${v('postconf', ['-h', 'mail_version'])}  `);
-  lines.push(`Setup: ${workers} worker process(es) each; smtp-source → proxy → smtp-sink; one nginx http{} auth responder; xclient off; ${rounds} interleaved round(s), medians shown.`, '');
-  lines.push('| Scenario | Target | msg/s | CPU ms / 1000 msg | ms / msg | Postern ÷ nginx (msg/s) | Postern ÷ nginx (CPU) | Postern ÷ direct (msg/s) |');
-  lines.push('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |');
+  lines.push(`Source: ${source()}  `);
+  lines.push(`Setup: ${workers} worker process(es) each; smtp-source → proxy → smtp-sink; one nginx http{} auth responder; xclient off; ${rounds} interleaved round(s), medians shown.  `);
+  lines.push('Targets: `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-tx` is `proxy_mode: transaction` (every command read, every RCPT routed, bodies relayed with end-of-data detection). CPU is each proxy\'s own process tree (the shared auth responder and sink are not counted).', '');
+  lines.push(...HEAD);
+  const medOf = (m: Map<Target, Sample[]>) => (t: Target, k: keyof Sample): number => median((m.get(t) ?? []).map((s) => s[k]));
   for (const [name, m] of results) {
-    const med = (t: Target, k: keyof Sample): number => median((m.get(t) ?? []).map((s) => s[k]));
+    const med = medOf(m);
     for (const t of TARGETS) {
-      const isP = t === 'postern';
+      const isP = t === 'postern' || t === 'postern-tx';
       lines.push(
         `| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} | ` +
-          `${isP ? (med('postern', 'msgsPerSec') / med('nginx', 'msgsPerSec')).toFixed(2) : ''} | ${isP ? (med('postern', 'cpuMsPer1000') / med('nginx', 'cpuMsPer1000')).toFixed(2) : ''} | ` +
-          `${isP ? (med('postern', 'msgsPerSec') / med('direct', 'msgsPerSec')).toFixed(2) : ''} |`,
+          `${isP ? ratio(med(t, 'msgsPerSec'), med('nginx', 'msgsPerSec')) : ''} | ${isP ? ratio(med(t, 'cpuMsPer1000'), med('nginx', 'cpuMsPer1000')) : ''} | ` +
+          `${isP ? ratio(med(t, 'msgsPerSec'), med('direct', 'msgsPerSec')) : ''} |`,
       );
     }
     if (name.includes('latency')) {
-      lines.push('', `Added latency per message over direct delivery: nginx ${(med('nginx', 'msPerMsg') - med('direct', 'msPerMsg')).toFixed(2)} ms, Postern ${(med('postern', 'msPerMsg') - med('direct', 'msPerMsg')).toFixed(2)} ms.`, '');
-      lines.push('| Scenario | Target | msg/s | CPU ms / 1000 msg | ms / msg | Postern ÷ nginx (msg/s) | Postern ÷ nginx (CPU) | Postern ÷ direct (msg/s) |');
-      lines.push('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |');
+      const added = (t: Target): string => (med(t, 'msPerMsg') - med('direct', 'msPerMsg')).toFixed(2);
+      lines.push('', `Added latency per message over direct delivery: nginx ${added('nginx')} ms, Postern (session) ${added('postern')} ms, Postern (transaction) ${added('postern-tx')} ms.`, '');
+      lines.push(...HEAD);
     }
   }
   if (lines.at(-1)!.startsWith('| ---')) lines.splice(-3, 3);
+
+  // Transaction ÷ session: ratios of the medians, and in brackets the spread of the per-round
+  // ratios (the two ran back to back in every round, so a round's ratio shares its noise).
+  lines.push('', '## Transaction mode ÷ session mode (postern-tx ÷ postern)', '');
+  lines.push('Ratio of the medians; in brackets the lowest and highest per-round ratio. msg/s above 1 is faster, CPU and ms / msg above 1 cost more.', '');
+  lines.push('| Scenario | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | ---: | ---: | ---: |');
+  for (const [name, m] of results) {
+    const med = medOf(m);
+    const cell = (k: keyof Sample): string => {
+      const a = m.get('postern-tx') ?? [];
+      const b = m.get('postern') ?? [];
+      const per = a.map((s, i) => (b[i] && b[i]![k] > 0 ? s[k] / b[i]![k] : NaN)).filter(Number.isFinite);
+      const spread = per.length > 1 ? ` (${Math.min(...per).toFixed(2)}–${Math.max(...per).toFixed(2)})` : '';
+      const r = ratio(med('postern-tx', k), med('postern', k));
+      return r === '–' ? r : r + spread;
+    };
+    lines.push(`| ${name} | ${cell('msgsPerSec')} | ${cell('cpuMsPer1000')} | ${cell('msPerMsg')} |`);
+  }
+
+  lines.push('', '## Delivery', '', 'Every message smtp-source sent (warm-up included), counted at smtp-sink.', '');
+  lines.push('| Target | sent | delivered | smtp-source errors |', '| --- | ---: | ---: | ---: |');
+  for (const t of TARGETS) lines.push(`| ${t} | ${delivery[t].sent} | ${delivery[t].delivered} | ${delivery[t].sourceErrors} |`);
+
   if (idle) {
-    lines.push('', `Idle connections (greeted, then silent): ${IDLE}`, '');
+    lines.push('', `## Idle connections (greeted, then silent): ${IDLE}`, '');
     lines.push('| Target | resident memory per connection | dropped |', '| --- | ---: | ---: |');
-    lines.push(`| nginx | ${(idle.nginx.bytesPerConn / 1024).toFixed(2)} KiB | ${idle.nginx.dropped} |`);
-    lines.push(`| postern | ${(idle.postern.bytesPerConn / 1024).toFixed(2)} KiB | ${idle.postern.dropped} |`);
-    lines.push(`| Postern ÷ nginx | ${(idle.postern.bytesPerConn / idle.nginx.bytesPerConn).toFixed(2)} | |`);
+    for (const t of PROXIES) lines.push(`| ${t} | ${(idle[t]!.bytesPerConn / 1024).toFixed(2)} KiB | ${idle[t]!.dropped} |`);
+    for (const t of POSTERNS) lines.push(`| ${t} ÷ nginx | ${ratio(idle[t]!.bytesPerConn, idle.nginx!.bytesPerConn)} | |`);
   }
   lines.push('', 'Reproduce: `npm run bench` (BENCH_ROUNDS, BENCH_WORKERS, BENCH_QUICK=1 for a smoke run).', '');
   return lines.join('\n');

@@ -1,7 +1,7 @@
 /**
  * A smoke run of the benchmark harness (a handful of messages, 200 idle connections): it starts
- * every process, counts delivered messages at the sink and prints the table. Speed itself is
- * never asserted here; `npm run bench` measures it.
+ * every process (Postern twice: proxy_mode session and transaction), counts delivered messages at
+ * the sink and prints the tables. Speed itself is never asserted here; `npm run bench` measures it.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -11,14 +11,30 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '../..');
+const TARGETS = ['direct', 'nginx', 'postern', 'postern-tx'];
 
-it('npm run bench (BENCH_QUICK=1) runs all three targets and loses nothing', async () => {
+it('npm run bench (BENCH_QUICK=1) runs all four targets and every one delivers every message', async () => {
   const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', path.join(root, 'bench/run.ts')], {
     cwd: root,
     env: { ...process.env, BENCH_QUICK: '1' },
     timeout: 120_000,
+  }).catch((err: { stdout?: string; stderr?: string; message: string }) => {
+    assert.fail(`bench exited non-zero: ${err.message}\n${err.stderr ?? ''}\n${err.stdout ?? ''}`);
   });
   assert.doesNotMatch(stderr, /LOST|FAIL/);
-  for (const target of ['direct', 'nginx', 'postern']) assert.match(stdout, new RegExp(`\\| 4 KiB × 5 sessions \\| ${target} \\| \\d+`));
-  assert.match(stdout, /\| postern \| [\d.]+ KiB \| 0 \|/, 'idle connections held, none dropped');
+  for (const scenario of ['4 KiB × 5 sessions', '100 KiB × 2 sessions']) {
+    for (const target of TARGETS) assert.match(stdout, new RegExp(`\\| ${scenario} \\| ${target} \\| \\d+`), `${target} measured in ${scenario}`);
+    assert.match(stdout, new RegExp(`^\\| ${scenario} \\| [\\d.–]`, 'm'), `transaction ÷ session row for ${scenario}`);
+  }
+  assert.match(stdout, /## Transaction mode ÷ session mode/);
+  // The delivery ledger: what smtp-source sent to each target and what reached smtp-sink.
+  for (const target of TARGETS) {
+    const row = new RegExp(`^\\| ${target} \\| (\\d+) \\| (\\d+) \\| (\\d+) \\|$`, 'm').exec(stdout);
+    assert.ok(row, `delivery row for ${target}`);
+    const [, sent, delivered, errors] = row.map(Number);
+    assert.ok(sent! > 0, `${target}: messages sent`);
+    assert.equal(delivered, sent, `${target}: every message reached the sink`);
+    assert.equal(errors, 0, `${target}: no smtp-source errors`);
+  }
+  for (const target of ['nginx', 'postern', 'postern-tx']) assert.match(stdout, new RegExp(`\\| ${target} \\| [\\d.]+ KiB \\| 0 \\|`), `${target}: idle connections held, none dropped`);
 });
