@@ -65,23 +65,36 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  {
-    try {
-      for (const srv of config.servers) {
-        if (srv.listen.some((l) => l.implicit_tls || l.starttls !== 'off')) new TlsContexts(srv.tls);
-        if (srv.backend_tls.ca) readBackendCa(srv.backend_tls.ca);
-      }
-    } catch (err) {
-      if (!(err instanceof TlsLoadError)) throw err;
-      process.stderr.write(`postern: configuration ${values.config}: ${err.problems.length} problem(s)\n  ${err.problems.join('\n  ')}\npostern: configuration file ${values.config} test failed\n`);
-      return 1;
-    }
+  const problems = tlsFileProblems(config);
+  if (problems.length > 0) {
+    process.stderr.write(`postern: configuration ${values.config}: ${problems.length} problem(s)\n  ${problems.join('\n  ')}\npostern: configuration file ${values.config} test failed\n`);
+    return 1;
   }
   if (command === 'check-config') {
     process.stdout.write(`postern: configuration file ${values.config} syntax is ok\npostern: configuration file ${values.config} test is successful\n`);
     return 0;
   }
   return run(config);
+}
+
+/** Certificates, keys and CA files are read as check-config's last step, per server block. */
+function tlsFileProblems(config: ReturnType<typeof loadConfig>): string[] {
+  const problems: string[] = [];
+  config.servers.forEach((srv, i) => {
+    const at = config.serverBlocks ? `servers.${i}.` : '';
+    for (const check of [
+      () => srv.listen.some((l) => l.implicit_tls || l.starttls !== 'off') && new TlsContexts(srv.tls),
+      () => srv.backend_tls.ca && readBackendCa(srv.backend_tls.ca),
+    ]) {
+      try {
+        check();
+      } catch (err) {
+        if (!(err instanceof TlsLoadError)) throw err;
+        problems.push(...err.problems.map((p) => at + p));
+      }
+    }
+  });
+  return problems;
 }
 
 async function run(config: ReturnType<typeof loadConfig>): Promise<number> {

@@ -36,7 +36,7 @@ export function parseConfig(text: string, file = '<config>'): Readonly<Config> {
   }
   problems.push(...listenersUnique(servers, blocks === undefined));
   if (problems.length > 0) throw new ConfigError(file, [...new Set(problems)]);
-  return deepFreeze({ ...top, servers });
+  return deepFreeze({ ...top, servers, serverBlocks: blocks !== undefined });
 }
 
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);

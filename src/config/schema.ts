@@ -216,7 +216,11 @@ export const configSchema = z.strictObject({
 
 export type ServerConfig = z.output<typeof serverSchema>;
 /** The whole file: the top-level settings, and `servers` resolved by load.ts (always at least one). */
-export type Config = Omit<z.output<typeof configSchema>, 'servers'> & { servers: readonly ServerConfig[] };
+export type Config = Omit<z.output<typeof configSchema>, 'servers'> & {
+  servers: readonly ServerConfig[];
+  /** The file has `servers:` (key paths of a server's problems then start with `servers.N.`). */
+  serverBlocks: boolean;
+};
 
 export type AuthHttpConfig = z.output<typeof authHttp>;
 export type TlsConfig = z.output<typeof tls>;

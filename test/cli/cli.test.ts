@@ -259,6 +259,12 @@ describe('postern run', () => {
     const r = await cli(['check-config', '-c', f]);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /tls\.certificates\.0\.cert: cannot read .*nope\.pem: ENOENT/);
+    // In a server block the path names the block.
+    const g = configFile('badcert-servers.yaml', `servers:\n  - listen: ["127.0.0.1:2525"]\n  - listen: [{ address: "127.0.0.1:2526", starttls: on }]\n    tls: { certificates: [{ cert: "${path.join(dir, 'nope.pem')}", key: "${path.join(dir, 'nope.key')}" }] }\n    backend_tls: { ca: "${path.join(dir, 'nope-ca.pem')}" }\n`);
+    const s = await cli(['check-config', '-c', g]);
+    assert.equal(s.code, 1);
+    assert.match(s.stderr, /servers\.1\.tls\.certificates\.0\.cert: cannot read .*nope\.pem: ENOENT/);
+    assert.match(s.stderr, /servers\.1\.backend_tls\.ca: cannot read .*nope-ca\.pem: ENOENT/);
   });
 
   it('fails with a clear log line when the port is taken', async () => {

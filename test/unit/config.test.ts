@@ -34,7 +34,7 @@ describe('parseConfig defaults', () => {
     const { server_name, servers, ...rest } = c;
     assert.equal(server_name, os.hostname().replace(/[^A-Za-z0-9.-]/g, '') || 'localhost');
     // Without servers:, the top level is the one (implicit) server.
-    const { workers: _w, limits: _l, log: _g, ...serverPart } = { server_name, ...rest };
+    const { workers: _w, limits: _l, log: _g, serverBlocks: _s, ...serverPart } = { server_name, ...rest };
     assert.deepEqual(servers, [serverPart]);
     assert.deepEqual(rest, {
       workers: 1,
@@ -56,6 +56,7 @@ describe('parseConfig defaults', () => {
       timeouts: { idle: 300_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000 },
       log: { level: 'info', access: true },
       proxy_mode: 'session',
+      serverBlocks: false,
     });
   });
 
