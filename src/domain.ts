@@ -82,13 +82,23 @@ export interface RouteRequest {
   clientHost: string;
   /** The client's TLS session, when there is one (Auth-SSL-* headers). */
   tls?: TlsInfo;
+  /** The listener the session came in on, `host:port` as configured (the rule router's `listener`). */
+  listener?: string;
 }
 
 /** A back-end chosen by a router, with the per-route options the auth service may set. */
 export interface RouteTarget {
   kind: 'ok';
+  /** The back-end; empty ('' and 0) when `pool` chooses it. */
   host: string;
   port: number;
+  /** A named pool: the back-end is chosen, and failed over, among its servers at connect time. */
+  pool?: string;
+  /**
+   * For a pool balanced by hash: the server the key maps to now. Two recipients join one
+   * transaction only when their pool and affinity agree (round robin: any server of the pool).
+   */
+  affinity?: string;
   user?: string;
   pass?: string;
   tls?: BackendTlsChoice;
@@ -107,11 +117,12 @@ export type RouteDecision =
  * agree: only then may a later recipient join the transaction already open there.
  */
 export function sameBackend(a: RouteTarget, b: RouteTarget): boolean {
-  return a.host === b.host && a.port === b.port && a.user === b.user && a.pass === b.pass && a.backendAuth === b.backendAuth
+  return a.host === b.host && a.port === b.port && a.pool === b.pool && a.affinity === b.affinity && a.user === b.user && a.pass === b.pass && a.backendAuth === b.backendAuth
     && a.tls?.mode === b.tls?.mode && a.tls?.name === b.tls?.name;
 }
 
 /** `host:port` for logs and access records (IPv6 in brackets). */
-export function backendName(t: { host: string; port: number }): string {
+export function backendName(t: { host: string; port: number; pool?: string }): string {
+  if (t.pool !== undefined && t.host === '') return `pool ${t.pool}`;
   return t.host.includes(':') ? `[${t.host}]:${t.port}` : `${t.host}:${t.port}`;
 }

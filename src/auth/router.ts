@@ -26,12 +26,12 @@ export function composeRouter(base: Router, layers: readonly RouterLayer[]): Rou
   return r;
 }
 
-/** `route: { static: host:port }`: every session goes to one back-end. */
+/** `route: { static: host:port | pool }`: every session goes to one back-end, or one pool. */
 export class StaticRouter implements Router {
   readonly #decision: RouteDecision;
 
-  constructor(host: string, port: number) {
-    this.#decision = Object.freeze({ kind: 'ok', host, port });
+  constructor(target: { host: string; port: number } | { pool: string }) {
+    this.#decision = Object.freeze('pool' in target ? { kind: 'ok', host: '', port: 0, pool: target.pool } : { kind: 'ok', host: target.host, port: target.port });
   }
 
   route(): RouteDecision {

@@ -122,10 +122,100 @@ const authHttp = z.strictObject({
   max_header_size: size('16k', 1024),
 });
 
+/** A pool name: letters, digits, `-`, `_`, `.`; never holds a colon, so it cannot be mistaken for host:port. */
+const poolName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'a pool name (letters, digits, ".", "_", "-")');
+
+/** `static: host:port`, or `static: <pool name>` (a value without a colon names a pool). */
+const staticTarget = z.string().transform((v, ctx) => {
+  if (!v.includes(':') && /^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(v)) return { pool: v };
+  const hp = parseHostPort(v, false);
+  if (!hp) {
+    ctx.addIssue({ code: 'custom', message: `expected host:port, [ipv6]:port or a pool name, got ${JSON.stringify(v)}` });
+    return z.NEVER;
+  }
+  return hp;
+});
+
+const domainPattern = z.string().regex(/^(\*\.)?[A-Za-z0-9.-]+$/, 'a domain, or *.domain for its subdomains').transform((d) => d.toLowerCase());
+const cidr = z.string().regex(/^[0-9A-Fa-f.:]+(\/\d{1,3})?$/, 'an address or network, e.g. 192.0.2.0/24 or 2001:db8::/32');
+
+/** One rule of the built-in router: every condition given must hold; the first matching rule decides. */
+const rule = z.strictObject({
+  /** Recipient domains (exact, or `*.example.com` for the subdomains). */
+  rcpt_domain: z.array(domainPattern).min(1).optional(),
+  /** Sender domains, as rcpt_domain; `<>` (the null sender) is matched by "". */
+  sender_domain: z.array(z.union([domainPattern, z.literal('')])).min(1).optional(),
+  /** Client networks (CIDR). */
+  client: z.array(cidr).min(1).optional(),
+  /** The session has (true) or has not (false) authenticated. */
+  authenticated: z.boolean().optional(),
+  /** Listener addresses (host:port as in `listen`) the session came in on. */
+  listener: z.array(z.string()).min(1).optional(),
+  /** Where the mail goes: a pool or host:port (as `static`) … */
+  to: staticTarget.optional(),
+  /** … or ask the auth service (route.rules.auth_http) … */
+  auth_http: z.literal(true).optional(),
+  /** … or refuse with this reply, e.g. "550 5.7.1 Relaying denied". */
+  reject: z.string().regex(/^[45]\d\d [\x20-\x7e]+$/, 'an SMTP reply: a 4xx or 5xx code and printable text').optional(),
+});
+
+const rules = z.strictObject({
+  /** Ordered: the first rule whose conditions all hold decides. */
+  rules: z.array(rule).min(1),
+  /** The auth service that `auth_http: true` rules hand over to. */
+  auth_http: authHttp.optional(),
+  /** What a session that matches no rule gets (default: refused, 550 5.7.1). */
+  default: z.union([z.strictObject({ to: staticTarget }), z.strictObject({ reject: z.string().regex(/^[45]\d\d [\x20-\x7e]+$/) })]).default({ reject: '550 5.7.1 Relaying denied' }),
+});
+
 const route = z.union([
-  z.strictObject({ static: hostPort }),
+  z.strictObject({ static: staticTarget }),
   z.strictObject({ auth_http: authHttp }),
+  z.strictObject({ rules }),
 ]);
+
+const poolServer = z.union([
+  hostPort.transform((address) => ({ address, weight: 1, backup: false, max_connections: 0 })),
+  z.strictObject({
+    address: hostPort,
+    /** Relative share of the sessions (nginx `weight`). */
+    weight: z.int().min(1).max(1000).default(1),
+    /** Used only when no primary server is usable. */
+    backup: z.boolean().default(false),
+    /** Most back-end connections at once per worker (0: no limit; nginx `max_conns`). */
+    max_connections: z.int().min(0).default(0),
+  }),
+]);
+
+/** A named pool of back-ends (process-wide: every server block may send to it). */
+const pool = z.strictObject({
+  servers: z.array(poolServer).min(1),
+  /** nginx's smooth weighted round robin, least connections, or a consistent (ketama) hash. */
+  balance: z.enum(['round_robin', 'least_conn', 'hash']).default('round_robin'),
+  /** With balance: hash, what the ring is keyed on. */
+  hash: z.enum(['rcpt_domain', 'sender_domain', 'client', 'user']).optional(),
+  /** Active checks: connect, 220, EHLO, QUIT (STARTTLS too with starttls: true), run once per instance. */
+  health: z.strictObject({
+    enabled: z.boolean().default(true),
+    /** Between checks of one server (HAProxy `inter` 2s; a mail back-end needs less). */
+    interval: duration('10s'),
+    /** One whole check, connect to the reply to QUIT. */
+    timeout: duration('5s'),
+    /** Good checks in a row that bring a down server back (HAProxy `rise`). */
+    rise: z.int().min(1).max(100).default(2),
+    /** Failed checks in a row that take a server down (HAProxy `fall`). */
+    fall: z.int().min(1).max(100).default(3),
+    /** Also STARTTLS and verify the certificate as backend_tls would. */
+    starttls: z.boolean().default(false),
+  }).prefault({}),
+  /** Failed sessions within fail_timeout that take a server out for fail_timeout (nginx `max_fails`, `fail_timeout`). */
+  max_fails: z.int().min(0).max(1000).default(1),
+  fail_timeout: duration('10s'),
+  /** Distinct servers one session may try before the client gets 451 (0: every server). */
+  max_tries: z.int().min(0).max(100).default(3),
+  /** All tries of one session together, well under the client's 5-minute RCPT wait (RFC 5321 §4.5.3.2.3). */
+  try_timeout: duration('60s'),
+});
 
 const timeouts = z.strictObject({
   /** Client idle before the hand-off (nginx `timeout`; RFC 5321 §4.5.3.2.7 asks for ≥ 5 min). */
@@ -207,6 +297,8 @@ export const configSchema = z.strictObject({
     /** One record per session at its end. */
     access: z.boolean().default(true),
   }).prefault({}),
+  /** Named pools of back-ends, for `route.static`, the rules and the auth service's `X-Postern-Pool`. */
+  pools: z.record(poolName, pool).default({}),
   /**
    * nginx-style server blocks: each with its own listeners and any of the settings above; what a
    * block leaves out it takes from the top level. Absent: the top level is the one server.
@@ -226,3 +318,7 @@ export type AuthHttpConfig = z.output<typeof authHttp>;
 export type TlsConfig = z.output<typeof tls>;
 export type BackendTlsConfig = z.output<typeof backendTls>;
 export type ListenerConfig = z.output<typeof listener>;
+export type PoolConfig = z.output<typeof pool>;
+export type RulesConfig = z.output<typeof rules>;
+export type RuleConfig = z.output<typeof rule>;
+export type StaticTarget = z.output<typeof staticTarget>;

@@ -33,7 +33,7 @@ export interface ServerContext {
 /** The server's own router: static or auth_http, with the checks that wrap it. */
 export function createRouter(config: ServerConfig): Router {
   const r = config.route;
-  const base = 'static' in r ? new StaticRouter(r.static.host, r.static.port) : new AuthHttpRouter(r.auth_http, config.timeouts.auth);
+  const base = 'static' in r ? new StaticRouter(r.static) : 'auth_http' in r ? new AuthHttpRouter(r.auth_http, config.timeouts.auth) : new StaticRouter({ host: '127.0.0.1', port: 25 }); // rules: see src/auth/rules.ts (WIP)
   return composeRouter(base, [authFailureGuard(new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window))]);
 }
 
