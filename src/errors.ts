@@ -67,6 +67,9 @@ export const ERRORS = {
   PST_AUTH_REJECTED: { reply: '535 5.7.0 Authentication failed', close: true, level: 'info', message: 'auth service refused the session (Auth-Status text, Auth-Error-Code)' },
   PST_RCPT_OTHER_BACKEND: { reply: '452 4.5.3 Too many recipients for this transaction, send the rest separately', close: false, level: 'info', message: 'transaction mode: this recipient routes to another back-end than the transaction (RFC 5321 §4.5.3.1.10, RFC 3463 X.5.3); the client sends it in a later transaction' },
   PST_RCPT_ROUTE_FAILED: { reply: '451 4.3.2 Internal server error', close: false, level: 'warn', message: 'transaction mode: routing a later recipient failed (auth service down, slow or answering garbage); that recipient is deferred, the transaction goes on' },
+  PST_ROUTE_UNKNOWN_POOL: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the auth service (X-Postern-Pool) named a pool that is not configured' },
+  PST_POOL_EXHAUSTED: { reply: '451 4.3.2 No back-end available, try again later', close: true, level: 'warn', message: 'every server of the pool that could be tried failed before the client saw a back-end byte (or none was usable); the detail lists each server tried and why' },
+  PST_BACKEND_SENDER_REFUSED: { reply: '550 5.7.1 Sender refused', close: false, level: 'info', message: 'a pool\'s back-end answered the replayed MAIL with 5xx: its verdict on the mail, passed to the client as it is (instead of failing over)' },
   PST_ROUTE_RESOLVE: { reply: '451 4.3.2 Internal server error', close: true, level: 'warn', message: 'the back-end host name did not resolve' },
 
   // Back-end connect and replay.
@@ -96,6 +99,9 @@ export const WARNINGS = {
   PSW_BACKEND_IDLE_CLOSED: { level: 'info', message: 'transaction mode: the back-end closed an idle connection between transactions; the next recipient connects again' },
   PSW_STARTTLS_DISCARDED: { level: 'info', message: 'discarded bytes pipelined after STARTTLS (RFC 3207 §4.2)' },
   PSW_NO_XCLIENT: { level: 'warn', message: 'xclient is on but the back-end does not offer XCLIENT: it sees Postern as the client (add Postern to smtpd_authorized_xclient_hosts); logged once per back-end' },
+  PSW_POOL_SERVER_DOWN: { level: 'warn', message: 'a pool server failed max_fails sessions within fail_timeout: it is skipped until fail_timeout has passed (nginx max_fails)' },
+  PSW_POOL_SERVER_UP: { level: 'info', message: 'a pool server that passive detection had taken out carried a session again' },
+  PSW_POOL_FAILOVER: { level: 'info', message: 'a pool server failed before the client saw a back-end byte; the session moved to the next server' },
   PSW_NO_XCLIENT_LOGIN: { level: 'warn', message: 'the back-end\'s XCLIENT has no LOGIN attribute: it does not learn who authenticated (Postfix < 2.9, or use proxy_smtp_auth); logged once per back-end' },
 } as const satisfies Record<string, { level: LogLevel; message: string }>;
 

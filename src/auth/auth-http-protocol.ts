@@ -53,7 +53,7 @@ export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): s
 }
 
 export type AuthAnswer =
-  | { status: 'ok'; server: string; port: number; user?: string; pass?: string; tls?: BackendTlsChoice; backendAuth?: 'off' | 'plain' | 'login' }
+  | { status: 'ok'; server: string; port: number; pool?: string; user?: string; pass?: string; tls?: BackendTlsChoice; backendAuth?: 'off' | 'plain' | 'login' }
   | { status: 'wait'; waitMs: number }
   | { status: 'fail'; reply: string; waitMs: number; text: string }
   | { status: 'invalid'; reason: string };
@@ -85,9 +85,14 @@ export function parseAuthAnswer(h: Headers): AuthAnswer {
     const code = codeRaw && ERROR_CODE.test(codeRaw) ? codeRaw : DEFAULT_ERROR_CODE;
     return { status: 'fail', reply: `${code} ${text}`, waitMs: waitS * 1000, text };
   }
+  // Postern's own: a pool instead of one server (an nginx service that answers Auth-Server works unchanged).
+  const pool = first(h, 'x-postern-pool');
+  if (pool !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(pool)) return { status: 'invalid', reason: `invalid X-Postern-Pool ${JSON.stringify(pool)}` };
   // nginx goes ahead without Auth-Status when Auth-Server and Auth-Port are present.
   const server = first(h, 'auth-server');
   const portRaw = first(h, 'auth-port');
+  // The pool wins over an Auth-Server given beside it (which an nginx-only service may need).
+  if (pool !== undefined) return withOptions(h, { status: 'ok', server: '', port: 0, pool });
   if (!server) return { status: 'invalid', reason: 'no Auth-Server header' };
   if (!portRaw) return { status: 'invalid', reason: 'no Auth-Port header' };
   const port = /^\d{1,5}$/.test(portRaw) ? Number(portRaw) : 0;
@@ -95,7 +100,11 @@ export function parseAuthAnswer(h: Headers): AuthAnswer {
   // An IP literal (IPv6 without brackets, as nginx expects) or, unlike nginx, a host name.
   const host = server.startsWith('[') && server.endsWith(']') ? server.slice(1, -1) : server;
   if (!/^[A-Za-z0-9.:-]+$/.test(host)) return { status: 'invalid', reason: `invalid Auth-Server ${JSON.stringify(server)}` };
-  const answer: AuthAnswer = { status: 'ok', server: host, port };
+  return withOptions(h, { status: 'ok', server: host, port });
+}
+
+/** Auth-User, Auth-Pass and Postern's per-route headers, on an OK answer. */
+function withOptions(h: Headers, answer: Extract<AuthAnswer, { status: 'ok' }>): AuthAnswer {
   const user = first(h, 'auth-user');
   const pass = first(h, 'auth-pass');
   // Taken raw, as nginx takes them (it escapes only what it sends, not what it receives).

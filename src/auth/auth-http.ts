@@ -38,7 +38,7 @@ export class AuthHttpRouter implements Router {
       if ('kind' in answer) return answer;
       switch (answer.status) {
         case 'ok': {
-          const d: RouteDecision = { kind: 'ok', host: answer.server, port: answer.port };
+          const d: RouteDecision = { kind: 'ok', host: answer.server, port: answer.port, ...(answer.pool !== undefined ? { pool: answer.pool } : {}) };
           if (answer.user !== undefined) d.user = answer.user;
           if (answer.pass !== undefined) d.pass = answer.pass;
           if (answer.tls !== undefined) d.tls = answer.tls;

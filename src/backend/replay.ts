@@ -129,6 +129,8 @@ export class Replay {
       case 'auth':
         return this.#authReply(r);
       case 'mail':
+        // A 5xx is the back-end's verdict on the sender, not a fault another server would not have.
+        if (r.code >= 500) return this.#fail('PST_BACKEND_SENDER_REFUSED', r);
         if (r.code !== 250) return this.#fail('PST_BACKEND_REJECTED', r);
         if (this.#rcptSent) {
           this.step = 'rcpt';

@@ -34,7 +34,9 @@ export function parseConfig(text: string, file = '<config>'): Readonly<Config> {
     servers = resolveServers(isRecord(raw) ? raw : {}, blocks, problems);
     servers.forEach((srv, i) => problems.push(...crossCheck(srv, `servers.${i}.`)));
   }
-  problems.push(...listenersUnique(servers, blocks === undefined));
+  problems.push(...listenersUnique(servers, blocks === undefined), ...poolProblems(top.pools));
+  const poolNames = new Set(Object.keys(top.pools));
+  servers.forEach((srv, i) => problems.push(...routeProblems(srv, poolNames, blocks === undefined ? '' : `servers.${i}.`)));
   if (problems.length > 0) throw new ConfigError(file, [...new Set(problems)]);
   return deepFreeze({ ...top, servers, serverBlocks: blocks !== undefined });
 }
@@ -82,6 +84,29 @@ export function loadConfig(file: string): Readonly<Config> {
     throw new ConfigError(file, [`cannot read: ${(err as Error).message}`]);
   }
   return parseConfig(text, file);
+}
+
+/** A pool's servers are distinct, and it has a primary to prefer over its backups. */
+function poolProblems(pools: Config['pools']): string[] {
+  const problems: string[] = [];
+  for (const [name, p] of Object.entries(pools)) {
+    const seen = new Set<string>();
+    p.servers.forEach((s, i) => {
+      const key = `${s.address.host}:${s.address.port}`;
+      if (seen.has(key)) problems.push(`pools.${name}.servers.${i}: ${key} is listed twice`);
+      seen.add(key);
+    });
+    if (p.servers.every((s) => s.backup)) problems.push(`pools.${name}.servers: every server is a backup; backups are used only when no primary is usable`);
+    if (p.hash !== undefined && p.balance !== 'hash') problems.push(`pools.${name}.hash: only used with balance: hash`);
+  }
+  return problems;
+}
+
+/** A route that names a pool names one that exists. */
+function routeProblems(srv: ServerConfig, pools: ReadonlySet<string>, at: string): string[] {
+  const r = srv.route;
+  if ('static' in r && 'pool' in r.static && !pools.has(r.static.pool)) return [`${at}route.static: no pool named ${JSON.stringify(r.static.pool)} (see pools)`];
+  return [];
 }
 
 /** The same address may not be bound twice, in one server or across servers. */

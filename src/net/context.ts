@@ -12,7 +12,11 @@ import { accessLog } from '../observe/access-log.js';
 import type { SessionObserver } from '../observe/observer.js';
 import type { ProtocolModule, ProtocolSession } from '../protocol.js';
 import { SmtpProtocol } from '../protocols/smtp.js';
+import { poolLayer } from '../pools/layer.js';
+import { PoolRegistry } from '../pools/pool.js';
 import { TlsContexts } from '../tls/contexts.js';
+
+const noLogger = { warn() {}, info() {} } as unknown as Logger;
 
 export interface ListenerContext {
   readonly config: ListenerConfig;
@@ -30,28 +34,30 @@ export interface ServerContext {
   readonly observers: readonly SessionObserver[];
 }
 
-/** The server's own router: static or auth_http, with the checks that wrap it. */
-export function createRouter(config: ServerConfig): Router {
+/** The server's own router: static or auth_http, with the layers that wrap it (pools, the AUTH guard). */
+export function createRouter(config: ServerConfig, pools: PoolRegistry = new PoolRegistry({}, noLogger)): Router {
   const r = config.route;
   const base = 'static' in r ? new StaticRouter(r.static) : 'auth_http' in r ? new AuthHttpRouter(r.auth_http, config.timeouts.auth) : new StaticRouter({ host: '127.0.0.1', port: 25 }); // rules: see src/auth/rules.ts (WIP)
-  return composeRouter(base, [authFailureGuard(new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window))]);
+  return composeRouter(base, [authFailureGuard(new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window)), poolLayer(pools)]);
 }
 
 export interface ContextOptions {
   logger: Logger;
   accessLog: boolean;
+  /** The worker's pools, shared by its server blocks. */
+  pools: PoolRegistry;
   /** Replaces the configured router (tests). */
   router?: Router;
 }
 
 export function buildContext(config: ServerConfig, o: ContextOptions): ServerContext {
   const needsTls = config.listen.some((l) => l.implicit_tls || l.starttls !== 'off');
-  const protocol = new SmtpProtocol(config, o.logger);
+  const protocol = new SmtpProtocol(config, o.logger, o.pools);
   const listeners = config.listen.map((l) => ({ config: l, newSession: protocol.sessions(l) }));
   return {
     config,
     protocol,
-    router: o.router ?? createRouter(config),
+    router: o.router ?? createRouter(config, o.pools),
     logger: o.logger,
     tls: needsTls ? new TlsContexts(config.tls) : null,
     listeners,

@@ -8,6 +8,7 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { ERRORS } from '../errors.js';
 import { ConcurrencyLimiter, type LimitVerdict } from '../limits/limiter.js';
+import { PoolRegistry } from '../pools/pool.js';
 import { Connection } from './connection.js';
 import { buildContext, type ListenerContext, type ServerContext } from './context.js';
 
@@ -15,6 +16,8 @@ export { createRouter } from './context.js';
 
 export class PosternServer {
   readonly #config: Readonly<Config>;
+  /** This worker's pools (active-check verdicts are applied to them: setUp). */
+  readonly pools: PoolRegistry;
   readonly #logger: Logger;
   readonly #contexts: ServerContext[];
   readonly #servers: net.Server[] = [];
@@ -29,7 +32,8 @@ export class PosternServer {
     this.#config = config;
     this.#logger = logger;
     this.#perClient = new ConcurrencyLimiter(config.limits.max_connections_per_client);
-    this.#contexts = config.servers.map((srv) => buildContext(srv, { logger, accessLog: config.log.access, ...(router ? { router } : {}) }));
+    this.pools = new PoolRegistry(config.pools, logger);
+    this.#contexts = config.servers.map((srv) => buildContext(srv, { logger, accessLog: config.log.access, pools: this.pools, ...(router ? { router } : {}) }));
   }
 
   /** Re-reads the certificate files (SIGHUP); on error the running certificates stay. */

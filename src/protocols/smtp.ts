@@ -5,14 +5,19 @@
  * the connection driver must not know lives here or below.
  */
 import { randomInt } from 'node:crypto';
+import dns from 'node:dns';
+import net from 'node:net';
 import type { BackendTlsOptions } from '../backend/connect.js';
 import { connectBackend } from '../backend/connect.js';
 import { backendAuthFor, backendTlsFor } from '../backend/route-options.js';
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
 import { backendName, type ClientIdentity, type Envelope, type RouteTarget } from '../domain.js';
-import { WARNINGS, type ErrorCode } from '../errors.js';
+import { PosternError, WARNINGS, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import type { BackendDone, ProtocolModule, ProtocolSession } from '../protocol.js';
+import { failover, type Attempt, type Candidate } from '../pools/failover.js';
+import { hashKeyOf } from '../pools/layer.js';
+import type { PoolRegistry } from '../pools/pool.js';
+import type { BackendDone, BackendSession, ProtocolModule, ProtocolSession } from '../protocol.js';
 import { Session, type BackendReadyInfo } from '../session/session.js';
 import type { SessionLimits } from '../session/limits.js';
 import { lastReplyCode, ReplyBook } from '../smtp/replies.js';
@@ -46,9 +51,12 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
   /** Back-end warnings already logged ("<kind> <host:port>"): each is logged once, not per session. */
   readonly #warned = new Set<string>();
 
-  constructor(config: ServerConfig, logger: Logger) {
+  readonly #pools: PoolRegistry | null;
+
+  constructor(config: ServerConfig, logger: Logger, pools: PoolRegistry | null = null) {
     this.#config = config;
     this.#logger = logger;
+    this.#pools = pools;
     this.#backendTls = backendTlsOptions(config);
     this.#capabilities = config.capabilities.map((c) =>
       c.toUpperCase() === 'SIZE' && config.max_message_size > 0 ? `SIZE ${config.max_message_size}` : c,
@@ -89,12 +97,81 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
     return this.#refusals.error(code);
   }
 
+  /**
+   * Sets up the back-end session for `target`: a pool's servers in the balancer's order, the
+   * addresses of a host name one by one, or the one address — failing over on every fault before
+   * the client has seen a back-end byte (src/pools/failover.ts; `smtpRetryable` says which).
+   */
   connect(client: ClientIdentity, target: RouteTarget, envelope: Envelope, done: BackendDone<BackendReadyInfo>): () => void {
     const c = this.#config;
+    const pool = target.pool !== undefined ? this.#pools?.get(target.pool) : undefined;
+    if (target.pool !== undefined && !pool) {
+      queueMicrotask(() => done(new PosternError('PST_ROUTE_UNKNOWN_POOL', `no pool named ${JSON.stringify(target.pool)}`)));
+      return () => {};
+    }
+    const attempt: Attempt<BackendSession<BackendReadyInfo>> = (cand, timeoutMs, cb) => this.#attempt(client, target, envelope, cand, timeoutMs, cb);
+    if (pool) {
+      const tried = new Set<number>();
+      const key = pool.hashKey === null ? null : hashKeyOf(pool.hashKey, envelope, client.addr);
+      const next = (): Candidate | null => {
+        const i = pool.pick(key, tried);
+        if (i < 0) return null;
+        tried.add(i);
+        const srv = pool.servers[i]!;
+        pool.acquire(i);
+        return {
+          id: srv.id,
+          host: srv.host,
+          port: srv.port,
+          failed: (err) => {
+            if (err.code !== 'PST_BACKEND_SENDER_REFUSED') {
+              pool.failed(i, `${err.code}${err.detail ? ` ${err.detail}` : ''}`);
+              this.#logger.info({ code: 'PSW_POOL_FAILOVER', pool: pool.name, server: srv.id, detail: err.detail, error: err.code }, WARNINGS.PSW_POOL_FAILOVER.message);
+            }
+          },
+          succeeded: () => pool.succeeded(i),
+          // The connection is released when the back-end socket closes (see #attempt).
+          release: () => pool.release(i),
+        } as Candidate & { release(): void };
+      };
+      return failover(next, { maxTries: pool.maxTries, deadline: Date.now() + pool.tryTimeout, attemptTimeout: c.timeouts.backend, exhausted: 'PST_POOL_EXHAUSTED' }, attempt, smtpRetryable, done);
+    }
+    // A single back-end: a host name's addresses are tried one by one (an IP literal is one try).
+    let candidates: Candidate[] | null = net.isIP(target.host) ? [{ id: backendName(target), host: target.host, port: target.port }] : null;
+    let aborted = false;
+    let abort: () => void = () => (aborted = true);
+    const run = (): void => {
+      const list = candidates!;
+      let n = 0;
+      abort = failover(() => list[n++] ?? null, { maxTries: list.length, deadline: Date.now() + c.timeouts.backend, attemptTimeout: c.timeouts.backend, exhausted: null }, attempt, smtpRetryable, (err, r) => {
+        // A single back-end's 5xx to MAIL keeps nginx's 451 (proxy_pass_error_message shows its text).
+        if (err?.code === 'PST_BACKEND_SENDER_REFUSED') return done(new PosternError('PST_BACKEND_REJECTED', err.detail, err.reply));
+        done(err, r);
+      });
+    };
+    if (candidates) {
+      run();
+      return () => abort();
+    }
+    dns.lookup(target.host, { all: true }, (err, addrs) => {
+      if (aborted) return;
+      if (err || addrs.length === 0) return done(new PosternError('PST_ROUTE_RESOLVE', `${backendName(target)}: ${(err as NodeJS.ErrnoException | null)?.code ?? 'no address'}`));
+      candidates = addrs.map((a) => ({ id: `${target.host}[${a.address}]:${target.port}`, host: a.address, port: target.port }));
+      run();
+    });
+    return () => abort();
+  }
+
+  /** One connect-and-replay on one candidate. */
+  #attempt(client: ClientIdentity, target: RouteTarget, envelope: Envelope, cand: Candidate & { release?(): void }, timeoutMs: number, cb: (err: PosternError | null, r?: BackendSession<BackendReadyInfo>) => void): () => void {
+    const c = this.#config;
     const auth = envelope.auth;
+    const tlsOptions = backendTlsFor(this.#backendTls, target.tls);
+    // Connecting by address, the certificate is still checked against the route's name.
+    const named = target.host !== '' && !net.isIP(target.host) && cand.host !== target.host;
     return connectBackend(
-      target.host,
-      target.port,
+      cand.host,
+      cand.port,
       {
         serverName: c.server_name,
         envelope,
@@ -104,13 +181,23 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
         ...(auth ? { login: target.user ?? auth.user } : {}),
         ...backendAuthFor(auth, target, c.proxy_smtp_auth),
       },
-      backendTlsFor(this.#backendTls, target.tls),
-      c.timeouts.backend,
+      named && !tlsOptions.serverName ? { ...tlsOptions, serverName: target.host } : tlsOptions,
+      timeoutMs,
       (err, ready) => {
-        if (err) return done(err);
+        if (err) {
+          cand.release?.();
+          return cb(err);
+        }
         const r = ready!;
-        this.#warnings(backendName(target), r.xclient, r.loginDropped);
-        done(null, { socket: r.socket, tls: r.tls, ready: { reply: r.reply, pipelining: r.pipelining } });
+        // RFC 5321 §3.8: a 421 to the replayed RCPT means the back-end is going away; nothing was accepted.
+        if (r.reply?.code === 421) {
+          cand.release?.();
+          r.socket.destroy();
+          return cb(new PosternError('PST_BACKEND_REJECTED', `${cand.id} rcpt: 421 ${r.reply.lines.join(' / ')}`));
+        }
+        if (cand.release) r.socket.once('close', cand.release);
+        this.#warnings(cand.id, r.xclient, r.loginDropped);
+        cb(null, { socket: r.socket, tls: r.tls, ready: { reply: r.reply, pipelining: r.pipelining } });
       },
     );
   }
@@ -133,4 +220,14 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
     this.#warned.add(key);
     this.#logger[WARNINGS[code].level]({ code, backend }, WARNINGS[code].message);
   }
+}
+
+/**
+ * Which failures of a connect-and-replay may be retried on another server: every fault before
+ * the client saw a back-end byte (connect, TLS, a greeting that is not 220, EHLO, XCLIENT,
+ * STARTTLS or AUTH refused, a 4xx to MAIL, a 421 to RCPT, a dropped or stalled connection,
+ * garbage). Not a 5xx to MAIL: that is the back-end's verdict on the mail.
+ */
+export function smtpRetryable(err: PosternError): boolean {
+  return err.code !== 'PST_BACKEND_SENDER_REFUSED' && err.code !== 'PST_CLIENT_LOST';
 }

@@ -267,8 +267,13 @@ export class Session extends SmtpDialog implements ProtocolSession<BackendReadyI
   /** Connect or replay failed: the catalogue's reply (or, with proxy_pass_error_message, the back-end's own), and close. */
   backendFailed(err: PosternError, reply?: Buffer): Action[] {
     if (this.stage !== 'routing') return [];
-    this.stage = 'closed';
     this.pendingTarget = null;
+    if (err.code === 'PST_BACKEND_SENDER_REFUSED') {
+      // A pool back-end's verdict on the mail: its own reply, and the session goes on (as a refusal).
+      const own = err.reply ? Buffer.from(err.reply, 'latin1') : undefined;
+      return this.routeFailed({ type: 'error', code: err.code, ...(err.detail !== undefined ? { detail: err.detail } : {}), ...(own ? { reply: own } : {}) }, !this.ended);
+    }
+    this.stage = 'closed';
     if (!reply && this.limits.passErrorMessage && err.reply) reply = Buffer.from(err.reply, 'latin1');
     const a: Action = { type: 'error', code: err.code, ...(err.detail !== undefined ? { detail: err.detail } : {}), ...(reply ? { reply } : {}) };
     return ERRORS[err.code].close ? [a] : [a, { type: 'close' }];

@@ -1,0 +1,167 @@
+/**
+ * A named pool of back-ends: which servers are usable now (active checks, passive failures,
+ * connection limits), which one a session tries next (the balancer; backups only when no
+ * primary is usable, as nginx and HAProxy do), and the connections each server holds (for
+ * least_conn and max_connections). One Pool object per worker; active-check verdicts arrive from
+ * the instance's one checker (src/pools/checker.ts).
+ */
+import type { PoolConfig } from '../config/schema.js';
+import { backendName } from '../domain.js';
+import type { Logger } from '../log/logger.js';
+import { createBalancer } from './balance.js';
+import type { Balancer, HashKey, PoolServer } from './types.js';
+
+/** What passive detection says about one server (nginx max_fails / fail_timeout). */
+interface Passive {
+  fails: number;
+  /** Time of the last failure; the server is held out until `last + failTimeout`. */
+  last: number;
+}
+
+export class Pool {
+  readonly name: string;
+  readonly servers: readonly PoolServer[];
+  readonly hashKey: HashKey | null;
+  readonly maxTries: number;
+  readonly tryTimeout: number;
+  readonly #primary: number[];
+  readonly #backup: number[];
+  readonly #balancers: { primary: Balancer; backup: Balancer };
+  readonly #active: number[];
+  /** Up according to the active checks (true until a check says otherwise). */
+  readonly #up: boolean[];
+  readonly #passive: Passive[];
+  readonly #maxFails: number;
+  readonly #failTimeout: number;
+  readonly #logger: Logger;
+  readonly #now: () => number;
+
+  constructor(name: string, c: PoolConfig, logger: Logger, now: () => number = Date.now) {
+    this.name = name;
+    this.servers = c.servers.map((s) => ({
+      id: backendName(s.address),
+      host: s.address.host,
+      port: s.address.port,
+      weight: s.weight,
+      backup: s.backup,
+      maxConnections: s.max_connections,
+    }));
+    this.hashKey = c.balance === 'hash' ? (c.hash ?? 'rcpt_domain') : null;
+    this.maxTries = c.max_tries === 0 ? this.servers.length : Math.min(c.max_tries, this.servers.length);
+    this.tryTimeout = c.try_timeout;
+    this.#maxFails = c.max_fails;
+    this.#failTimeout = c.fail_timeout;
+    this.#logger = logger;
+    this.#now = now;
+    this.#primary = this.servers.flatMap((s, i) => (s.backup ? [] : [i]));
+    this.#backup = this.servers.flatMap((s, i) => (s.backup ? [i] : []));
+    this.#active = this.servers.map(() => 0);
+    this.#up = this.servers.map(() => true);
+    this.#passive = this.servers.map(() => ({ fails: 0, last: 0 }));
+    const sub = (idx: number[]): Balancer => {
+      const b = createBalancer(c.balance, idx.map((i) => this.servers[i]!), (j) => this.#active[idx[j]!]!, { maxFails: c.max_fails });
+      return {
+        pick: (key, skip) => {
+          const j = b.pick(key, (k) => skip(idx[k]!));
+          return j < 0 ? -1 : idx[j]!;
+        },
+        failed: (i) => {
+          const j = idx.indexOf(i);
+          if (j >= 0) b.failed(j);
+        },
+      };
+    };
+    this.#balancers = { primary: sub(this.#primary), backup: sub(this.#backup) };
+  }
+
+  /** Usable now: up by the active checks, not held out by passive failures, below its connection limit. */
+  usable(i: number): boolean {
+    if (!this.#up[i]) return false;
+    const p = this.#passive[i]!;
+    if (this.#maxFails > 0 && p.fails >= this.#maxFails && this.#now() - p.last < this.#failTimeout) return false;
+    const max = this.servers[i]!.maxConnections;
+    return max === 0 || this.#active[i]! < max;
+  }
+
+  /**
+   * The next server for a session: a usable primary not yet `tried`, else a usable backup, -1
+   * when none is left. The balancer's order decides among them (the hash by `key`).
+   */
+  pick(key: string | null, tried: ReadonlySet<number>): number {
+    const skip = (i: number): boolean => tried.has(i) || !this.usable(i);
+    const i = this.#balancers.primary.pick(key, skip);
+    return i >= 0 ? i : this.#balancers.backup.pick(key, skip);
+  }
+
+  /** Where `key` goes now, without counting a pick (the transaction affinity of a hash pool). */
+  affinity(key: string | null): string | undefined {
+    if (this.hashKey === null) return undefined;
+    const i = this.pick(key, new Set());
+    return i >= 0 ? this.servers[i]!.id : undefined;
+  }
+
+  /** A connection to server `i` is opened (least_conn, max_connections); call `release` when it closes. */
+  acquire(i: number): void {
+    this.#active[i]!++;
+  }
+
+  release(i: number): void {
+    if (this.#active[i]! > 0) this.#active[i]!--;
+  }
+
+  /** Server `i` failed a session before the client saw a byte (passive detection). */
+  failed(i: number, reason: string): void {
+    const p = this.#passive[i]!;
+    const now = this.#now();
+    // nginx: failures older than fail_timeout no longer count.
+    if (now - p.last >= this.#failTimeout) p.fails = 0;
+    p.fails++;
+    p.last = now;
+    this.#balancers[this.servers[i]!.backup ? 'backup' : 'primary'].failed(i);
+    if (this.#maxFails > 0 && p.fails === this.#maxFails) {
+      this.#logger.warn({ code: 'PSW_POOL_SERVER_DOWN', pool: this.name, server: this.servers[i]!.id, detail: reason, hold_ms: this.#failTimeout }, 'pool server taken out after failed sessions (max_fails); retried after fail_timeout');
+    }
+  }
+
+  /** Server `i` carried a session up to the client: its failure count is cleared. */
+  succeeded(i: number): void {
+    const p = this.#passive[i]!;
+    if (p.fails >= this.#maxFails && this.#maxFails > 0) {
+      this.#logger.info({ code: 'PSW_POOL_SERVER_UP', pool: this.name, server: this.servers[i]!.id }, 'pool server back in rotation after a good session');
+    }
+    p.fails = 0;
+  }
+
+  /** An active-check verdict (from this process's checker or the primary's): the change is logged where the check ran. */
+  setUp(serverId: string, up: boolean): void {
+    const i = this.servers.findIndex((s) => s.id === serverId);
+    if (i >= 0) this.#up[i] = up;
+  }
+
+  /** Connections held per server (status, tests). */
+  get active(): readonly number[] {
+    return this.#active;
+  }
+}
+
+/** Every pool of the configuration, by name (one registry per worker, shared by its server blocks). */
+export class PoolRegistry {
+  readonly #pools = new Map<string, Pool>();
+
+  constructor(pools: Readonly<Record<string, PoolConfig>>, logger: Logger, now?: () => number) {
+    for (const [name, c] of Object.entries(pools)) this.#pools.set(name, new Pool(name, c, logger, now));
+  }
+
+  get(name: string): Pool | undefined {
+    return this.#pools.get(name);
+  }
+
+  get names(): ReadonlySet<string> {
+    return new Set(this.#pools.keys());
+  }
+
+  /** Applies an active-check verdict to the named pool's server. */
+  setUp(pool: string, server: string, up: boolean): void {
+    this.#pools.get(pool)?.setUp(server, up);
+  }
+}
