@@ -105,7 +105,7 @@ function poolProblems(pools: Config['pools']): string[] {
 /** A route that names a pool names one that exists. */
 function routeProblems(srv: ServerConfig, pools: ReadonlySet<string>, at: string): string[] {
   const r = srv.route;
-  if ('static' in r && 'pool' in r.static && !pools.has(r.static.pool)) return [`${at}route.static: no pool named ${JSON.stringify(r.static.pool)} (see pools)`];
+  if ('static' in r && 'pool' in r.static && !pools.has(r.static.pool)) return [`${at}route.static: no pool named ${JSON.stringify(r.static.pool)} (a back-end is host:port; a pool is defined under pools)`];
   return [];
 }
 
@@ -160,7 +160,7 @@ function describeIssue(issue: z.core.$ZodIssue, prefix: PropertyKey[] = []): str
     // Explain the alternative the user most likely meant: the one that got furthest.
     const branch = bestBranch(issue.errors);
     if (branch) return branch.map((i) => describeIssue(i, at)).join('\n  ');
-    if (path === 'route') return `route: expected exactly one of "static: host:port" or "auth_http: {url: ...}"`;
+    if (path === 'route') return `route: expected exactly one of "static: host:port" (or a pool name), "auth_http: {url: ...}" or "rules: {rules: [...]}"`;
   }
   return `${path}: ${issue.message}`;
 }

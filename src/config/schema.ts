@@ -123,14 +123,14 @@ const authHttp = z.strictObject({
 });
 
 /** A pool name: letters, digits, `-`, `_`, `.`; never holds a colon, so it cannot be mistaken for host:port. */
-const poolName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'a pool name (letters, digits, ".", "_", "-")');
+const poolName = z.string().regex(/^[A-Za-z][A-Za-z0-9._-]*$/, 'a pool name (a letter, then letters, digits, ".", "_", "-")');
 
 /** `static: host:port`, or `static: <pool name>` (a value without a colon names a pool). */
 const staticTarget = z.string().transform((v, ctx) => {
-  if (!v.includes(':') && /^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(v)) return { pool: v };
+  if (!v.includes(':') && /^[A-Za-z][A-Za-z0-9._-]*$/.test(v)) return { pool: v };
   const hp = parseHostPort(v, false);
   if (!hp) {
-    ctx.addIssue({ code: 'custom', message: `expected host:port, [ipv6]:port or a pool name, got ${JSON.stringify(v)}` });
+    ctx.addIssue({ code: 'custom', message: `expected host:port or [ipv6]:port, got ${JSON.stringify(v)}` });
     return z.NEVER;
   }
   return hp;

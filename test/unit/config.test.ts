@@ -34,7 +34,7 @@ describe('parseConfig defaults', () => {
     const { server_name, servers, ...rest } = c;
     assert.equal(server_name, os.hostname().replace(/[^A-Za-z0-9.-]/g, '') || 'localhost');
     // Without servers:, the top level is the one (implicit) server.
-    const { workers: _w, limits: _l, log: _g, serverBlocks: _s, ...serverPart } = { server_name, ...rest };
+    const { workers: _w, limits: _l, log: _g, serverBlocks: _s, pools: _p, ...serverPart } = { server_name, ...rest };
     assert.deepEqual(servers, [serverPart]);
     assert.deepEqual(rest, {
       workers: 1,
@@ -56,6 +56,7 @@ describe('parseConfig defaults', () => {
       timeouts: { idle: 300_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000 },
       log: { level: 'info', access: true },
       proxy_mode: 'session',
+      pools: {},
       serverBlocks: false,
     });
   });
@@ -172,7 +173,7 @@ describe('parseConfig errors name the key path', () => {
   });
 
   it('route with both or neither of static/auth_http', () => {
-    const msg = 'route: expected exactly one of "static: host:port" or "auth_http: {url: ...}"';
+    const msg = 'route: expected exactly one of "static: host:port" (or a pool name), "auth_http: {url: ...}" or "rules: {rules: [...]}"';
     assert.deepEqual(problems('route:\n  static: 1.2.3.4:25\n  auth_http: {url: "http://a/"}\n'), [msg]);
     assert.deepEqual(problems('route: "1.2.3.4:25"\n'), [msg]);
   });

@@ -302,13 +302,13 @@ describe('Replay: failures before RCPT become kind "fail" (PST_BACKEND_REJECTED)
     ]);
   });
 
-  it('MAIL 552 multi-line: the detail joins the lines, the reply keeps the raw bytes', () => {
+  it('MAIL 552 multi-line: the detail joins the lines, the reply keeps the raw bytes (a 5xx is the back-end\'s verdict)', () => {
     const rp = replay();
     drive(rp, [POSTFIX_GREETING, PLAIN_EHLO]);
     const r = rp.onReply(reply('552-5.3.4 Message size\r\n552 5.3.4 exceeds fixed limit\r\n'));
     assert.deepEqual(r, {
       kind: 'fail',
-      code: 'PST_BACKEND_REJECTED',
+      code: 'PST_BACKEND_SENDER_REFUSED',
       detail: 'mail: 552 5.3.4 Message size / 5.3.4 exceeds fixed limit',
       reply: reply('552-5.3.4 Message size\r\n552 5.3.4 exceeds fixed limit\r\n'),
     });
