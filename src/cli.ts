@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * Command line: `postern [run] --config FILE`, `postern check-config --config FILE`, `--version`.
+ * Command line: `postern [run] --config FILE`, `postern check-config --config FILE`,
+ * `postern status --config FILE`, `--version`.
  */
 import { readFileSync } from 'node:fs';
 import cluster from 'node:cluster';
@@ -9,11 +10,14 @@ import { ConfigError, loadConfig } from './config/load.js';
 import { createLogger } from './log/logger.js';
 import { runPrimary, workerCount } from './net/cluster.js';
 import { PosternServer } from './net/server.js';
+import { statusCommand } from './pools/status.js';
 import { readBackendCa, TlsContexts, TlsLoadError } from './tls/contexts.js';
 
 const USAGE = `Usage:
   postern [run] --config FILE        run the proxy
   postern check-config --config FILE validate the configuration and exit (like nginx -t)
+  postern status --config FILE       pool servers' health as the running Postern sees it
+                                     (exit 0: every pool has a usable server, 1: not, 2: no status)
   postern --version                  print the version
 
 Options:
@@ -51,6 +55,10 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const command = positionals[0] ?? 'run';
+  if (command === 'status') {
+    // Reads the running instance's status file (src/pools/status.ts); the configuration itself is not loaded.
+    return statusCommand(values.config, (s) => process.stdout.write(s), (s) => process.stderr.write(s));
+  }
   if (command !== 'run' && command !== 'check-config') {
     process.stderr.write(`postern: unknown command ${JSON.stringify(command)}\n${USAGE}\n`);
     return 2;

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
+import { checkRules } from './rules-check.js';
 import { configSchema, SERVER_KEYS, serverSchema, type Config, type ServerConfig } from './schema.js';
 
 export class ConfigError extends Error {
@@ -105,6 +106,7 @@ function poolProblems(pools: Config['pools']): string[] {
 /** A route that names a pool names one that exists. */
 function routeProblems(srv: ServerConfig, pools: ReadonlySet<string>, at: string): string[] {
   const r = srv.route;
+  if ('rules' in r) return checkRules(srv, pools, at);
   if ('static' in r && 'pool' in r.static && !pools.has(r.static.pool)) return [`${at}route.static: no pool named ${JSON.stringify(r.static.pool)} (a back-end is host:port; a pool is defined under pools)`];
   return [];
 }
@@ -139,8 +141,8 @@ function crossCheck(c: ServerConfig, at: string): string[] {
   }
   c.listen.forEach((l, i) => {
     const auth = l.smtp_auth.some((m) => m !== 'none');
-    if (auth && !('auth_http' in c.route)) {
-      problems.push(`listen.${i}.smtp_auth: AUTH needs route.auth_http to check credentials (the static route cannot)`);
+    if (auth && 'static' in c.route) {
+      problems.push(`listen.${i}.smtp_auth: AUTH needs route.auth_http (or route.rules handing AUTH to an auth service) to check credentials (the static route cannot)`);
     }
     if (auth && l.auth_plaintext && l.starttls === 'only') {
       problems.push(`listen.${i}.auth_plaintext: contradicts starttls: only, which refuses AUTH before TLS`);

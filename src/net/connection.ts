@@ -35,6 +35,7 @@ export class Connection implements SocketOwner {
   readonly #raw: Socket;
   readonly #started = Date.now();
   readonly #onClosed: (c: Connection) => void;
+  readonly #listenerName: string;
   #tls: TlsInfo | null = null;
   #backendTls: string | null = null;
   #backend: string | null = null;
@@ -58,6 +59,7 @@ export class Connection implements SocketOwner {
     this.clientAddr = unmapIPv4(socket.remoteAddress ?? '');
     this.clientPort = socket.remotePort ?? 0;
     this.session = listener.newSession();
+    this.#listenerName = listener.name;
     socket.setNoDelay(true);
     attach(socket, this);
     this.#run(this.session.start());
@@ -285,6 +287,7 @@ export class Connection implements SocketOwner {
       clientAddr: this.clientAddr,
       clientPort: this.clientPort,
       clientHost: '[UNAVAILABLE]',
+      listener: this.#listenerName,
       ...(this.#tls ? { tls: this.#tls } : {}),
     });
     if (decision instanceof Promise) {

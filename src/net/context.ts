@@ -5,6 +5,7 @@
 import { authFailureGuard } from '../auth/failure-guard.js';
 import { AuthHttpRouter } from '../auth/auth-http.js';
 import { composeRouter, StaticRouter, type Router } from '../auth/router.js';
+import { RuleRouter } from '../auth/rules.js';
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
 import { WindowLimiter } from '../limits/limiter.js';
 import type { Logger } from '../log/logger.js';
@@ -20,6 +21,8 @@ const noLogger = { warn() {}, info() {} } as unknown as Logger;
 
 export interface ListenerContext {
   readonly config: ListenerConfig;
+  /** `host:port` as configured, for the rule router's `listener` condition. */
+  readonly name: string;
   readonly newSession: () => ProtocolSession;
 }
 
@@ -37,7 +40,11 @@ export interface ServerContext {
 /** The server's own router: static or auth_http, with the layers that wrap it (pools, the AUTH guard). */
 export function createRouter(config: ServerConfig, pools: PoolRegistry = new PoolRegistry({}, noLogger)): Router {
   const r = config.route;
-  const base = 'static' in r ? new StaticRouter(r.static) : 'auth_http' in r ? new AuthHttpRouter(r.auth_http, config.timeouts.auth) : new StaticRouter({ host: '127.0.0.1', port: 25 }); // rules: see src/auth/rules.ts (WIP)
+  const base = 'static' in r
+    ? new StaticRouter(r.static)
+    : 'auth_http' in r
+      ? new AuthHttpRouter(r.auth_http, config.timeouts.auth)
+      : new RuleRouter(r.rules, r.rules.auth_http ? new AuthHttpRouter(r.rules.auth_http, config.timeouts.auth) : null);
   return composeRouter(base, [authFailureGuard(new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window)), poolLayer(pools)]);
 }
 
@@ -53,7 +60,7 @@ export interface ContextOptions {
 export function buildContext(config: ServerConfig, o: ContextOptions): ServerContext {
   const needsTls = config.listen.some((l) => l.implicit_tls || l.starttls !== 'off');
   const protocol = new SmtpProtocol(config, o.logger, o.pools);
-  const listeners = config.listen.map((l) => ({ config: l, newSession: protocol.sessions(l) }));
+  const listeners = config.listen.map((l) => ({ config: l, name: `${l.address.host}:${l.address.port}`, newSession: protocol.sessions(l) }));
   return {
     config,
     protocol,

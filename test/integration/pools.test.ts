@@ -188,4 +188,45 @@ describe('pools: failover before the client sees a back-end byte', () => {
       await r.stop();
     }
   });
+
+  it('the rule router: by recipient domain to a pool or a server, refusals, the default; per recipient in transaction mode', async () => {
+    const a = await FakeBackend.start();
+    const b = await FakeBackend.start();
+    const p = await startPostern({
+      proxy_mode: 'transaction',
+      pools: { inbound: { servers: [`127.0.0.1:${a.port}`], health: { enabled: false } } },
+      route: {
+        rules: {
+          rules: [
+            { rcpt_domain: ['example.com', '*.example.com'], to: 'inbound' },
+            { rcpt_domain: ['other.test'], to: `127.0.0.1:${b.port}` },
+            { sender_domain: ['spam.test'], reject: '550 5.7.1 Not from there' },
+          ],
+          default: { reject: '550 5.7.1 Relaying denied' },
+        },
+      },
+    });
+    try {
+      const c = await SmtpClient.connect(p.port);
+      await c.reply();
+      await c.cmd('EHLO client.test');
+      await c.cmd('MAIL FROM:<s@x.test>');
+      assert.equal(await c.cmd('RCPT TO:<u@example.com>'), '250 2.1.5 Ok');
+      assert.equal(await c.cmd('RCPT TO:<v@mx.example.com>'), '250 2.1.5 Ok');
+      assert.match(await c.cmd('RCPT TO:<w@other.test>'), /^452 4\.5\.3/, 'another back-end: the next transaction');
+      assert.equal(await c.cmd('RCPT TO:<x@nowhere.test>'), '550 5.7.1 Relaying denied');
+      assert.equal(await c.data(BODY), '250 2.0.0 Ok: queued');
+      await c.cmd('MAIL FROM:<s@x.test>');
+      assert.equal(await c.cmd('RCPT TO:<w@other.test>'), '250 2.1.5 Ok');
+      assert.equal(await c.data(BODY), '250 2.0.0 Ok: queued');
+      await c.cmd('MAIL FROM:<s@spam.test>');
+      assert.equal(await c.cmd('RCPT TO:<z@elsewhere.test>'), '550 5.7.1 Not from there');
+      c.close();
+      assert.deepEqual([a.accepted.length, b.accepted.length], [1, 1]);
+    } finally {
+      await p.stop();
+      await a.stop();
+      await b.stop();
+    }
+  });
 });
