@@ -8,7 +8,8 @@ import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/load.js';
 import { createLogger } from './log/logger.js';
-import { runPrimary, workerCount } from './net/cluster.js';
+import { onHealthMessages, runPrimary, workerCount } from './net/cluster.js';
+import { startHealthChecks } from './pools/checker.js';
 import { PosternServer } from './net/server.js';
 import { statusCommand } from './pools/status.js';
 import { readBackendCa, TlsContexts, TlsLoadError } from './tls/contexts.js';
@@ -82,7 +83,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`postern: configuration file ${values.config} syntax is ok\npostern: configuration file ${values.config} test is successful\n`);
     return 0;
   }
-  return run(config);
+  return run(config, values.config);
 }
 
 /** Certificates, keys and CA files are read as check-config's last step, per server block. */
@@ -105,7 +106,7 @@ function tlsFileProblems(config: ReturnType<typeof loadConfig>): string[] {
   return problems;
 }
 
-async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
+async function run(config: ReturnType<typeof loadConfig>, configFile: string): Promise<number> {
   const logger = createLogger(config.log.level);
   // SIGHUP re-reads the TLS certificates (certificate renewal without a restart); the rest of
   // the configuration needs a restart for now.
@@ -125,13 +126,20 @@ async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
       for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
     };
     logger.info({ version: version(), workers }, 'postern started');
+    // Active pool checks run once per instance, here; the workers hear the verdicts over IPC.
+    const checks = startHealthChecks(config, logger, { configFile });
     await runPrimary(workers, logger);
+    await checks.stop();
     logger.info('postern stopped');
     await new Promise<void>((r) => logger.flush(() => r()));
     return 0;
   }
   const server = new PosternServer(config, logger);
   reloadTls = () => server.reloadTls();
+  // One process checks its pools itself; a worker applies the primary's verdicts.
+  const checks = cluster.isWorker ? null : startHealthChecks(config, logger, { configFile });
+  checks?.checker.on('change', (c) => server.pools.setUp(c.pool, c.server, c.up));
+  if (cluster.isWorker) onHealthMessages((c) => server.pools.setUp(c.pool, c.server, c.up));
   try {
     await server.start();
   } catch (err) {
@@ -143,7 +151,7 @@ async function run(config: ReturnType<typeof loadConfig>): Promise<number> {
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       logger.info({ signal, sessions: server.connections }, 'stopping: no new connections, draining sessions');
-      void server.stop().then(resolve);
+      void Promise.all([server.stop(), checks?.stop()]).then(() => resolve());
     };
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
