@@ -3,6 +3,8 @@
  * the auth service's per-route choices applied.
  */
 import type { BackendTlsChoice, Credentials, RouteTarget } from '../domain.js';
+import type { ServerConfig } from '../config/schema.js';
+import { readBackendCa } from '../tls/contexts.js';
 import type { BackendTlsOptions } from './connect.js';
 import type { BackendAuth } from './replay.js';
 
@@ -23,3 +25,15 @@ export function backendTlsFor(base: BackendTlsOptions, choice: BackendTlsChoice 
   return { ...base, ...(choice.mode ? { mode: choice.mode } : {}), ...(choice.name ? { serverName: choice.name } : {}) };
 }
 
+/** The configured back-end TLS (the auth service may override the mode and name per route). */
+export function backendTlsOptions(config: ServerConfig): BackendTlsOptions {
+  const b = config.backend_tls;
+  const ca = b.ca ? readBackendCa(b.ca) : undefined;
+  return {
+    mode: b.mode,
+    verify: b.verify,
+    minVersion: b.min_version,
+    ...(ca ? { ca } : {}),
+    ...(b.server_name ? { serverName: b.server_name } : {}),
+  };
+}

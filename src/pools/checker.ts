@@ -14,13 +14,14 @@ import { EventEmitter } from 'node:events';
 import type { BackendTlsOptions } from '../backend/connect.js';
 import type { Config, PoolConfig } from '../config/schema.js';
 import { backendName } from '../domain.js';
+import { WARNINGS } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import { broadcastHealth, serveHealthSnapshots } from '../net/cluster.js';
-import { backendTlsOptions } from '../protocols/smtp.js';
+import { backendTlsOptions } from '../backend/route-options.js';
+import { broadcastHealth, serveHealthSnapshots } from './ipc.js';
 import { ServerHealth } from './health.js';
 import { probeSmtp, type ProbeOptions, type ProbeResult } from './probe.js';
 import { STATUS_REFRESH_MS, StatusWriter } from './status.js';
-import type { HealthChange, PoolServer } from './types.js';
+import type { HealthChange, HealthSnapshotEntry, PoolServer } from './types.js';
 
 /** One pool as the checker sees it. */
 export interface CheckedPool {
@@ -47,23 +48,7 @@ export interface HealthCheckerOptions {
   random?: () => number;
 }
 
-/** One server in the snapshot (and in the status file). */
-export interface HealthSnapshotEntry {
-  pool: string;
-  server: string;
-  /** The active checks' verdict (always true for a pool with `health.enabled: false`). */
-  up: boolean;
-  /** Why it is in this state: the reason of its last change, or why it is up without one. */
-  reason: string;
-  /** Since when (ms since the epoch): the last change, or when the checks started. */
-  since: number;
-  /** When the last check finished (ms since the epoch), null before the first. */
-  lastCheck: number | null;
-  /** The last check's own result (`ok`, `greeting 421 4.3.2 busy`, …), null before the first. */
-  lastResult: string | null;
-  /** False for a pool with `health.enabled: false`: never checked. */
-  checked: boolean;
-}
+export type { HealthSnapshotEntry } from './types.js';
 
 /** A check's outcome, for debug logging. */
 export interface CheckEvent {
@@ -239,8 +224,8 @@ export function startHealthChecks(config: Readonly<Config>, logger: Logger, opts
   const writer = new StatusWriter(opts.configFile, logger);
   const write = (): void => void writer.write(checker.snapshot());
   checker.on('change', (c) => {
-    if (c.up) logger.info({ pool: c.pool, server: c.server, reason: c.reason }, 'pool server up');
-    else logger.warn({ pool: c.pool, server: c.server, reason: c.reason }, 'pool server down');
+    const code = c.up ? 'PSW_POOL_CHECK_UP' : 'PSW_POOL_CHECK_DOWN';
+    logger[WARNINGS[code].level]({ code, pool: c.pool, server: c.server, reason: c.reason }, c.up ? 'pool server up' : 'pool server down');
     if (cluster.isPrimary) broadcastHealth(c);
     write();
   });

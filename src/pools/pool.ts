@@ -9,14 +9,8 @@ import type { PoolConfig } from '../config/schema.js';
 import { backendName } from '../domain.js';
 import type { Logger } from '../log/logger.js';
 import { createBalancer } from './balance.js';
+import { ServerHealth, type HealthTransition } from './health.js';
 import type { Balancer, HashKey, PoolServer } from './types.js';
-
-/** What passive detection says about one server (nginx max_fails / fail_timeout). */
-interface Passive {
-  fails: number;
-  /** Time of the last failure; the server is held out until `last + failTimeout`. */
-  last: number;
-}
 
 export class Pool {
   readonly name: string;
@@ -28,13 +22,9 @@ export class Pool {
   readonly #backup: number[];
   readonly #balancers: { primary: Balancer; backup: Balancer };
   readonly #active: number[];
-  /** Up according to the active checks (true until a check says otherwise). */
-  readonly #up: boolean[];
-  readonly #passive: Passive[];
-  readonly #maxFails: number;
-  readonly #failTimeout: number;
+  /** Per server: the active-check verdict (from the instance's checker) and passive detection. */
+  readonly #health: ServerHealth[];
   readonly #logger: Logger;
-  readonly #now: () => number;
 
   constructor(name: string, c: PoolConfig, logger: Logger, now: () => number = Date.now) {
     this.name = name;
@@ -49,15 +39,12 @@ export class Pool {
     this.hashKey = c.balance === 'hash' ? (c.hash ?? 'rcpt_domain') : null;
     this.maxTries = c.max_tries === 0 ? this.servers.length : Math.min(c.max_tries, this.servers.length);
     this.tryTimeout = c.try_timeout;
-    this.#maxFails = c.max_fails;
-    this.#failTimeout = c.fail_timeout;
     this.#logger = logger;
-    this.#now = now;
     this.#primary = this.servers.flatMap((s, i) => (s.backup ? [] : [i]));
     this.#backup = this.servers.flatMap((s, i) => (s.backup ? [i] : []));
     this.#active = this.servers.map(() => 0);
-    this.#up = this.servers.map(() => true);
-    this.#passive = this.servers.map(() => ({ fails: 0, last: 0 }));
+    const h = { rise: c.health.rise, fall: c.health.fall, maxFails: c.max_fails, failTimeout: c.fail_timeout };
+    this.#health = this.servers.map(() => new ServerHealth(h, now));
     const sub = (idx: number[]): Balancer => {
       const b = createBalancer(c.balance, idx.map((i) => this.servers[i]!), (j) => this.#active[idx[j]!]!, { maxFails: c.max_fails });
       return {
@@ -76,9 +63,10 @@ export class Pool {
 
   /** Usable now: up by the active checks, not held out by passive failures, below its connection limit. */
   usable(i: number): boolean {
-    if (!this.#up[i]) return false;
-    const p = this.#passive[i]!;
-    if (this.#maxFails > 0 && p.fails >= this.#maxFails && this.#now() - p.last < this.#failTimeout) return false;
+    const h = this.#health[i]!;
+    if (!h.usable()) return false;
+    // A hold that has ended by time alone gets its log line when the server is next considered.
+    this.#log(i, h.refresh());
     const max = this.servers[i]!.maxConnections;
     return max === 0 || this.#active[i]! < max;
   }
@@ -111,31 +99,27 @@ export class Pool {
 
   /** Server `i` failed a session before the client saw a byte (passive detection). */
   failed(i: number, reason: string): void {
-    const p = this.#passive[i]!;
-    const now = this.#now();
-    // nginx: failures older than fail_timeout no longer count.
-    if (now - p.last >= this.#failTimeout) p.fails = 0;
-    p.fails++;
-    p.last = now;
     this.#balancers[this.servers[i]!.backup ? 'backup' : 'primary'].failed(i);
-    if (this.#maxFails > 0 && p.fails === this.#maxFails) {
-      this.#logger.warn({ code: 'PSW_POOL_SERVER_DOWN', pool: this.name, server: this.servers[i]!.id, detail: reason, hold_ms: this.#failTimeout }, 'pool server taken out after failed sessions (max_fails); retried after fail_timeout');
-    }
+    this.#log(i, this.#health[i]!.failed(reason));
   }
 
   /** Server `i` carried a session up to the client: its failure count is cleared. */
   succeeded(i: number): void {
-    const p = this.#passive[i]!;
-    if (p.fails >= this.#maxFails && this.#maxFails > 0) {
-      this.#logger.info({ code: 'PSW_POOL_SERVER_UP', pool: this.name, server: this.servers[i]!.id }, 'pool server back in rotation after a good session');
-    }
-    p.fails = 0;
+    this.#log(i, this.#health[i]!.succeeded());
   }
 
-  /** An active-check verdict (from this process's checker or the primary's): the change is logged where the check ran. */
-  setUp(serverId: string, up: boolean): void {
+  /** An active-check verdict (from this process's checker or the primary's); the checker logs it where it ran. */
+  setUp(serverId: string, up: boolean, reason = up ? 'check passed' : 'check failed'): void {
     const i = this.servers.findIndex((s) => s.id === serverId);
-    if (i >= 0) this.#up[i] = up;
+    if (i >= 0) this.#health[i]!.setActive(up, reason);
+  }
+
+  /** One log line per change that passive detection made (active changes are logged by the checker). */
+  #log(i: number, t: HealthTransition | null): void {
+    if (t === null || t.source !== 'passive') return;
+    const server = this.servers[i]!.id;
+    if (t.up) this.#logger.info({ code: 'PSW_POOL_SERVER_UP', pool: this.name, server, detail: t.reason }, 'pool server usable again (passive detection)');
+    else this.#logger.warn({ code: 'PSW_POOL_SERVER_DOWN', pool: this.name, server, detail: t.reason }, 'pool server taken out after failed sessions (max_fails); tried again after fail_timeout');
   }
 
   /** Connections held per server (status, tests). */

@@ -26,7 +26,7 @@ import { open, rename, unlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from '../log/logger.js';
-import type { HealthSnapshotEntry } from './checker.js';
+import type { HealthSnapshotEntry } from './types.js';
 
 /** How often the file is rewritten without a change (so `written` shows the writer is alive). */
 export const STATUS_REFRESH_MS = 30_000;

@@ -42,3 +42,21 @@ export interface HealthChange {
   /** Why, for the log line and `postern status`: `check failed 3 times: 421 4.3.2 busy`, `recovered`, … */
   reason: string;
 }
+
+/** One server in the snapshot (and in the status file). */
+export interface HealthSnapshotEntry {
+  pool: string;
+  server: string;
+  /** The active checks' verdict (always true for a pool with `health.enabled: false`). */
+  up: boolean;
+  /** Why it is in this state: the reason of its last change, or why it is up without one. */
+  reason: string;
+  /** Since when (ms since the epoch): the last change, or when the checks started. */
+  since: number;
+  /** When the last check finished (ms since the epoch), null before the first. */
+  lastCheck: number | null;
+  /** The last check's own result (`ok`, `greeting 421 4.3.2 busy`, …), null before the first. */
+  lastResult: string | null;
+  /** False for a pool with `health.enabled: false`: never checked. */
+  checked: boolean;
+}

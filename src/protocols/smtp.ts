@@ -9,7 +9,7 @@ import dns from 'node:dns';
 import net from 'node:net';
 import type { BackendTlsOptions } from '../backend/connect.js';
 import { connectBackend } from '../backend/connect.js';
-import { backendAuthFor, backendTlsFor } from '../backend/route-options.js';
+import { backendAuthFor, backendTlsFor, backendTlsOptions } from '../backend/route-options.js';
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
 import { backendName, type ClientIdentity, type Envelope, type RouteTarget } from '../domain.js';
 import { PosternError, WARNINGS, type ErrorCode } from '../errors.js';
@@ -22,24 +22,11 @@ import { Session, type BackendReadyInfo } from '../session/session.js';
 import type { SessionLimits } from '../session/limits.js';
 import { lastReplyCode, ReplyBook } from '../smtp/replies.js';
 import { cramChallenge, type Mechanism } from '../smtp/sasl.js';
-import { readBackendCa } from '../tls/contexts.js';
 
 function mechanisms(l: ListenerConfig): Mechanism[] {
   return l.smtp_auth.filter((m) => m !== 'none').map((m) => m.toUpperCase() as Mechanism);
 }
 
-/** The configured back-end TLS (the auth service may override the mode and name per route). */
-export function backendTlsOptions(config: ServerConfig): BackendTlsOptions {
-  const b = config.backend_tls;
-  const ca = b.ca ? readBackendCa(b.ca) : undefined;
-  return {
-    mode: b.mode,
-    verify: b.verify,
-    minVersion: b.min_version,
-    ...(ca ? { ca } : {}),
-    ...(b.server_name ? { serverName: b.server_name } : {}),
-  };
-}
 
 export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
   readonly name = 'smtp' as const;

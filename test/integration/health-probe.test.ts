@@ -18,7 +18,7 @@ import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { parseConfig } from '../../src/config/load.js';
 import { createLogger } from '../../src/log/logger.js';
-import { broadcastHealth, serveHealthSnapshots } from '../../src/net/cluster.js';
+import { broadcastHealth, serveHealthSnapshots } from '../../src/pools/ipc.js';
 import { HealthChecker, startHealthChecks } from '../../src/pools/checker.js';
 import { probeSmtp, type ProbeOptions } from '../../src/pools/probe.js';
 import { readStatus, statusCommand, statusFilePath } from '../../src/pools/status.js';
@@ -467,7 +467,7 @@ describe('cluster IPC: the primary tells every worker', () => {
     const script = path.join(dir, 'worker.ts');
     writeFileSync(
       script,
-      `import { onHealthMessages } from ${JSON.stringify(path.join(root, 'src/net/cluster.ts'))};
+      `import { onHealthMessages } from ${JSON.stringify(path.join(root, 'src/pools/ipc.ts'))};
 const stop = onHealthMessages((change, fromSnapshot) => {
   process.send!({ type: 'echo', change, fromSnapshot });
   if (change.server === 'last') { stop(); process.disconnect(); }
