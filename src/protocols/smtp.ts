@@ -28,6 +28,11 @@ function mechanisms(l: ListenerConfig): Mechanism[] {
 }
 
 
+/** Resolves a host name to all its addresses, in the resolver's order. */
+export type Lookup = (host: string, cb: (err: Error | null, addrs: { address: string }[]) => void) => void;
+
+const lookupAll: Lookup = (host, cb) => dns.lookup(host, { all: true }, (err, addrs) => cb(err, addrs ?? []));
+
 export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
   readonly name = 'smtp' as const;
   readonly #config: ServerConfig;
@@ -39,11 +44,14 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
   readonly #warned = new Set<string>();
 
   readonly #pools: PoolRegistry | null;
+  readonly #lookup: Lookup;
 
-  constructor(config: ServerConfig, logger: Logger, pools: PoolRegistry | null = null) {
+  /** `lookup` resolves a back-end's host name to every address (tests give their own). */
+  constructor(config: ServerConfig, logger: Logger, pools: PoolRegistry | null = null, lookup: Lookup = lookupAll) {
     this.#config = config;
     this.#logger = logger;
     this.#pools = pools;
+    this.#lookup = lookup;
     this.#backendTls = backendTlsOptions(config);
     this.#capabilities = config.capabilities.map((c) =>
       c.toUpperCase() === 'SIZE' && config.max_message_size > 0 ? `SIZE ${config.max_message_size}` : c,
@@ -140,7 +148,7 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
       run();
       return () => abort();
     }
-    dns.lookup(target.host, { all: true }, (err, addrs) => {
+    this.#lookup(target.host, (err, addrs) => {
       if (aborted) return;
       if (err || addrs.length === 0) return done(new PosternError('PST_ROUTE_RESOLVE', `${backendName(target)}: ${(err as NodeJS.ErrnoException | null)?.code ?? 'no address'}`));
       candidates = addrs.map((a) => ({ id: `${target.host}[${a.address}]:${target.port}`, host: a.address, port: target.port }));
