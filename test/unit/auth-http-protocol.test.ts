@@ -121,6 +121,14 @@ describe('escapeAuthValue (ngx_escape_uri, NGX_ESCAPE_MAIL_AUTH)', () => {
 });
 
 describe('parseAuthAnswer', () => {
+  it('X-Postern-Pool: a pool instead of one server (it wins over an Auth-Server beside it); garbage is refused', () => {
+    assert.deepEqual(parseAuthAnswer({ 'auth-status': 'OK', 'x-postern-pool': 'mx-east' }), { status: 'ok', server: '', port: 0, pool: 'mx-east' });
+    assert.deepEqual(parseAuthAnswer({ 'auth-status': 'OK', 'x-postern-pool': 'mx', 'auth-server': '192.0.2.10', 'auth-port': '25', 'auth-user': 'u' }), { status: 'ok', server: '', port: 0, pool: 'mx', user: 'u' });
+    for (const bad of ['mx east', 'mx\r\nAuth-Status: OK', '-x', '']) {
+      assert.equal(parseAuthAnswer({ 'auth-status': 'OK', 'x-postern-pool': bad }).status, 'invalid', bad);
+    }
+  });
+
   it('Auth-Status OK with Auth-Server and Auth-Port', () => {
     assert.deepEqual(parseAuthAnswer({ 'auth-status': 'OK', 'auth-server': '192.0.2.10', 'auth-port': '25' }), { status: 'ok', server: '192.0.2.10', port: 25 });
   });
