@@ -3,10 +3,13 @@
  * Quirks (as Postfix 3.7's smtp-sink answers; -m is in smtp-sink(1)): answers XCLIENT/XFORWARD/AUTH with a
  * plain `250 2.0.0 Ok` (not 220 or 235), offers neither STARTTLS nor SIZE in its EHLO reply, and handles at
  * most 256 connections at once unless -m is raised.
+ *
+ * A sink can be stopped and started again on the same port (`port`), keeping its dumps in a directory the
+ * caller owns (`dumpDir: '/path'`, not removed by stop()): a pool member that goes away and comes back.
  */
 import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
-import { chmod, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -23,8 +26,30 @@ export interface SmtpSinkInstance {
   files(): Promise<string[]>;
 }
 
-export async function startSmtpSink(opts: { extraArgs?: string[]; dumpDir?: boolean } = {}): Promise<SmtpSinkInstance> {
+export interface SmtpSinkOptions {
+  extraArgs?: string[];
+  /**
+   * true: dump each message to a fresh directory, removed by stop(); a path: dump there (created if missing,
+   * left to the caller; as root its parents must be searchable by nobody, who writes the files).
+   */
+  dumpDir?: boolean | string;
+  /** Listen on this port instead of a free one (no retry on another port; a just-closed port is retried for up to 2 s). */
+  port?: number;
+}
+
+export async function startSmtpSink(opts: SmtpSinkOptions = {}): Promise<SmtpSinkInstance> {
   await requireBinary(SMTP_SINK, 'postfix');
+  if (opts.port !== undefined) {
+    const deadline = Date.now() + 2_000;
+    for (;;) {
+      try {
+        return await startOnce(opts.port, opts);
+      } catch (err) {
+        if (Date.now() >= deadline || !/Address already in use/.test((err as Error).message)) throw err;
+        await sleep(100);
+      }
+    }
+  }
   for (let attempt = 1; ; attempt++) {
     try {
       return await startOnce(await freePort(), opts);
@@ -34,14 +59,21 @@ export async function startSmtpSink(opts: { extraArgs?: string[]; dumpDir?: bool
   }
 }
 
-async function startOnce(port: number, opts: { extraArgs?: string[]; dumpDir?: boolean }): Promise<SmtpSinkInstance> {
+async function startOnce(port: number, opts: SmtpSinkOptions): Promise<SmtpSinkInstance> {
   let dumpDir: string | undefined;
+  /** The dump directory is ours to remove (dumpDir: true), not the caller's. */
+  const ownDir = opts.dumpDir === true;
   const args: string[] = [];
   // As root smtp-sink refuses to run without -u; as anyone else it cannot switch user.
   if (process.getuid?.() === 0) args.push('-u', 'nobody');
   args.push('-m', '1000');
   if (opts.dumpDir) {
-    dumpDir = await mkdtemp(path.join(os.tmpdir(), 'postern-sink-'));
+    if (typeof opts.dumpDir === 'string') {
+      dumpDir = opts.dumpDir;
+      await mkdir(dumpDir, { recursive: true });
+    } else {
+      dumpDir = await mkdtemp(path.join(os.tmpdir(), 'postern-sink-'));
+    }
     await chmod(dumpDir, 0o777); // written after dropping to nobody
     // smtp-sink appends a random hex suffix, so "%M." yields one file per message (e.g. "05.809a62e3").
     args.push('-d', `${dumpDir}/%M.`);
@@ -55,7 +87,7 @@ async function startOnce(port: number, opts: { extraArgs?: string[]; dumpDir?: b
   child.on('close', () => (exited = true)); // 'close', not 'exit': stderr has been read in full by then
   const unregister = cleanupOnExit(() => {
     child.kill('SIGKILL');
-    if (dumpDir) rmSync(dumpDir, { recursive: true, force: true });
+    if (dumpDir && ownDir) rmSync(dumpDir, { recursive: true, force: true });
   });
 
   let stopped: Promise<void> | undefined;
@@ -64,7 +96,8 @@ async function startOnce(port: number, opts: { extraArgs?: string[]; dumpDir?: b
       if (!exited) child.kill('SIGTERM');
       for (let i = 0; !exited && i < 100; i++) await sleep(50);
       if (!exited) child.kill('SIGKILL');
-      if (dumpDir) await rm(dumpDir, { recursive: true, force: true });
+      for (let i = 0; !exited && i < 40; i++) await sleep(50);
+      if (dumpDir && ownDir) await rm(dumpDir, { recursive: true, force: true });
       unregister();
     })());
 
