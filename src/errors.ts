@@ -103,7 +103,7 @@ export const WARNINGS = {
   PSW_POOL_SERVER_UP: { level: 'info', message: 'a pool server that passive detection had taken out is usable again (its fail_timeout passed; the next session is its trial)' },
   PSW_POOL_CHECK_DOWN: { level: 'warn', message: 'active checks: a pool server failed `fall` checks in a row and is taken out of every worker\'s rotation' },
   PSW_POOL_CHECK_UP: { level: 'info', message: 'active checks: a pool server that was down passed `rise` checks in a row and is back in rotation' },
-  PSW_POOL_FAILOVER: { level: 'info', message: 'a pool server failed before the client saw a back-end byte; the session moved to the next server' },
+  PSW_POOL_FAILOVER: { level: 'info', message: 'a pool server failed before the client saw a back-end byte; the next usable server, if any is left within max_tries and try_timeout, is tried' },
   PSW_NO_XCLIENT_LOGIN: { level: 'warn', message: 'the back-end\'s XCLIENT has no LOGIN attribute: it does not learn who authenticated (Postfix < 2.9, or use proxy_smtp_auth); logged once per back-end' },
 } as const satisfies Record<string, { level: LogLevel; message: string }>;
 

@@ -97,6 +97,8 @@ export interface ProtocolSession<Ready = unknown> {
 /** A back-end session set up by a protocol module: the socket and what the machine needs to know. */
 export interface BackendSession<Ready = unknown> {
   socket: Socket;
+  /** The server that took the session (a pool's member, or one address of a name), for the records. */
+  name?: string;
   /** TLS protocol of the back-end connection, if any. */
   tls: string | null;
   ready: Ready;

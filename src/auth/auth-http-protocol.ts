@@ -87,7 +87,7 @@ export function parseAuthAnswer(h: Headers): AuthAnswer {
   }
   // Postern's own: a pool instead of one server (an nginx service that answers Auth-Server works unchanged).
   const pool = first(h, 'x-postern-pool');
-  if (pool !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(pool)) return { status: 'invalid', reason: `invalid X-Postern-Pool ${JSON.stringify(pool)}` };
+  if (pool !== undefined && !/^[A-Za-z][A-Za-z0-9._-]*$/.test(pool)) return { status: 'invalid', reason: `invalid X-Postern-Pool ${JSON.stringify(pool)}` };
   // nginx goes ahead without Auth-Status when Auth-Server and Auth-Port are present.
   const server = first(h, 'auth-server');
   const portRaw = first(h, 'auth-port');

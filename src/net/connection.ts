@@ -326,6 +326,7 @@ export class Connection implements SocketOwner {
     }
     this.#backendTls = b.tls;
     this.#backendSocket = b.socket;
+    if (b.name) this.#backend = b.name;
     this.#backendTimer = 'none';
     this.#outcome = 'relayed';
     this.#run(this.session.backendReady(b.ready));

@@ -72,7 +72,7 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
       starttls: l.starttls,
       implicitTls: l.implicit_tls,
       proxyMode: c.proxy_mode,
-      envelopeAfterAuth: 'auth_http' in c.route && c.route.auth_http.envelope_after_auth,
+      envelopeAfterAuth: 'auth_http' in c.route ? c.route.auth_http.envelope_after_auth : 'rules' in c.route && (c.route.rules.auth_http?.envelope_after_auth ?? false),
       passErrorMessage: c.proxy_pass_error_message,
       auth: {
         mechanisms: mechanisms(l),
@@ -119,7 +119,8 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
           host: srv.host,
           port: srv.port,
           failed: (err) => {
-            if (err.code !== 'PST_BACKEND_SENDER_REFUSED') {
+            // A verdict (a 5xx to MAIL, credentials refused) is the mail's or the user's problem, not the server's.
+            if (smtpRetryable(err)) {
               pool.failed(i, `${err.code}${err.detail ? ` ${err.detail}` : ''}`);
               this.#logger.info({ code: 'PSW_POOL_FAILOVER', pool: pool.name, server: srv.id, detail: err.detail, error: err.code }, WARNINGS.PSW_POOL_FAILOVER.message);
             }
@@ -185,14 +186,14 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
         }
         const r = ready!;
         // RFC 5321 §3.8: a 421 to the replayed RCPT means the back-end is going away; nothing was accepted.
-        if (r.reply?.code === 421) {
+        if (r.reply?.code === 421 && target.pool !== undefined) {
           cand.release?.();
           r.socket.destroy();
           return cb(new PosternError('PST_BACKEND_REJECTED', `${cand.id} rcpt: 421 ${r.reply.lines.join(' / ')}`));
         }
         if (cand.release) r.socket.once('close', cand.release);
         this.#warnings(cand.id, r.xclient, r.loginDropped);
-        cb(null, { socket: r.socket, tls: r.tls, ready: { reply: r.reply, pipelining: r.pipelining } });
+        cb(null, { socket: r.socket, tls: r.tls, name: cand.id, ready: { reply: r.reply, pipelining: r.pipelining, server: cand.id } });
       },
     );
   }
@@ -220,9 +221,13 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
 /**
  * Which failures of a connect-and-replay may be retried on another server: every fault before
  * the client saw a back-end byte (connect, TLS, a greeting that is not 220, EHLO, XCLIENT,
- * STARTTLS or AUTH refused, a 4xx to MAIL, a 421 to RCPT, a dropped or stalled connection,
- * garbage). Not a 5xx to MAIL: that is the back-end's verdict on the mail.
+ * STARTTLS refused, a 4xx to AUTH or MAIL, a 421 to RCPT, a dropped or stalled connection,
+ * garbage). Not a 5xx to MAIL (the back-end's verdict on the mail), nor refused credentials.
  */
 export function smtpRetryable(err: PosternError): boolean {
-  return err.code !== 'PST_BACKEND_SENDER_REFUSED' && err.code !== 'PST_CLIENT_LOST';
+  if (err.code === 'PST_BACKEND_SENDER_REFUSED' || err.code === 'PST_CLIENT_LOST') return false;
+  // Back-end AUTH: a 4xx is the server's trouble; refused credentials (535) or no password at all
+  // would fail on every server, and retrying them would let a bad password take servers out.
+  if (err.code === 'PST_BACKEND_AUTH_FAILED') return err.reply?.startsWith('4') ?? false;
+  return true;
 }

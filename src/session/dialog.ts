@@ -39,6 +39,8 @@ export interface BackendReadyInfo {
   reply: Reply | null;
   /** The back-end offers PIPELINING (MAIL and RCPT can leave together). */
   pipelining: boolean;
+  /** The server that took the session (for a pool: which member), for the per-message records. */
+  server?: string;
 }
 
 interface HeldMail {

@@ -253,7 +253,7 @@ export class Session extends SmtpDialog implements ProtocolSession<BackendReadyI
     const out: Action[] = [];
     const target = this.pendingTarget!;
     this.pendingTarget = null;
-    this.tx = new TransactionProxy(target, info.pipelining, info.reply === null);
+    this.tx = new TransactionProxy(target, info.pipelining, info.reply === null, info.server);
     this.stage = 'command';
     if (info.reply) this.tx.joined(this.draftOf(env), env.rcptTo, info.reply, out);
     else {

@@ -73,9 +73,10 @@ export class TransactionProxy {
   /** The draft of the message whose body is being relayed. */
   #final: MessageDraft | null = null;
 
-  constructor(target: RouteTarget, pipelining: boolean, fixed: boolean) {
+  /** `server`: the one that took the session when the target is a pool (else the target's name). */
+  constructor(target: RouteTarget, pipelining: boolean, fixed: boolean, server?: string) {
     this.target = target;
-    this.name = backendName(target);
+    this.name = server ?? backendName(target);
     this.#pipelining = pipelining;
     this.fixed = fixed;
   }

@@ -124,7 +124,7 @@ describe('parseAuthAnswer', () => {
   it('X-Postern-Pool: a pool instead of one server (it wins over an Auth-Server beside it); garbage is refused', () => {
     assert.deepEqual(parseAuthAnswer({ 'auth-status': 'OK', 'x-postern-pool': 'mx-east' }), { status: 'ok', server: '', port: 0, pool: 'mx-east' });
     assert.deepEqual(parseAuthAnswer({ 'auth-status': 'OK', 'x-postern-pool': 'mx', 'auth-server': '192.0.2.10', 'auth-port': '25', 'auth-user': 'u' }), { status: 'ok', server: '', port: 0, pool: 'mx', user: 'u' });
-    for (const bad of ['mx east', 'mx\r\nAuth-Status: OK', '-x', '']) {
+    for (const bad of ['mx east', 'mx\r\nAuth-Status: OK', '-x', '1mx', '']) {
       assert.equal(parseAuthAnswer({ 'auth-status': 'OK', 'x-postern-pool': bad }).status, 'invalid', bad);
     }
   });

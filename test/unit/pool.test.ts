@@ -11,6 +11,7 @@ import { PosternError } from '../../src/errors.js';
 import { createLogger } from '../../src/log/logger.js';
 import { failover, type Candidate } from '../../src/pools/failover.js';
 import { Pool } from '../../src/pools/pool.js';
+import { smtpRetryable } from '../../src/protocols/smtp.js';
 import { Writable } from 'node:stream';
 
 const logs: Record<string, unknown>[] = [];
@@ -109,5 +110,18 @@ describe('failover', () => {
     const two = await run(['a', 'b'], { a: down, b: down }, { exhausted: null });
     assert.equal(two.err?.code, 'PST_BACKEND_UNREACHABLE');
     assert.match(two.err!.detail!, /^a .*; b /);
+  });
+});
+
+describe('smtpRetryable: faults move on, verdicts stop', () => {
+  it('every fault before the client saw a byte is retried; a 5xx to MAIL and refused credentials are not', () => {
+    for (const code of ['PST_BACKEND_UNREACHABLE', 'PST_BACKEND_TIMEOUT', 'PST_BACKEND_CLOSED', 'PST_BACKEND_REJECTED', 'PST_BACKEND_INVALID_REPLY', 'PST_BACKEND_TLS_FAILED', 'PST_BACKEND_TLS_REQUIRED', 'PST_ROUTE_RESOLVE'] as const) {
+      assert.equal(smtpRetryable(new PosternError(code, 'x')), true, code);
+    }
+    assert.equal(smtpRetryable(new PosternError('PST_BACKEND_SENDER_REFUSED', 'mail: 553', '553 5.7.1 no\r\n')), false);
+    assert.equal(smtpRetryable(new PosternError('PST_BACKEND_AUTH_FAILED', 'auth: 535', '535 5.7.8 bad credentials\r\n')), false, 'a wrong password would fail everywhere');
+    assert.equal(smtpRetryable(new PosternError('PST_BACKEND_AUTH_FAILED', 'no password available')), false);
+    assert.equal(smtpRetryable(new PosternError('PST_BACKEND_AUTH_FAILED', 'auth: 454', '454 4.7.0 try later\r\n')), true);
+    assert.equal(smtpRetryable(new PosternError('PST_CLIENT_LOST', 'aborted')), false);
   });
 });
