@@ -1,6 +1,6 @@
 /**
  * The processes of a benchmark run: smtp-sink, the nginx auth responder, nginx mail, and Postern
- * (once per proxy_mode).
+ * (once per proxy_mode, and once each routed statically and through a pool).
  * Each is a separate process so its CPU and memory can be read from /proc.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -154,12 +154,31 @@ mail {
 export type ProxyMode = 'session' | 'transaction';
 
 /**
- * One Postern process. Each instance has its own config file and its own log file (Postern logs
- * JSON lines on stdout, level warn: nothing is written unless something goes wrong), so two of
- * them (`proxy_mode: session` and `transaction`) can run side by side and a lost message can be
- * shown with the log lines of the Postern that lost it.
+ * How a Postern finds the sink: by asking the nginx auth responder (as nginx does), by
+ * `route.static: host:port`, or by `route.static: <pool>` naming a one-server pool (no active
+ * checks), so that pool ÷ static is the cost of the pool path alone.
  */
-export async function startPostern(authPort: number, workers: number, o: { name?: string; proxyMode?: ProxyMode } = {}): Promise<Proc & { log: string }> {
+export type PosternRoute = { kind: 'auth_http'; authPort: number } | { kind: 'static' | 'pool'; sinkPort: number };
+
+function routeYaml(r: PosternRoute): string {
+  switch (r.kind) {
+    case 'auth_http':
+      return `route:\n  auth_http:\n    url: http://127.0.0.1:${r.authPort}/auth\n`;
+    case 'static':
+      return `route:\n  static: 127.0.0.1:${r.sinkPort}\n`;
+    case 'pool':
+      return `pools:\n  one:\n    servers: ["127.0.0.1:${r.sinkPort}"]\n    health: { enabled: false }\nroute:\n  static: one\n`;
+  }
+}
+
+/**
+ * One Postern process. Each instance has its own config file and its own log file (Postern logs
+ * JSON lines on stdout, level warn: nothing is written unless something goes wrong), so several
+ * (`proxy_mode: session` and `transaction`, routed by the auth service, statically or through a
+ * pool) can run side by side and a lost message can be shown with the log lines of the Postern
+ * that lost it.
+ */
+export async function startPostern(route: PosternRoute, workers: number, o: { name?: string; proxyMode?: ProxyMode } = {}): Promise<Proc & { log: string }> {
   const name = o.name ?? 'postern';
   const port = await freePort();
   const file = path.join(work, `${name}.yaml`);
@@ -167,10 +186,7 @@ export async function startPostern(authPort: number, workers: number, o: { name?
   writeFileSync(file, `server_name: proxy.test
 listen: ["127.0.0.1:${port}"]
 workers: ${workers}
-route:
-  auth_http:
-    url: http://127.0.0.1:${authPort}/auth
-xclient: false
+${routeYaml(route)}xclient: false
 proxy_mode: ${o.proxyMode ?? 'session'}
 log: { level: warn, access: ${process.env.BENCH_ACCESS_LOG === '1'} }
 `);

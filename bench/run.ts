@@ -6,7 +6,10 @@
  *
  * Targets: `direct` (smtp-source → smtp-sink), `nginx`, `postern` (`proxy_mode: session`, the
  * default: nginx's blind relay after the first RCPT) and `postern-tx` (`proxy_mode: transaction`:
- * every command read, every RCPT routed, DATA bodies relayed with end-of-data detection).
+ * every command read, every RCPT routed, DATA bodies relayed with end-of-data detection) — these
+ * three ask the one auth responder — and `postern-static` (`route.static: host:port`) and
+ * `postern-pool` (`route.static: one`, a pool of that one sink, no active checks), which run
+ * back to back in every round for the pool ÷ static ratios (the cost of the pool path).
  *
  * Environment: BENCH_ROUNDS (default 5), BENCH_QUICK=1 (a few messages: a smoke run of the harness),
  * BENCH_WORKERS (Postern and nginx worker processes, default 1), BENCH_SKIP_IDLE=1.
@@ -44,8 +47,11 @@ const SCENARIOS: Scenario[] = quick
 const IDLE = quick ? 200 : 10_000;
 const IDLE_SETTLE_MS = quick ? 300 : 2000;
 
-type Target = 'direct' | 'nginx' | 'postern' | 'postern-tx';
-const TARGETS: Target[] = ['direct', 'nginx', 'postern', 'postern-tx'];
+type Target = 'direct' | 'nginx' | 'postern' | 'postern-tx' | 'postern-static' | 'postern-pool';
+// postern-static and postern-pool stay neighbours in either order (rounds alternate it).
+const TARGETS: Target[] = ['direct', 'nginx', 'postern', 'postern-tx', 'postern-static', 'postern-pool'];
+const POSTERN_TARGETS: readonly Target[] = ['postern', 'postern-tx', 'postern-static', 'postern-pool'];
+/** The idle-connection figure: the static and pool targets hold connections as `postern` does before routing. */
 const PROXIES = ['nginx', 'postern', 'postern-tx'] as const;
 const POSTERNS = ['postern', 'postern-tx'] as const;
 
@@ -64,6 +70,10 @@ interface Delivery {
 }
 
 type Idle = Partial<Record<(typeof PROXIES)[number], { bytesPerConn: number; dropped: number }>>;
+
+function mapValues<K extends string, V, W>(o: Record<K, V>, f: (v: V) => W): Record<K, W> {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, f(v as V)])) as Record<K, W>;
+}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -84,11 +94,15 @@ async function main(): Promise<void> {
   const sink = await startSink();
   const auth = await startAuthResponder(sink.port);
   const nginx = await startNginxMail(auth.port, workers);
-  const postern = await startPostern(auth.port, workers, { name: 'postern', proxyMode: 'session' });
-  const posternTx = await startPostern(auth.port, workers, { name: 'postern-tx', proxyMode: 'transaction' });
-  const ports: Record<Target, number> = { direct: sink.port, nginx: nginx.port, postern: postern.port, 'postern-tx': posternTx.port };
-  const procs: Record<Target, Proc | null> = { direct: null, nginx, postern, 'postern-tx': posternTx };
-  const logs: Partial<Record<Target, string>> = { postern: postern.log, 'postern-tx': posternTx.log };
+  const viaAuth = { kind: 'auth_http', authPort: auth.port } as const;
+  const postern = await startPostern(viaAuth, workers, { name: 'postern', proxyMode: 'session' });
+  const posternTx = await startPostern(viaAuth, workers, { name: 'postern-tx', proxyMode: 'transaction' });
+  const posternStatic = await startPostern({ kind: 'static', sinkPort: sink.port }, workers, { name: 'postern-static' });
+  const posternPool = await startPostern({ kind: 'pool', sinkPort: sink.port }, workers, { name: 'postern-pool' });
+  const posterns = { postern, 'postern-tx': posternTx, 'postern-static': posternStatic, 'postern-pool': posternPool };
+  const ports: Record<Target, number> = { direct: sink.port, nginx: nginx.port, ...mapValues(posterns, (p) => p.port) };
+  const procs: Record<Target, Proc | null> = { direct: null, nginx, ...posterns };
+  const logs: Partial<Record<Target, string>> = mapValues(posterns, (p) => p.log);
   const results = new Map<string, Map<Target, Sample[]>>();
   const delivery = Object.fromEntries(TARGETS.map((t) => [t, { sent: 0, delivered: 0, sourceErrors: 0 }])) as Record<Target, Delivery>;
   let lost = 0;
@@ -141,8 +155,7 @@ async function main(): Promise<void> {
     const file = quick ? 'results.quick.md' : workers === 1 ? 'results.md' : `results-workers-${workers}.md`;
     writeFileSync(path.join(root, 'bench', file), report);
   } finally {
-    await posternTx.stop();
-    await postern.stop();
+    for (const p of Object.values(posterns)) await p.stop();
     await nginx.stop();
     await auth.stop();
     await sink.stop();
@@ -182,13 +195,13 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
   lines.push(`Versions: Node ${process.version}; ${v('nginx', ['-v'])}; postfix ${v('postconf', ['-h', 'mail_version'])}  `);
   lines.push(`Source: ${source()}  `);
   lines.push(`Setup: ${workers} worker process(es) each; smtp-source → proxy → smtp-sink; one nginx http{} auth responder; xclient off; ${rounds} interleaved round(s), medians shown.  `);
-  lines.push('Targets: `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-tx` is `proxy_mode: transaction` (every command read, every RCPT routed, bodies relayed with end-of-data detection). CPU is each proxy\'s own process tree (the shared auth responder and sink are not counted).', '');
+  lines.push('Targets: `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-tx` is `proxy_mode: transaction` (every command read, every RCPT routed, bodies relayed with end-of-data detection); both ask the auth responder, as nginx does. `postern-static` routes by `route.static: 127.0.0.1:<sink>`, `postern-pool` by `route.static: one`, a pool holding that one sink (`health.enabled: false`); the two run back to back in every round. CPU is each proxy\'s own process tree (the shared auth responder and sink are not counted).', '');
   lines.push(...HEAD);
   const medOf = (m: Map<Target, Sample[]>) => (t: Target, k: keyof Sample): number => median((m.get(t) ?? []).map((s) => s[k]));
   for (const [name, m] of results) {
     const med = medOf(m);
     for (const t of TARGETS) {
-      const isP = t === 'postern' || t === 'postern-tx';
+      const isP = POSTERN_TARGETS.includes(t);
       lines.push(
         `| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} | ` +
           `${isP ? ratio(med(t, 'msgsPerSec'), med('nginx', 'msgsPerSec')) : ''} | ${isP ? ratio(med(t, 'cpuMsPer1000'), med('nginx', 'cpuMsPer1000')) : ''} | ` +
@@ -197,29 +210,37 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
     }
     if (name.includes('latency')) {
       const added = (t: Target): string => (med(t, 'msPerMsg') - med('direct', 'msPerMsg')).toFixed(2);
-      lines.push('', `Added latency per message over direct delivery: nginx ${added('nginx')} ms, Postern (session) ${added('postern')} ms, Postern (transaction) ${added('postern-tx')} ms.`, '');
+      lines.push('', `Added latency per message over direct delivery: nginx ${added('nginx')} ms, Postern (session) ${added('postern')} ms, Postern (transaction) ${added('postern-tx')} ms, Postern (static route) ${added('postern-static')} ms, Postern (pool) ${added('postern-pool')} ms.`, '');
       lines.push(...HEAD);
     }
   }
   if (lines.at(-1)!.startsWith('| ---')) lines.splice(-3, 3);
 
-  // Transaction ÷ session: ratios of the medians, and in brackets the spread of the per-round
-  // ratios (the two ran back to back in every round, so a round's ratio shares its noise).
+  // Pairs that ran back to back in every round: ratios of the medians, and in brackets the spread
+  // of the per-round ratios (a round's two runs share its noise).
+  const pairRatios = (a: Target, b: Target, keys: (keyof Sample)[]): void => {
+    for (const [name, m] of results) {
+      const med = medOf(m);
+      const cell = (k: keyof Sample): string => {
+        const as = m.get(a) ?? [];
+        const bs = m.get(b) ?? [];
+        const per = as.map((s, i) => (bs[i] && bs[i]![k] > 0 ? s[k] / bs[i]![k] : NaN)).filter(Number.isFinite);
+        const spread = per.length > 1 ? ` (${Math.min(...per).toFixed(2)}–${Math.max(...per).toFixed(2)})` : '';
+        const r = ratio(med(a, k), med(b, k));
+        return r === '–' ? r : r + spread;
+      };
+      lines.push(`| ${name} | ${keys.map(cell).join(' | ')} |`);
+    }
+  };
+  const KEYS: (keyof Sample)[] = ['msgsPerSec', 'cpuMsPer1000', 'msPerMsg'];
   lines.push('', '## Transaction mode ÷ session mode (postern-tx ÷ postern)', '');
   lines.push('Ratio of the medians; in brackets the lowest and highest per-round ratio. msg/s above 1 is faster, CPU and ms / msg above 1 cost more.', '');
   lines.push('| Scenario | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | ---: | ---: | ---: |');
-  for (const [name, m] of results) {
-    const med = medOf(m);
-    const cell = (k: keyof Sample): string => {
-      const a = m.get('postern-tx') ?? [];
-      const b = m.get('postern') ?? [];
-      const per = a.map((s, i) => (b[i] && b[i]![k] > 0 ? s[k] / b[i]![k] : NaN)).filter(Number.isFinite);
-      const spread = per.length > 1 ? ` (${Math.min(...per).toFixed(2)}–${Math.max(...per).toFixed(2)})` : '';
-      const r = ratio(med('postern-tx', k), med('postern', k));
-      return r === '–' ? r : r + spread;
-    };
-    lines.push(`| ${name} | ${cell('msgsPerSec')} | ${cell('cpuMsPer1000')} | ${cell('msPerMsg')} |`);
-  }
+  pairRatios('postern-tx', 'postern', KEYS);
+  lines.push('', '## Pool ÷ static route (postern-pool ÷ postern-static)', '');
+  lines.push('The same sink reached through `route.static: one` (a one-server pool: balancer pick, connection count, failover loop, passive health) and through `route.static: 127.0.0.1:<sink>`. Ratio of the medians; in brackets the lowest and highest per-round ratio. A few rounds cannot resolve a few per cent here: `bench/pool-ab.ts` measures this ratio with fresh processes per round and an identical-configuration control (bench/results-pool-ab.md).', '');
+  lines.push('| Scenario | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | ---: | ---: | ---: |');
+  pairRatios('postern-pool', 'postern-static', KEYS);
 
   lines.push('', '## Delivery', '', 'Every message smtp-source sent (warm-up included), counted at smtp-sink.', '');
   lines.push('| Target | sent | delivered | smtp-source errors |', '| --- | ---: | ---: | ---: |');

@@ -302,6 +302,11 @@ describe('pools: real back-ends under continuous load', () => {
     assert.equal(access.length, sent.length, 'one access record per session (one message each)');
     const badSessions = access.filter((r) => (r.code as unknown) !== 221 || !['relayed', 'quit', 'PST_CLIENT_LOST'].includes(String(r.outcome)));
     assert.deepEqual(badSessions, [], 'every session relayed up to the 221 to QUIT');
+    // Each record names the member that took the session: per member, as many as it holds messages.
+    const byBackend: Record<string, number> = {};
+    for (const r of access) byBackend[String(r.backend)] = (byBackend[String(r.backend)] ?? 0) + 1;
+    const atB = Object.entries(got).filter(([k]) => k.startsWith('sink b')).reduce((n, [, v]) => n + v.length, 0);
+    assert.deepEqual(byBackend, { [names.postfix]: got.postfix!.length, [names.a]: got['sink a']!.length, [names.b]: atB }, 'the access records name the member that holds each message');
     assert.equal(p.logs.slice(logFrom).filter((r) => r.code === 'PST_POOL_EXHAUSTED').length, 0, 'the pool was never exhausted');
 
     const perPhase = new Map<string, { batches: number; messages: number; ms: number }>();
