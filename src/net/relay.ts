@@ -38,7 +38,8 @@ export function relay(client: Socket, backend: Socket, idleMs: number, stats: Re
 
   client.on('end', () => backend.end());
   backend.on('end', () => client.end());
-  client.on('error', () => fail('PST_CLIENT_LOST'));
+  // A client that resets after the 221 to its QUIT (smtp-source does, with SO_LINGER 0) ended normally.
+  client.on('error', () => fail(stats.lastCode === 221 ? null : 'PST_CLIENT_LOST'));
   backend.on('error', () => fail('PST_BACKEND_LOST'));
   client.on('close', closed);
   backend.on('close', closed);

@@ -28,6 +28,8 @@ export interface FailoverOptions {
   attemptTimeout: number;
   /** On exhaustion: the code for the client (PST_POOL_EXHAUSTED for a pool); null keeps the last failure's own code. */
   exhausted: 'PST_POOL_EXHAUSTED' | null;
+  /** Why nothing could be tried at all (a pool: each server's state). */
+  describe?: () => string;
   now?: () => number;
 }
 
@@ -57,7 +59,7 @@ export function failover<T>(
     done(err, result);
   };
   const exhaust = (): void => {
-    const detail = tried.length === 0 ? 'no usable server' : tried.join('; ');
+    const detail = tried.length === 0 ? `no usable server${o.describe ? `: ${o.describe()}` : ''}` : tried.join('; ');
     if (o.exhausted !== null) return finish(new PosternError(o.exhausted, detail));
     // A single back-end (or the addresses of one name) keeps the last failure's own code.
     finish(last ? (tried.length > 1 ? new PosternError(last.code, detail, last.reply) : last) : new PosternError('PST_BACKEND_UNREACHABLE', detail));

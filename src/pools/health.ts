@@ -30,6 +30,10 @@ export interface HealthTransition {
   source: 'check' | 'passive';
 }
 
+/** Reasons spelled out only when a transition happens. */
+const TRIAL = Symbol('on trial');
+const TRIAL_OK = Symbol('trial succeeded');
+
 const times = (n: number): string => `${n} time${n === 1 ? '' : 's'}`;
 
 export class ServerHealth {
@@ -94,7 +98,7 @@ export class ServerHealth {
 
   /** Reports a change that time alone brought about: fail_timeout has passed, the server is on trial. */
   refresh(): HealthTransition | null {
-    return this.#report(this.#trialReason, 'passive');
+    return this.#report(TRIAL, 'passive');
   }
 
   /** One active check's result; `reason` says why it failed (or is a short success note). */
@@ -102,11 +106,11 @@ export class ServerHealth {
     if (ok === this.#activeUp) {
       // Agrees with the current state: a pending streak towards the other state is broken.
       this.#streak = 0;
-      return this.#report(this.#trialReason, 'passive');
+      return this.#report(TRIAL, 'passive');
     }
     this.#streak++;
     const needed = ok ? this.#opts.rise : this.#opts.fall;
-    if (this.#streak < needed) return this.#report(this.#trialReason, 'passive');
+    if (this.#streak < needed) return this.#report(TRIAL, 'passive');
     this.#activeUp = ok;
     this.#streak = 0;
     return this.#report(ok ? `recovered: check passed ${times(needed)}` : `check failed ${times(needed)}: ${reason}`, 'check');
@@ -120,7 +124,7 @@ export class ServerHealth {
     const changed = up !== this.#activeUp;
     this.#activeUp = up;
     this.#streak = 0;
-    return changed ? this.#report(reason, 'check') : this.#report(this.#trialReason, 'passive');
+    return changed ? this.#report(reason, 'check') : this.#report(TRIAL, 'passive');
   }
 
   /** A session to this server failed before the client saw a back-end byte (nginx's "failed peer"). */
@@ -142,7 +146,7 @@ export class ServerHealth {
       this.#held = true;
       return this.#report(`${this.#fails} failed session${this.#fails === 1 ? '' : 's'} within ${failTimeout} ms: ${reason}; out for ${failTimeout} ms`, 'passive');
     }
-    return this.#report(this.#trialReason, 'passive');
+    return this.#report(TRIAL, 'passive');
   }
 
   /**
@@ -156,24 +160,25 @@ export class ServerHealth {
       this.#fails = 0;
       this.#held = false;
     }
-    return this.#report(`fail_timeout of ${this.#opts.failTimeout} ms passed: trial succeeded`, 'passive');
+    return this.#report(TRIAL_OK, 'passive');
   }
 
-  /** The reason when usable() came back by time alone: the hold is over. */
-  get #trialReason(): string {
-    return `fail_timeout of ${this.#opts.failTimeout} ms passed: on trial`;
-  }
 
   #passivelyOut(t: number): boolean {
     return this.#held && t - this.#lastFail < this.#opts.failTimeout;
   }
 
-  /** A transition if usable() differs from what was last reported; `reason` is why, if it does. */
-  #report(reason: string, source: HealthTransition['source']): HealthTransition | null {
+  /**
+   * A transition if usable() differs from what was last reported; `reason` is why, if it does.
+   * The common reasons are built only then (this runs on every pick: no string per session).
+   */
+  #report(reason: string | typeof TRIAL | typeof TRIAL_OK, source: HealthTransition['source']): HealthTransition | null {
     const up = this.usable();
     if (up === this.#reported) return null;
     this.#reported = up;
     this.#since = this.#now();
-    return { up, reason, source };
+    const text = reason === TRIAL ? `fail_timeout of ${this.#opts.failTimeout} ms passed: on trial`
+      : reason === TRIAL_OK ? `fail_timeout of ${this.#opts.failTimeout} ms passed: trial succeeded` : reason;
+    return { up, reason: text, source };
   }
 }

@@ -122,6 +122,15 @@ export class Pool {
     else this.#logger.warn({ code: 'PSW_POOL_SERVER_DOWN', pool: this.name, server, detail: t.reason }, 'pool server taken out after failed sessions (max_fails); tried again after fail_timeout');
   }
 
+  /** Each server and why it cannot be used now, for the log line when none can. */
+  describe(): string {
+    return this.servers.map((s, i) => {
+      const h = this.#health[i]!;
+      const why = !h.activeUp ? 'down by the active checks' : h.passivelyOut ? 'out after failed sessions (fail_timeout)' : s.maxConnections > 0 && this.#active[i]! >= s.maxConnections ? 'at max_connections' : 'usable';
+      return `${s.id} ${why}`;
+    }).join('; ');
+  }
+
   /** Connections held per server (status, tests). */
   get active(): readonly number[] {
     return this.#active;

@@ -130,7 +130,7 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
           release: () => pool.release(i),
         } as Candidate & { release(): void };
       };
-      return failover(next, { maxTries: pool.maxTries, deadline: Date.now() + pool.tryTimeout, attemptTimeout: c.timeouts.backend, exhausted: 'PST_POOL_EXHAUSTED' }, attempt, smtpRetryable, done);
+      return failover(next, { maxTries: pool.maxTries, deadline: Date.now() + pool.tryTimeout, attemptTimeout: c.timeouts.backend, exhausted: 'PST_POOL_EXHAUSTED', describe: () => pool.describe() }, attempt, smtpRetryable, done);
     }
     // A single back-end: a host name's addresses are tried one by one (an IP literal is one try).
     let candidates: Candidate[] | null = net.isIP(target.host) ? [{ id: backendName(target), host: target.host, port: target.port }] : null;

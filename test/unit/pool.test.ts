@@ -102,6 +102,10 @@ describe('failover', () => {
     const late = await run(['a'], { a: 'ok' }, { deadline: Date.now() - 1 });
     assert.deepEqual(late, { err: late.err, tried: [] });
     assert.equal(late.err?.detail, 'no usable server');
+    const p = pool('servers: ["10.0.0.1:25", "10.0.0.2:25"]\nhealth: { enabled: false }\n', () => 0);
+    p.setUp('10.0.0.1:25', false);
+    p.failed(1, 'x');
+    assert.equal(p.describe(), '10.0.0.1:25 down by the active checks; 10.0.0.2:25 out after failed sessions (fail_timeout)');
   });
 
   it('without a pool, one address keeps its own error; several name them all', async () => {
