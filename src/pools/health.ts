@@ -28,6 +28,8 @@ export interface HealthTransition {
   reason: string;
   /** What caused it: an active check (or a check result received from the primary), or passive detection. */
   source: 'check' | 'passive';
+  /** A trial's start (fail_timeout passed) or a failed trial: routine for a server that stays dead, logged quietly. */
+  trial?: boolean;
 }
 
 /** Reasons spelled out only when a transition happens. */
@@ -136,7 +138,7 @@ export class ServerHealth {
       const trial = !this.#passivelyOut(t);
       this.#lastFail = t;
       this.#fails++;
-      return this.#report(`${trial ? 'trial failed' : 'failed again'}: ${reason}; out for ${failTimeout} ms`, 'passive');
+      return this.#report(`${trial ? 'trial failed' : 'failed again'}: ${reason}; out for ${failTimeout} ms`, 'passive', true);
     }
     if (this.#fails > 0 && t - this.#windowStart > failTimeout) this.#fails = 0;
     if (this.#fails === 0) this.#windowStart = t;
@@ -172,13 +174,13 @@ export class ServerHealth {
    * A transition if usable() differs from what was last reported; `reason` is why, if it does.
    * The common reasons are built only then (this runs on every pick: no string per session).
    */
-  #report(reason: string | typeof TRIAL | typeof TRIAL_OK, source: HealthTransition['source']): HealthTransition | null {
+  #report(reason: string | typeof TRIAL | typeof TRIAL_OK, source: HealthTransition['source'], trial = reason === TRIAL): HealthTransition | null {
     const up = this.usable();
     if (up === this.#reported) return null;
     this.#reported = up;
     this.#since = this.#now();
     const text = reason === TRIAL ? `fail_timeout of ${this.#opts.failTimeout} ms passed: on trial`
       : reason === TRIAL_OK ? `fail_timeout of ${this.#opts.failTimeout} ms passed: trial succeeded` : reason;
-    return { up, reason: text, source };
+    return trial ? { up, reason: text, source, trial } : { up, reason: text, source };
   }
 }

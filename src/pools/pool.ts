@@ -118,6 +118,8 @@ export class Pool {
   #log(i: number, t: HealthTransition | null): void {
     if (t === null || t.source !== 'passive') return;
     const server = this.servers[i]!.id;
+    // A dead server's trial every fail_timeout, and its failure, would otherwise be two lines each time.
+    if (t.trial) return void this.#logger.debug({ code: t.up ? 'PSW_POOL_SERVER_UP' : 'PSW_POOL_SERVER_DOWN', pool: this.name, server, detail: t.reason }, t.up ? 'pool server on trial' : 'pool server trial failed');
     if (t.up) this.#logger.info({ code: 'PSW_POOL_SERVER_UP', pool: this.name, server, detail: t.reason }, 'pool server usable again (passive detection)');
     else this.#logger.warn({ code: 'PSW_POOL_SERVER_DOWN', pool: this.name, server, detail: t.reason }, 'pool server taken out after failed sessions (max_fails); tried again after fail_timeout');
   }

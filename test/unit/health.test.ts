@@ -101,7 +101,7 @@ describe('ServerHealth: passive detection (max_fails/fail_timeout)', () => {
     clock.t = 11_000;
     assert.equal(h.usable(), true);
     assert.equal(h.nextChangeAt(), null);
-    assert.deepEqual(h.refresh(), up('fail_timeout of 10000 ms passed: on trial', 'passive'));
+    assert.deepEqual(h.refresh(), { ...up('fail_timeout of 10000 ms passed: on trial', 'passive'), trial: true });
     assert.equal(h.refresh(), null);
   });
 
@@ -126,12 +126,12 @@ describe('ServerHealth: passive detection (max_fails/fail_timeout)', () => {
     clock.t += 10_000;
     assert.equal(h.refresh()?.up, true);
     clock.t += 500;
-    assert.deepEqual(h.failed('greeting 421 busy'), down('trial failed: greeting 421 busy; out for 10000 ms', 'passive'));
+    assert.deepEqual(h.failed('greeting 421 busy'), { ...down('trial failed: greeting 421 busy; out for 10000 ms', 'passive'), trial: true });
     assert.equal(h.nextChangeAt(), clock.t + 10_000);
     clock.t += 9_999;
     assert.equal(h.usable(), false);
     clock.t += 1;
-    assert.deepEqual(h.refresh(), up('fail_timeout of 10000 ms passed: on trial', 'passive'));
+    assert.deepEqual(h.refresh(), { ...up('fail_timeout of 10000 ms passed: on trial', 'passive'), trial: true });
   });
 
   it('a trial that succeeds before anyone looked is reported by succeeded()', () => {
@@ -208,14 +208,14 @@ describe('ServerHealth: active and passive combined', () => {
     assert.equal(h.activeUp, true);
     assert.equal(h.usable(), false);
     clock.t += 9_000;
-    assert.deepEqual(h.refresh(), up('fail_timeout of 10000 ms passed: on trial', 'passive'));
+    assert.deepEqual(h.refresh(), { ...up('fail_timeout of 10000 ms passed: on trial', 'passive'), trial: true });
   });
 
   it('a check result reports a trial that time has opened (no separate refresh needed)', () => {
     const { h, clock } = make({ maxFails: 1, failTimeout: 1000 });
     h.failed('a');
     clock.t += 1000;
-    assert.deepEqual(h.checked(true, 'ok'), up('fail_timeout of 1000 ms passed: on trial', 'passive'));
+    assert.deepEqual(h.checked(true, 'ok'), { ...up('fail_timeout of 1000 ms passed: on trial', 'passive'), trial: true });
   });
 
   it('usable() changes exactly when a transition says so (random walk)', () => {
