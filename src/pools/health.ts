@@ -82,6 +82,11 @@ export class ServerHealth {
     return this.#passivelyOut(this.#now());
   }
 
+  /** Taken out by failed sessions earlier, fail_timeout has passed, and no session has got through yet. */
+  get onTrial(): boolean {
+    return this.#held && !this.#passivelyOut(this.#now());
+  }
+
   /** When the last reported change happened (construction time before any). */
   get since(): number {
     return this.#since;

@@ -105,7 +105,10 @@ export class Pool {
 
   /** Server `i` carried a session up to the client: its failure count is cleared. */
   succeeded(i: number): void {
-    this.#log(i, this.#health[i]!.succeeded());
+    const h = this.#health[i]!;
+    const trial = h.onTrial;
+    this.#log(i, h.succeeded());
+    if (trial) this.#logger.info({ code: 'PSW_POOL_SERVER_UP', pool: this.name, server: this.servers[i]!.id }, 'pool server back in rotation: its trial session got through');
   }
 
   /** An active-check verdict (from this process's checker or the primary's); the checker logs it where it ran. */
