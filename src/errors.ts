@@ -52,6 +52,7 @@ export const ERRORS = {
   PST_AUTH_BAD_RESPONSE: { reply: '501 5.5.2 Cannot decode response', close: false, level: 'info', message: 'a SASL response that is not base64 or not of the mechanism\'s shape' },
   PST_AUTH_ALREADY: { reply: '503 5.5.1 Already authenticated', close: false, level: 'info', message: 'AUTH in a session that has authenticated (RFC 4954 §4)' },
   PST_AUTH_TOO_MANY: { reply: '421 4.7.0 {host} Too many authentication failures', close: true, level: 'warn', message: 'auth.max_attempts reached in this session, or auth.max_failures_per_client for this address' },
+  PST_DNSBL_LISTED: { reply: '554 5.7.1 Service unavailable; client host blocked by a DNS blocklist', close: true, level: 'info', message: 'the client\'s address is listed by the configured DNS blocklists above their threshold (postscreen\'s scoring); the detail names the lists' },
   PST_TOO_MANY_CONNECTIONS: { reply: '421 4.7.0 {host} Too many connections, try again later', close: true, level: 'warn', message: 'limits.max_connections reached (per worker)' },
   PST_CLIENT_CONNECTIONS: { reply: '421 4.7.0 {host} Too many connections from your address', close: true, level: 'info', message: 'limits.max_connections_per_client reached for this address (per worker)' },
   PST_IDLE_TIMEOUT: { reply: '421 4.4.2 {host} Error: timeout exceeded', close: true, level: 'info', message: 'client idle for timeouts.idle' },

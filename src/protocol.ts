@@ -79,6 +79,8 @@ export interface ProtocolSession<Ready = unknown> {
   errorReply(code: ErrorCode): Buffer;
   summary(): SessionSummary;
   start(): Action[];
+  /** The connect-time checks refused the client (a blocklist): the protocol's refusal, and close. */
+  refused(code: ErrorCode, detail: string): Action[];
   receive(chunk: Buffer): Action[];
   tlsStarted(): Action[];
   tlsFailed(code: 'PST_TLS_HANDSHAKE' | 'PST_TLS_HANDSHAKE_TIMEOUT', detail?: string): Action[];

@@ -13,6 +13,7 @@ import { relay, type RelayStats } from './relay.js';
 import { ERRORS, WARNINGS, type ErrorCode, type WarningCode, PosternError } from '../errors.js';
 import type { Action, BackendSession, ProtocolSession } from '../protocol.js';
 import { inspectClientTls } from '../tls/client-cert.js';
+import type { ConnectVerdict } from '../checks/connect.js';
 import type { ListenerContext, ServerContext } from './context.js';
 import { attach, attachBackend, detach, detachBackend, stopReading, unmapIPv4, type SocketOwner } from './socket-events.js';
 
@@ -36,6 +37,10 @@ export class Connection implements SocketOwner {
   readonly #started = Date.now();
   readonly #onClosed: (c: Connection) => void;
   readonly #listenerName: string;
+  #implicitTls = false;
+  /** The verified reverse name, or nginx's `[UNAVAILABLE]` / `[TEMPUNAVAIL]`. */
+  #clientName = '[UNAVAILABLE]';
+  #checks: Record<string, unknown> | null = null;
   #tls: TlsInfo | null = null;
   #backendTls: string | null = null;
   #backend: string | null = null;
@@ -62,8 +67,22 @@ export class Connection implements SocketOwner {
     this.#listenerName = listener.name;
     socket.setNoDelay(true);
     attach(socket, this);
+    this.#implicitTls = listener.config.implicit_tls;
+    const v = ctx.connectChecks.check(this.clientAddr);
+    if (v instanceof Promise) {
+      // Nothing is read or said until the client is known (Postfix looks its name up before the greeting).
+      socket.pause();
+      v.then((x) => this.#checked(x), () => this.#checked({ name: '[TEMPUNAVAIL]' }));
+    } else this.#checked(v);
+  }
+
+  #checked(v: ConnectVerdict): void {
+    if (this.socket.destroyed || this.session.phase === 'closed') return;
+    this.#clientName = v.name;
+    this.#checks = v.record ?? null;
+    if (v.refuse) return this.#run(this.session.refused(v.refuse.code, v.refuse.detail));
     this.#run(this.session.start());
-    if (listener.config.implicit_tls) this.#startTls();
+    if (this.#implicitTls) this.#startTls();
   }
 
   /**
@@ -286,7 +305,7 @@ export class Connection implements SocketOwner {
       envelope,
       clientAddr: this.clientAddr,
       clientPort: this.clientPort,
-      clientHost: '[UNAVAILABLE]',
+      clientHost: this.#clientName,
       listener: this.#listenerName,
       ...(this.#tls ? { tls: this.#tls } : {}),
     });
@@ -309,7 +328,7 @@ export class Connection implements SocketOwner {
 
   #connect(target: RouteTarget, envelope: Envelope): void {
     this.#backend = backendName(target);
-    this.#abortBackend = this.#ctx.protocol.connect({ addr: this.clientAddr, port: this.clientPort, name: '[UNAVAILABLE]' }, target, envelope, (err, b) => {
+    this.#abortBackend = this.#ctx.protocol.connect({ addr: this.clientAddr, port: this.clientPort, name: this.#clientName }, target, envelope, (err, b) => {
       this.#abortBackend = null;
       if (err) {
         if (err.code !== 'PST_CLIENT_LOST' && !this.socket.destroyed) this.#run(this.session.backendFailed(err));
@@ -380,6 +399,8 @@ export class Connection implements SocketOwner {
     const record = {
       client: `${this.clientAddr}:${this.clientPort}`,
       ...this.session.summary(),
+      ...(this.#clientName !== '[UNAVAILABLE]' ? { client_name: this.#clientName } : {}),
+      ...(this.#checks ? { checks: this.#checks } : {}),
       backend: this.#backend ?? undefined,
       tls: this.#tls?.protocol,
       backend_tls: this.#backendTls ?? undefined,

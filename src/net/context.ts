@@ -13,6 +13,7 @@ import { accessLog } from '../observe/access-log.js';
 import type { SessionObserver } from '../observe/observer.js';
 import type { ProtocolModule, ProtocolSession } from '../protocol.js';
 import { SmtpProtocol } from '../protocols/smtp.js';
+import { NO_CONNECT_CHECKS, type ConnectChecks } from '../checks/connect.js';
 import { poolLayer } from '../pools/layer.js';
 import { PoolRegistry } from '../pools/pool.js';
 import { TlsContexts } from '../tls/contexts.js';
@@ -35,6 +36,8 @@ export interface ServerContext {
   readonly tls: TlsContexts | null;
   readonly listeners: readonly ListenerContext[];
   readonly observers: readonly SessionObserver[];
+  /** Reverse DNS and blocklists, asked once per connection before the session starts. */
+  readonly connectChecks: ConnectChecks;
 }
 
 /** The server's own router: static or auth_http, with the layers that wrap it (pools, the AUTH guard). */
@@ -53,6 +56,7 @@ export interface ContextOptions {
   accessLog: boolean;
   /** The worker's pools, shared by its server blocks. */
   pools: PoolRegistry;
+  connectChecks?: ConnectChecks;
   /** Replaces the configured router (tests). */
   router?: Router;
 }
@@ -69,5 +73,6 @@ export function buildContext(config: ServerConfig, o: ContextOptions): ServerCon
     tls: needsTls ? new TlsContexts(config.tls) : null,
     listeners,
     observers: o.accessLog ? [accessLog(o.logger)] : [],
+    connectChecks: o.connectChecks ?? NO_CONNECT_CHECKS,
   };
 }

@@ -41,6 +41,11 @@ export class Session extends SmtpDialog implements ProtocolSession<BackendReadyI
     return [{ type: 'reply', data: this.book.greeting }];
   }
 
+  refused(code: ErrorCode, detail: string): Action[] {
+    this.stage = 'closed';
+    return [{ type: 'error', code, detail }];
+  }
+
   /**
    * The TLS handshake succeeded. RFC 3207 §4.2: everything learnt before it (HELO, the
    * transaction) is forgotten; the client starts again with EHLO. On an implicit-TLS port this is

@@ -1,0 +1,26 @@
+/**
+ * The connect-time check seam: what is learnt about a client before it is greeted — its
+ * verified reverse name (FCrDNS, as Postfix and nginx's `resolver` do) and whether a DNS
+ * blocklist refuses it. The driver asks once per connection, before the session starts; a
+ * refusal becomes the session's reply (the protocol knows its words), a name becomes Client-Host
+ * and XCLIENT NAME.
+ */
+import type { ErrorCode } from '../errors.js';
+
+export interface ConnectVerdict {
+  /** A verified host name, or `[UNAVAILABLE]` / `[TEMPUNAVAIL]` (nginx's and Postfix's spelling). */
+  name: string;
+  /** Refuse the connection with this catalogue code; `detail` is logged (e.g. the lists that matched). */
+  refuse?: { code: ErrorCode; detail: string };
+  /** What the checks found, for the access record (`checks` field). */
+  record?: Record<string, unknown>;
+}
+
+export interface ConnectChecks {
+  /** Never rejects; answers within the checks' own deadline. */
+  check(addr: string): ConnectVerdict | Promise<ConnectVerdict>;
+}
+
+/** Without resolver or lists: every client is `[UNAVAILABLE]`, as nginx without `resolver`. */
+export const NO_CONNECT_CHECKS: ConnectChecks = { check: () => UNCHECKED };
+const UNCHECKED: ConnectVerdict = Object.freeze({ name: '[UNAVAILABLE]' });
