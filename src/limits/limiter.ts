@@ -12,6 +12,8 @@ export interface LimitVerdict {
   /** The key's count after this call. */
   count: number;
   limit: number;
+  /** When refused: milliseconds until a take of the same cost may be allowed (rate limiters; absent if unknown). */
+  retryAfterMs?: number;
 }
 
 export type MaybePromise<T> = T | Promise<T>;
