@@ -257,8 +257,8 @@ export function policyAction(value: string, target: ReplyTarget = DEFAULT_TARGET
   }
   if (UNSUPPORTED.has(action)) return { kind: 'unsupported', action, text };
   // All-numeric means OK (an out-of-band authentication timestamp, says Postfix): `550` alone is OK.
-  if (/^\d+$/.test(word)) return { kind: 'ok', action };
-  if (/^[45]\d\d$/.test(word)) {
+  if (/^\d+$/.test(v)) return { kind: 'ok', action };
+  if (/^[45]\d\d$/.test(word) && text !== '') {
     const d = dsnSplit(`${word[0]}.7.1`, text);
     return { kind: word[0] === '5' ? 'reject' : 'defer', action, ...refusal(Number(word), d.dsn, d.text || 'Access denied', target) };
   }
