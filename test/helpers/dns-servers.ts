@@ -250,6 +250,8 @@ export interface DnsmasqOptions {
   hostRecords?: string[];
   /** `--ptr-record=owner,target`. */
   ptrRecords?: string[];
+  /** `--server=/zone/127.0.0.1#PORT`: zones forwarded (to loopback servers only: this helper never reaches outside). */
+  forward?: string[];
   /** `--txt-record=name,text`. */
   txtRecords?: string[];
   /** `--local-ttl`: TTL of the answers. Default 60. */
@@ -271,6 +273,10 @@ export async function startDnsmasq(o: DnsmasqOptions): Promise<DaemonDns> {
       `--port=${port}`, '--listen-address=127.0.0.1', '--bind-interfaces', '--no-resolv', '--no-hosts', '--no-negcache',
       `--local-ttl=${o.ttl ?? 60}`,
       ...o.local.map((z) => `--local=/${z}/`),
+      ...(o.forward ?? []).map((f) => {
+        if (!/^\/[^/]+\/127\.0\.0\.1#\d+$/.test(f)) throw new Error(`startDnsmasq: forward only to 127.0.0.1: ${f}`);
+        return `--server=${f}`;
+      }),
       ...(o.hostRecords ?? []).map((r) => `--host-record=${r}`),
       ...(o.ptrRecords ?? []).map((r) => `--ptr-record=${r}`),
       ...[`${probe},ready`, ...(o.txtRecords ?? [])].map((r) => `--txt-record=${r}`),
