@@ -9,6 +9,8 @@
  * - `connectTimeout`: a connection attempt to a silent address gives up after that long;
  * - reconnects forever, 100 ms, 200 ms … at most every `maxReconnectMs`: Redis coming back is
  *   noticed within about that, and the limiters use it again at their next call;
+ * - `protocol: 2`: ioredis 6 speaks RESP3 by default; the limiters' scripts and
+ *   rate-limiter-flexible were written against RESP2 replies, and RESP2 works with any Redis;
  * - an 'error' listener: ioredis would otherwise print each connection error to stderr; the
  *   limiters report an outage once through their onDown callback.
  */
@@ -42,6 +44,7 @@ export function createRedisClient(opts: RedisClientOptions = {}): Redis {
     ...(opts.password !== undefined ? { password: opts.password } : {}),
     ...(opts.username !== undefined ? { username: opts.username } : {}),
     db: opts.db ?? 0,
+    protocol: 2,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     autoResendUnfulfilledCommands: false,
