@@ -103,7 +103,8 @@ interface Daemon {
 }
 
 function startDaemon(file: string, args: string[], tmp: string): Daemon {
-  const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  // LC_ALL=C: postgrey's X-Greylist date is strftime()'d in the locale.
+  const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: { ...process.env, LC_ALL: 'C' } });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out = (out + d.toString('utf8')).slice(-20_000)));
   child.stderr!.on('data', (d: Buffer) => (out = (out + d.toString('utf8')).slice(-20_000)));
