@@ -22,7 +22,7 @@ import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { requireBinary } from './postfix.js';
+import { cleanupOnExit, requireBinary } from './postfix.js';
 
 export const TYPE = { A: 1, NS: 2, CNAME: 5, SOA: 6, PTR: 12, TXT: 16, AAAA: 28 } as const;
 
@@ -215,7 +215,13 @@ async function startDaemon(spec: DaemonSpec): Promise<DaemonDns> {
     const child: ChildProcess = spawn(bin, spec.args(port), { cwd: spec.cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
     child.stderr!.on('data', (d: Buffer) => { out += d.toString(); });
-    const exit = new Promise<void>((resolve) => child.once('exit', (code, signal) => { exited = code ?? signal; resolve(); }));
+    // An interrupted or crashed test run SIGKILLs the daemon's process group on its way out.
+    const unregister = cleanupOnExit(() => { try { process.kill(-child.pid!, 'SIGKILL'); } catch {} });
+    const exit = new Promise<void>((resolve) => child.once('exit', (code, signal) => {
+      exited = code ?? signal;
+      unregister();
+      resolve();
+    }));
     child.once('error', (err) => { out += String(err); exited = 'spawn error'; });
     const kill = async (): Promise<void> => {
       if (exited !== undefined) return;
