@@ -118,10 +118,15 @@ export class SharedConcurrencyLimiter implements Limiter {
     return { allowed: this.#limit === 0 || count < this.#limit, count, limit: this.#limit };
   }
 
+  /**
+   * Resolves once the store has the new count (Redis answered, or the message to the primary is
+   * sent), never rejects: a failure is an outage (logged once) and the next message or lease
+   * renewal corrects the count. Callers need not wait (a Redis command gives up after its
+   * commandTimeout).
+   */
   release(key: string, cost = 1): Promise<void> {
     this.#adjust(key, -cost);
-    this.#send(key);
-    return Promise.resolve();
+    return this.#store.set(key, this.#held.get(key) ?? 0).catch((err: unknown) => this.#guard.failed(err));
   }
 
   /** Keys this process holds something of (for tests and status). */
