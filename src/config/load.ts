@@ -136,6 +136,9 @@ function crossCheck(c: ServerConfig, at: string): string[] {
   c.listen.forEach((l, i) => {
     if (l.implicit_tls && l.starttls !== 'off') problems.push(`listen.${i}: starttls makes no sense on an implicit_tls listener`);
   });
+  if ((c.checks.reverse_dns || c.checks.dnsbl) && !c.resolver) {
+    problems.push(`checks: ${c.checks.reverse_dns ? 'reverse_dns' : 'dnsbl'} needs resolver.servers, the DNS servers to ask (the system's are never used)`);
+  }
   if ((c.tls.verify_client === 'on' || c.tls.verify_client === 'optional') && !c.tls.client_ca) {
     problems.push(`tls.client_ca: verify_client ${c.tls.verify_client} needs a CA bundle to verify against`);
   }

@@ -232,6 +232,36 @@ const timeouts = z.strictObject({
   shutdown: duration('30s', 0),
 });
 
+/** nginx's `resolver`: the DNS servers for client names and blocklists (never the system's). */
+const resolver = z.strictObject({
+  servers: z.array(z.string().regex(/^(\[[0-9A-Fa-f:.]+\]:\d{1,5}|[0-9A-Fa-f:.]+)$/, 'ip, ip:port or [ipv6]:port')).min(1),
+  /** One try of one query (c-ares). */
+  timeout: duration('1s'),
+  /** One whole lookup (a client's name, or all blocklists), tries included (nginx `resolver_timeout`). */
+  deadline: duration('5s'),
+});
+
+const dnsblList = z.strictObject({
+  zone: z.string().regex(/^[A-Za-z0-9.-]+$/, 'a DNS zone'),
+  /** Added to the score when the zone lists the client (postscreen_dnsbl_sites `*weight`); negative for allowlists. */
+  weight: z.int().min(-100).max(100).default(1),
+  /** An allowlist: a client it lists skips the blocklists. */
+  allow: z.boolean().default(false),
+  /** Answers that count, e.g. 127.0.0.2 or postscreen's 127.0.0.[2..11]; default: any 127/8 but 127.255.255.x. */
+  match: z.array(z.string().min(1)).min(1).optional(),
+});
+
+const checks = z.strictObject({
+  /** Forward-confirmed reverse DNS (as Postfix): Client-Host, XCLIENT NAME and the access record get the name. */
+  reverse_dns: z.boolean().default(false),
+  /** DNS blocklists and allowlists, asked at connect, in parallel, scored as postscreen does. */
+  dnsbl: z.strictObject({
+    lists: z.array(dnsblList).min(1),
+    /** Blocked at this score or more (postscreen_dnsbl_threshold). */
+    threshold: z.int().min(1).max(1000).default(1),
+  }).optional(),
+});
+
 /** Every setting a server block may override; at top level they are the defaults of every server. */
 const serverShape = {
   /** Name in the greeting, the HELO/EHLO reply and Postern's own EHLO to the back-end (nginx `server_name`). */
@@ -273,6 +303,10 @@ const serverShape = {
    * another back-end (docs/configuration.md, "proxy_mode").
    */
   proxy_mode: z.enum(['session', 'transaction']).default('session'),
+  /** DNS servers for reverse names and blocklists (nginx `resolver`); needed by checks.reverse_dns and checks.dnsbl. */
+  resolver: resolver.optional(),
+  /** Checks before the back-end: reverse DNS and blocklists at connect. */
+  checks: checks.prefault({}),
 };
 
 /** One `servers:` entry after the top-level defaults are merged in (nginx's `server {}` inheriting from `mail {}`). */
@@ -322,3 +356,5 @@ export type PoolConfig = z.output<typeof pool>;
 export type RulesConfig = z.output<typeof rules>;
 export type RuleConfig = z.output<typeof rule>;
 export type StaticTarget = z.output<typeof staticTarget>;
+export type ResolverConfig = z.output<typeof resolver>;
+export type ChecksConfig = z.output<typeof checks>;

@@ -14,6 +14,7 @@ import type { SessionObserver } from '../observe/observer.js';
 import type { ProtocolModule, ProtocolSession } from '../protocol.js';
 import { SmtpProtocol } from '../protocols/smtp.js';
 import { NO_CONNECT_CHECKS, type ConnectChecks } from '../checks/connect.js';
+import { dnsConnectChecks } from '../checks/connect-dns.js';
 import { poolLayer } from '../pools/layer.js';
 import { PoolRegistry } from '../pools/pool.js';
 import { TlsContexts } from '../tls/contexts.js';
@@ -73,6 +74,6 @@ export function buildContext(config: ServerConfig, o: ContextOptions): ServerCon
     tls: needsTls ? new TlsContexts(config.tls) : null,
     listeners,
     observers: o.accessLog ? [accessLog(o.logger)] : [],
-    connectChecks: o.connectChecks ?? NO_CONNECT_CHECKS,
+    connectChecks: o.connectChecks ?? (config.resolver && (config.checks.reverse_dns || config.checks.dnsbl) ? dnsConnectChecks(config.resolver, config.checks) : NO_CONNECT_CHECKS),
   };
 }
