@@ -107,8 +107,11 @@ export interface RouteTarget {
 
 export type RouteDecision =
   | RouteTarget
-  /** Refused by policy: `reply` goes to the client; with `waitMs` > 0 it is delayed and the session stays open (Auth-Wait). */
-  | { kind: 'reject'; reply: string; waitMs: number; reason: string }
+  /**
+   * Refused by policy: `reply` goes to the client; with `waitMs` > 0 it is delayed and the session
+   * stays open (Auth-Wait); `keepOpen` keeps it open too (a policy server refused one recipient).
+   */
+  | { kind: 'reject'; reply: string; waitMs: number; reason: string; keepOpen?: boolean }
   /** The router itself failed (auth service down, garbage…): 451 4.3.2. */
   | { kind: 'error'; code: ErrorCode; detail: string };
 

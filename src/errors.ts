@@ -102,6 +102,8 @@ export const WARNINGS = {
   PSW_NO_XCLIENT: { level: 'warn', message: 'xclient is on but the back-end does not offer XCLIENT: it sees Postern as the client (add Postern to smtpd_authorized_xclient_hosts); logged once per back-end' },
   PSW_POOL_SERVER_DOWN: { level: 'warn', message: 'a pool server failed max_fails sessions within fail_timeout: it is skipped until fail_timeout has passed (nginx max_fails)' },
   PSW_POOL_SERVER_UP: { level: 'info', message: 'a pool server that passive detection had taken out carried its trial session after fail_timeout: back in rotation' },
+  PSW_POLICY_FAILED: { level: 'warn', message: 'a policy server was down, slow or answered garbage: its configured default (defer: 451 4.3.5, or dunno) applied' },
+  PSW_POLICY_UNSUPPORTED: { level: 'warn', message: 'a policy server answered an action a proxy cannot honour (HOLD, FILTER, REDIRECT, DISCARD, BCC, …) or garbage: treated as DUNNO' },
   PSW_POOL_CHECK_DOWN: { level: 'warn', message: 'active checks: a pool server failed `fall` checks in a row and is taken out of every worker\'s rotation' },
   PSW_POOL_CHECK_UP: { level: 'info', message: 'active checks: a pool server that was down passed `rise` checks in a row and is back in rotation' },
   PSW_POOL_FAILOVER: { level: 'info', message: 'a pool server failed before the client saw a back-end byte; the next usable server, if any is left within max_tries and try_timeout, is tried' },

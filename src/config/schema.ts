@@ -260,6 +260,15 @@ const checks = z.strictObject({
     /** Blocked at this score or more (postscreen_dnsbl_threshold). */
     threshold: z.int().min(1).max(1000).default(1),
   }).optional(),
+  /** Postfix policy servers (check_policy_service), asked at each RCPT before routing, in order. */
+  policy: z.array(z.strictObject({
+    /** `tcp:host:port`, `host:port` or `unix:/path`. */
+    server: z.string().regex(/^(tcp:|inet:|unix:\/)?[\x21-\x7e]+$/, 'tcp:host:port, host:port or unix:/path'),
+    /** When the server is down, slow or answers garbage: `defer` (Postfix's 451 4.3.5) or `dunno` (go on). */
+    default: z.enum(['defer', 'dunno']).default('defer'),
+    /** One request, connect to reply (Postfix smtpd_policy_service_timeout is 100 s). */
+    timeout: duration('10s'),
+  })).default([]),
 });
 
 /** Every setting a server block may override; at top level they are the defaults of every server. */

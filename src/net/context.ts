@@ -15,11 +15,12 @@ import type { ProtocolModule, ProtocolSession } from '../protocol.js';
 import { SmtpProtocol } from '../protocols/smtp.js';
 import { NO_CONNECT_CHECKS, type ConnectChecks } from '../checks/connect.js';
 import { dnsConnectChecks } from '../checks/connect-dns.js';
+import { policyLayer } from '../checks/policy-layer.js';
 import { poolLayer } from '../pools/layer.js';
 import { PoolRegistry } from '../pools/pool.js';
 import { TlsContexts } from '../tls/contexts.js';
 
-const noLogger = { warn() {}, info() {} } as unknown as Logger;
+const noLogger = { warn() {}, info() {}, debug() {}, error() {} } as unknown as Logger;
 
 export interface ListenerContext {
   readonly config: ListenerConfig;
@@ -42,14 +43,16 @@ export interface ServerContext {
 }
 
 /** The server's own router: static or auth_http, with the layers that wrap it (pools, the AUTH guard). */
-export function createRouter(config: ServerConfig, pools: PoolRegistry = new PoolRegistry({}, noLogger)): Router {
+export function createRouter(config: ServerConfig, pools: PoolRegistry = new PoolRegistry({}, noLogger), logger: Logger = noLogger): Router {
   const r = config.route;
   const base = 'static' in r
     ? new StaticRouter(r.static)
     : 'auth_http' in r
       ? new AuthHttpRouter(r.auth_http, config.timeouts.auth)
       : new RuleRouter(r.rules, r.rules.auth_http ? new AuthHttpRouter(r.rules.auth_http, config.timeouts.auth) : null);
-  return composeRouter(base, [authFailureGuard(new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window)), poolLayer(pools)]);
+  const layers = [authFailureGuard(new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window))];
+  if (config.checks.policy.length > 0) layers.push(policyLayer(config.checks.policy, (level, fields, msg) => logger[level](fields, msg)));
+  return composeRouter(base, [...layers, poolLayer(pools)]);
 }
 
 export interface ContextOptions {
@@ -69,7 +72,7 @@ export function buildContext(config: ServerConfig, o: ContextOptions): ServerCon
   return {
     config,
     protocol,
-    router: o.router ?? createRouter(config, o.pools),
+    router: o.router ?? createRouter(config, o.pools, o.logger),
     logger: o.logger,
     tls: needsTls ? new TlsContexts(config.tls) : null,
     listeners,

@@ -189,7 +189,7 @@ export class Session extends SmtpDialog implements ProtocolSession<BackendReadyI
     if (d.kind === 'reject') {
       const reply: Action = { type: 'reply', data: lineReply(d.reply) };
       // Transaction mode: a refused recipient is one recipient, not the session (the transaction goes on).
-      const keepOpen = d.waitMs > 0 || (this.limits.proxyMode === 'transaction' && !(env.auth && env.mailLine === ''));
+      const keepOpen = d.waitMs > 0 || d.keepOpen === true || (this.limits.proxyMode === 'transaction' && !(env.auth && env.mailLine === ''));
       if (this.limits.proxyMode === 'transaction' && env.mailLine !== '') this.draftOf(env).recipients.push({ to: env.rcptTo, code: Number(d.reply.slice(0, 3)) });
       if (d.waitMs <= 0) return this.routeFailed(reply, keepOpen && !this.ended);
       this.stage = 'auth-wait';
