@@ -57,6 +57,8 @@ if (cluster.isWorker) {
       new Promise((resolve, reject) => {
         const w = cluster.fork();
         workers.push(w);
+        w.process.stdout?.resume();
+        w.process.stderr?.pipe(process.stderr);
         const t = setTimeout(() => reject(new Error('worker did not start within 15 s')), 15_000);
         w.on('message', (m: { ready?: boolean }) => {
           if (m.ready) {
@@ -85,7 +87,8 @@ if (cluster.isWorker) {
     it('two workers share one rate and one connection limit; an exiting worker frees its connections', { timeout: 60_000 }, async () => {
       const { table, stop } = startLimitsPrimary();
       after(stop);
-      cluster.setupPrimary({ exec: fileURLToPath(import.meta.url), execArgv: ['--import', 'tsx'] });
+      // silent: the workers' stdout is not the test runner's (this process reports to it over stdout).
+      cluster.setupPrimary({ exec: fileURLToPath(import.meta.url), execArgv: ['--import', 'tsx'], silent: true });
       const [a, b] = await Promise.all([fork(), fork()]);
 
       // Rate: 5 per minute for both together.
