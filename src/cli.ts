@@ -10,6 +10,7 @@ import { ConfigError, loadConfig } from './config/load.js';
 import { createLogger } from './log/logger.js';
 import { runPrimary, workerCount } from './net/cluster.js';
 import { onHealthMessages } from './pools/ipc.js';
+import { startLimitsPrimary } from './limits/primary.js';
 import { startHealthChecks } from './pools/checker.js';
 import { PosternServer } from './net/server.js';
 import { statusCommand } from './pools/status.js';
@@ -129,7 +130,10 @@ async function run(config: ReturnType<typeof loadConfig>, configFile: string): P
     logger.info({ version: version(), workers }, 'postern started');
     // Active pool checks run once per instance, here; the workers hear the verdicts over IPC.
     const checks = startHealthChecks(config, logger, { configFile });
+    // Counters shared by the workers live in the primary (limits.store: cluster).
+    const limits = config.limits.store === 'cluster' ? startLimitsPrimary() : null;
     await runPrimary(workers, logger);
+    limits?.stop();
     await checks.stop();
     logger.info('postern stopped');
     await new Promise<void>((r) => logger.flush(() => r()));

@@ -49,7 +49,7 @@ const MERGED = new Set(['auth', 'tls', 'backend_tls', 'timeouts']);
 
 function pickServer(top: Record<string, unknown>): ServerConfig {
   const out: Record<string, unknown> = {};
-  for (const k of SERVER_KEYS) out[k] = top[k];
+  for (const k of SERVER_KEYS) if (top[k] !== undefined) out[k] = top[k];
   return out as ServerConfig;
 }
 

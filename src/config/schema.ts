@@ -232,6 +232,13 @@ const timeouts = z.strictObject({
   shutdown: duration('30s', 0),
 });
 
+/** A rate: `max` events per `per`, with `burst` more allowed once per period of that length. */
+const rate = z.strictObject({
+  max: z.int().min(1),
+  per: duration('1m', 1000).refine((ms) => ms % 1000 === 0, 'a whole number of seconds'),
+  burst: z.int().min(0).default(0),
+});
+
 /** nginx's `resolver`: the DNS servers for client names and blocklists (never the system's). */
 const resolver = z.strictObject({
   servers: z.array(z.string().regex(/^(\[[0-9A-Fa-f:.]+\]:\d{1,5}|[0-9A-Fa-f:.]+)$/, 'ip, ip:port or [ipv6]:port')).min(1),
@@ -332,8 +339,18 @@ export const configSchema = z.strictObject({
   limits: z.strictObject({
     /** Open client connections per worker; more are told 421 and closed (0: no limit). */
     max_connections: z.int().min(0).default(20_000),
-    /** Open connections from one client address per worker (0: no limit); bounds slowloris-style holding. */
+    /** Open connections from one client address (0: no limit); bounds slowloris-style holding. Counted in `store`. */
     max_connections_per_client: z.int().min(0).default(0),
+    /**
+     * Where per-client counters live: `memory` (each worker its own), `cluster` (shared by the
+     * workers of this instance), or `{ redis: host:port }` (shared by every instance; if Redis is
+     * down or slow, each process limits in memory meanwhile and says so once).
+     */
+    store: z.union([z.literal('memory'), z.literal('cluster'), z.strictObject({ redis: hostPort })]).default('memory'),
+    /** New connections per client address per period; more are told 421 4.7.0 and closed. */
+    connection_rate: rate.optional(),
+    /** Recipients per client address per period; more get 452 4.7.1 (Postfix's anvil wording). */
+    recipient_rate: rate.optional(),
   }).prefault({}),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),

@@ -4,7 +4,7 @@
  */
 import { authFailureGuard } from '../auth/failure-guard.js';
 import { AuthHttpRouter } from '../auth/auth-http.js';
-import { composeRouter, StaticRouter, type Router } from '../auth/router.js';
+import { composeRouter, StaticRouter, type Router, type RouterLayer } from '../auth/router.js';
 import { RuleRouter } from '../auth/rules.js';
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
 import { WindowLimiter } from '../limits/limiter.js';
@@ -43,14 +43,14 @@ export interface ServerContext {
 }
 
 /** The server's own router: static or auth_http, with the layers that wrap it (pools, the AUTH guard). */
-export function createRouter(config: ServerConfig, pools: PoolRegistry = new PoolRegistry({}, noLogger), logger: Logger = noLogger): Router {
+export function createRouter(config: ServerConfig, pools: PoolRegistry = new PoolRegistry({}, noLogger), logger: Logger = noLogger, extra: readonly RouterLayer[] = []): Router {
   const r = config.route;
   const base = 'static' in r
     ? new StaticRouter(r.static)
     : 'auth_http' in r
       ? new AuthHttpRouter(r.auth_http, config.timeouts.auth)
       : new RuleRouter(r.rules, r.rules.auth_http ? new AuthHttpRouter(r.rules.auth_http, config.timeouts.auth) : null);
-  const layers = [authFailureGuard(new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window))];
+  const layers = [authFailureGuard(new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window)), ...extra];
   if (config.checks.policy.length > 0) layers.push(policyLayer(config.checks.policy, (level, fields, msg) => logger[level](fields, msg)));
   return composeRouter(base, [...layers, poolLayer(pools)]);
 }
@@ -60,6 +60,8 @@ export interface ContextOptions {
   accessLog: boolean;
   /** The worker's pools, shared by its server blocks. */
   pools: PoolRegistry;
+  /** Router layers of the process (the recipient rate), outermost after the AUTH guard. */
+  layers?: readonly RouterLayer[];
   connectChecks?: ConnectChecks;
   /** Replaces the configured router (tests). */
   router?: Router;
@@ -72,7 +74,7 @@ export function buildContext(config: ServerConfig, o: ContextOptions): ServerCon
   return {
     config,
     protocol,
-    router: o.router ?? createRouter(config, o.pools, o.logger),
+    router: o.router ?? createRouter(config, o.pools, o.logger, o.layers ?? []),
     logger: o.logger,
     tls: needsTls ? new TlsContexts(config.tls) : null,
     listeners,

@@ -7,7 +7,8 @@ import type { Router } from '../auth/router.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { ERRORS } from '../errors.js';
-import { ConcurrencyLimiter, type LimitVerdict } from '../limits/limiter.js';
+import type { Limiter, LimitVerdict } from '../limits/limiter.js';
+import { buildLimits, clientKey, type Limits } from '../limits/setup.js';
 import { PoolRegistry } from '../pools/pool.js';
 import { Connection } from './connection.js';
 import { buildContext, type ListenerContext, type ServerContext } from './context.js';
@@ -23,7 +24,9 @@ export class PosternServer {
   readonly #servers: net.Server[] = [];
   readonly #connections = new Set<Connection>();
   /** Open connections per client address (limits.max_connections_per_client). */
-  readonly #perClient: ConcurrencyLimiter;
+  readonly #perClient: Limiter;
+  readonly #connectionRate: Limiter | null;
+  readonly #limits: Limits;
   #stopping: Promise<void> | null = null;
   #onIdle: (() => void) | null = null;
 
@@ -31,9 +34,11 @@ export class PosternServer {
   constructor(config: Readonly<Config>, logger: Logger, router?: Router) {
     this.#config = config;
     this.#logger = logger;
-    this.#perClient = new ConcurrencyLimiter(config.limits.max_connections_per_client);
+    this.#limits = buildLimits(config, logger);
+    this.#perClient = this.#limits.perClient;
+    this.#connectionRate = this.#limits.connectionRate;
     this.pools = new PoolRegistry(config.pools, logger);
-    this.#contexts = config.servers.map((srv) => buildContext(srv, { logger, accessLog: config.log.access, pools: this.pools, ...(router ? { router } : {}) }));
+    this.#contexts = config.servers.map((srv) => buildContext(srv, { logger, accessLog: config.log.access, pools: this.pools, layers: this.#limits.recipientLayer ? [this.#limits.recipientLayer] : [], ...(router ? { router } : {}) }));
   }
 
   /** Re-reads the certificate files (SIGHUP); on error the running certificates stay. */
@@ -52,6 +57,8 @@ export class PosternServer {
 
   /** Binds every listener; resolves with the bound addresses (port 0 gets a real port). */
   async start(): Promise<net.AddressInfo[]> {
+    // A shared limits store is given a moment to connect, so the first clients are counted in it.
+    await this.#limits.ready();
     const bound: net.AddressInfo[] = [];
     for (const ctx of this.#contexts) for (const listener of ctx.listeners) {
       const l = listener.config;
@@ -80,19 +87,20 @@ export class PosternServer {
     socket.on('error', noop);
     const limits = this.#config.limits;
     if (limits.max_connections > 0 && this.#connections.size >= limits.max_connections) return this.#refuse(socket, ctx, 'PST_TOO_MANY_CONNECTIONS');
-    const key = `conn:${socket.remoteAddress ?? ''}`;
+    const key = clientKey(socket.remoteAddress ?? '');
     const admit = (v: LimitVerdict): void => {
       if (!v.allowed) return this.#refuse(socket, ctx, 'PST_CLIENT_CONNECTIONS');
       if (socket.destroyed) return void this.#perClient.release(key);
       this.#connections.add(new Connection(socket, ctx, listener, (c) => this.#closed(c, key)));
     };
-    const v = this.#perClient.take(key);
-    if (v instanceof Promise) v.then(admit, () => admit({ allowed: true, count: 0, limit: 0 }));
-    else admit(v);
+    const held = (): void => then(this.#perClient.take(key), admit);
+    // Connections per period first (cheapest to refuse), then connections held.
+    if (!this.#connectionRate) return held();
+    then(this.#connectionRate.take(key), (v) => (v.allowed ? held() : this.#refuse(socket, ctx, 'PST_RATE_CONNECTIONS')));
   }
 
   /** Over a cap: the 421 (RFC 5321 §3.8) without a session, then close. */
-  #refuse(socket: net.Socket, ctx: ServerContext, code: 'PST_TOO_MANY_CONNECTIONS' | 'PST_CLIENT_CONNECTIONS'): void {
+  #refuse(socket: net.Socket, ctx: ServerContext, code: 'PST_TOO_MANY_CONNECTIONS' | 'PST_CLIENT_CONNECTIONS' | 'PST_RATE_CONNECTIONS'): void {
     this.#logger[ERRORS[code].level]({ code, client: socket.remoteAddress }, ERRORS[code].message);
     socket.end(ctx.protocol.refusal(code));
     socket.setTimeout(2000, () => socket.destroy());
@@ -122,9 +130,16 @@ export class PosternServer {
         for (const c of this.#connections) c.destroy();
       }
       await Promise.all(this.#contexts.map((c) => c.router.close()));
+      this.#limits.close();
     })();
     return this.#stopping;
   }
 }
 
 function noop(): void {}
+
+/** A limiter's answer now, or when its Promise settles (a store that fails lets the connection in). */
+function then(v: LimitVerdict | Promise<LimitVerdict>, f: (v: LimitVerdict) => void): void {
+  if (v instanceof Promise) v.then(f, () => f({ allowed: true, count: 0, limit: 0 }));
+  else f(v);
+}

@@ -131,7 +131,8 @@ describe('proxy_mode: transaction with real clients and two back-ends', () => {
       const started = Date.now();
       const queueId = await submitMessage(relay.port, { from: 'a@x.test', to: RECIPIENTS, message: msg });
       const allSent = (log: string) => RECIPIENTS.every((a) => new RegExp(`${queueId}: to=<${a}>.*status=sent`).test(log));
-      const log = await relay.waitForLog(allSent, 30_000);
+      // Generous: under a loaded CI machine Postfix's queue manager has been seen slow to bring the deferred half back.
+      const log = await relay.waitForLog(allSent, 60_000);
       t.diagnostic(`relay took ${Date.now() - started} ms from submission to the last status=sent`);
       // The split: the second domain's recipients were deferred with Postern's 452 4.5.3 first.
       const deferred = RECIPIENTS.filter((a) => new RegExp(`${queueId}: to=<${a}>.*dsn=4\\.5\\.3, status=deferred`).test(log));

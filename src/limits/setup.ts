@@ -1,0 +1,88 @@
+/**
+ * The configured limits, built once per worker: the store the counters live in (memory, the
+ * instance's cluster, or Redis shared by every instance) and the limiters on it — connections
+ * held and connections per period at accept, recipients per period at RCPT (a router layer).
+ * A shared store that is down or slow falls back to memory with one log line (./guard.ts).
+ */
+import type { RouterLayer } from '../auth/router.js';
+import type { Config } from '../config/schema.js';
+import type { RouteDecision, RouteRequest } from '../domain.js';
+import type { Logger } from '../log/logger.js';
+import { createConcurrencyLimiter } from './concurrency.js';
+import { clientKeys } from './keys.js';
+import type { Limiter, LimitVerdict } from './limiter.js';
+import { RateLimiter, type LimiterStore } from './rate.js';
+import { createRedisClient } from './redis.js';
+
+export interface Limits {
+  /** Connections held per client address (limits.max_connections_per_client). */
+  perClient: Limiter;
+  /** New connections per client address per period; null when not configured. */
+  connectionRate: Limiter | null;
+  /** Recipients per client address per period, as a router layer; null when not configured. */
+  recipientLayer: RouterLayer | null;
+  /** Resolves when a Redis store is connected, or after `ms` (then the fallback counts meanwhile). */
+  ready(ms?: number): Promise<void>;
+  close(): void;
+}
+
+/** The counter key of a client: its address (IPv4 /32, IPv6 /64 as keys.ts forms them). */
+export const clientKey = (addr: string): string => clientKeys(addr)[0] ?? addr;
+
+export function buildLimits(config: Readonly<Config>, logger: Logger): Limits {
+  const l = config.limits;
+  let redis: ReturnType<typeof createRedisClient> | null = null;
+  let store: LimiterStore = { kind: 'memory' };
+  if (l.store === 'cluster') store = { kind: 'cluster' };
+  else if (typeof l.store === 'object') {
+    redis = createRedisClient({ host: l.store.redis.host, port: l.store.redis.port });
+    store = { kind: 'redis', client: redis };
+  }
+  const events = {
+    onDown: (i: { store: string; limiter: string; error: Error }) => logger.warn({ code: 'PSW_LIMITS_STORE_DOWN', store: i.store, limiter: i.limiter, detail: i.error.message }, 'the limits store is down or slow: counting in memory meanwhile'),
+    onUp: (i: { store: string; limiter: string }) => logger.info({ code: 'PSW_LIMITS_STORE_UP', store: i.store, limiter: i.limiter }, 'the limits store answers again'),
+  };
+  const rate = (name: string, r: NonNullable<Config['limits']['connection_rate']>): RateLimiter =>
+    new RateLimiter({ name, points: r.max, durationMs: r.per, ...(r.burst > 0 ? { burst: { points: r.burst, durationMs: r.per * 10 } } : {}) }, store, events);
+  // No cap: an in-memory limiter that never refuses, so a shared store is not asked per connection.
+  const perClient = createConcurrencyLimiter({ name: 'conn', limit: l.max_connections_per_client }, l.max_connections_per_client > 0 ? store : { kind: 'memory' }, events);
+  const connectionRate = l.connection_rate ? rate('conn-rate', l.connection_rate) : null;
+  const recipients = l.recipient_rate ? rate('rcpt-rate', l.recipient_rate) : null;
+  return {
+    perClient,
+    connectionRate,
+    recipientLayer: recipients ? recipientRateLayer(recipients) : null,
+    ready(ms = 1000) {
+      const r = redis;
+      if (!r || r.status === 'ready') return Promise.resolve();
+      return new Promise<void>((resolve) => {
+        const t = setTimeout(done, ms);
+        function done(): void {
+          clearTimeout(t);
+          r!.removeListener('ready', done);
+          resolve();
+        }
+        r.once('ready', done);
+      });
+    },
+    close() {
+      perClient.close();
+      redis?.disconnect();
+    },
+  };
+}
+
+/** Recipients per client per period: over it, `452 4.7.1` for that recipient (the session goes on). */
+function recipientRateLayer(limiter: Limiter): RouterLayer {
+  return (inner) => ({
+    route(req: RouteRequest): RouteDecision | Promise<RouteDecision> {
+      if (req.envelope.mailLine === '') return inner.route(req);
+      const over = (v: LimitVerdict): RouteDecision | Promise<RouteDecision> => (v.allowed
+        ? inner.route(req)
+        : { kind: 'reject', reply: `452 4.7.1 Error: too many recipients from ${req.clientAddr}`, waitMs: 0, reason: 'limits.recipient_rate', keepOpen: true });
+      const v = limiter.take(clientKey(req.clientAddr));
+      return v instanceof Promise ? v.then(over) : over(v);
+    },
+    close: () => inner.close(),
+  });
+}
