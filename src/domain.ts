@@ -111,7 +111,7 @@ export type RouteDecision =
    * Refused by policy: `reply` goes to the client; with `waitMs` > 0 it is delayed and the session
    * stays open (Auth-Wait); `keepOpen` keeps it open too (a policy server refused one recipient).
    */
-  | { kind: 'reject'; reply: string; waitMs: number; reason: string; keepOpen?: boolean }
+  | { kind: 'reject'; reply: string; waitMs: number; reason: string; keepOpen?: boolean; /** The code the refusal is logged under (default PST_AUTH_REJECTED: the auth service's). */ code?: ErrorCode }
   /** The router itself failed (auth service down, garbage…): 451 4.3.2. */
   | { kind: 'error'; code: ErrorCode; detail: string };
 

@@ -50,7 +50,7 @@ export function refusalOf(v: PolicyVerdict, log: PolicyLog, server: string): Rou
     case 'reject':
     case 'defer':
     case 'defer_if_permit': // a lone check: nothing later could reject, so defer
-      return { kind: 'reject', reply: v.reply, waitMs: 0, reason: `policy ${server}: ${v.action}`, keepOpen: true };
+      return { kind: 'reject', reply: v.reply, waitMs: 0, reason: `policy ${server}: ${v.action}`, keepOpen: true, code: 'PST_POLICY_REFUSED' };
     case 'unsupported':
     case 'invalid':
       log('warn', { code: 'PSW_POLICY_UNSUPPORTED', server, action: v.kind === 'unsupported' ? v.action : undefined, detail: v.kind === 'invalid' ? v.detail : undefined }, 'policy server action that a proxy cannot honour: treated as DUNNO');

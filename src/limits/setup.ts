@@ -79,7 +79,7 @@ function recipientRateLayer(limiter: Limiter): RouterLayer {
       if (req.envelope.mailLine === '') return inner.route(req);
       const over = (v: LimitVerdict): RouteDecision | Promise<RouteDecision> => (v.allowed
         ? inner.route(req)
-        : { kind: 'reject', reply: `452 4.7.1 Error: too many recipients from ${req.clientAddr}`, waitMs: 0, reason: 'limits.recipient_rate', keepOpen: true });
+        : { kind: 'reject', reply: `452 4.7.1 Error: too many recipients from ${req.clientAddr}`, waitMs: 0, reason: 'limits.recipient_rate', keepOpen: true, code: 'PST_RATE_RECIPIENTS' });
       const v = limiter.take(clientKey(req.clientAddr));
       return v instanceof Promise ? v.then(over) : over(v);
     },

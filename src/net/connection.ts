@@ -41,6 +41,8 @@ export class Connection implements SocketOwner {
   /** The verified reverse name, or nginx's `[UNAVAILABLE]` / `[TEMPUNAVAIL]`. */
   #clientName = '[UNAVAILABLE]';
   #checks: Record<string, unknown> | null = null;
+  /** Refusals by the router and its checks, for the access record. */
+  #refusals: string[] | null = null;
   #tls: TlsInfo | null = null;
   #backendTls: string | null = null;
   #backend: string | null = null;
@@ -322,7 +324,11 @@ export class Connection implements SocketOwner {
 
   #routed(d: RouteDecision): void {
     if (this.socket.destroyed) return;
-    if (d.kind === 'reject') this.#ctx.logger.info({ code: 'PST_AUTH_REJECTED', client: this.clientAddr, user: this.session.summary().user, detail: d.reason, wait_ms: d.waitMs }, ERRORS.PST_AUTH_REJECTED.message);
+    if (d.kind === 'reject') {
+      const code = d.code ?? 'PST_AUTH_REJECTED';
+      this.#ctx.logger[ERRORS[code].level]({ code, client: this.clientAddr, user: this.session.summary().user, detail: d.reason, wait_ms: d.waitMs, reply: d.reply }, ERRORS[code].message);
+      (this.#refusals ??= []).push(`${code}: ${d.reply.slice(0, 3)}`);
+    }
     this.#run(this.session.routed(d));
   }
 
@@ -400,7 +406,7 @@ export class Connection implements SocketOwner {
       client: `${this.clientAddr}:${this.clientPort}`,
       ...this.session.summary(),
       ...(this.#clientName !== '[UNAVAILABLE]' ? { client_name: this.#clientName } : {}),
-      ...(this.#checks ? { checks: this.#checks } : {}),
+      ...(this.#checks || this.#refusals ? { checks: { ...this.#checks, ...(this.#refusals ? { refused: this.#refusals } : {}) } } : {}),
       backend: this.#backend ?? undefined,
       tls: this.#tls?.protocol,
       backend_tls: this.#backendTls ?? undefined,

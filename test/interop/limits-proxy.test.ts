@@ -32,6 +32,9 @@ describe('limits', () => {
       assert.equal(await c.cmd('RCPT TO:<c@y.test>'), '452 4.7.1 Error: too many recipients from 127.0.0.1');
       assert.equal(await c.data('Subject: l\r\n\r\nhi\r\n'), '250 2.0.0 Ok: queued');
       c.close();
+      // The verdict is in the session's access record.
+      const rec = await p.waitForLog((l) => l.type === 'access' && (l.checks as { refused?: string[] } | undefined)?.refused !== undefined);
+      assert.deepEqual((rec.checks as { refused: string[] }).refused, ['PST_RATE_RECIPIENTS: 452']);
       assert.match(await greeting(p.port), /^220 /);
       assert.equal(await greeting(p.port), '421 4.7.0 proxy.test Error: too many connections from your address, try again later');
       await p.waitForLog((l) => l.code === 'PST_RATE_CONNECTIONS');

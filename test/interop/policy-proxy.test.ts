@@ -65,6 +65,7 @@ describe('policy servers at RCPT', () => {
       assert.equal(a.get('client_address'), '127.0.0.1');
       assert.equal(a.get('client_name'), 'unknown');
       assert.equal(srv.connections, 1, 'one kept-alive connection for both requests');
+      await p.waitForLog((l) => l.code === 'PST_POLICY_REFUSED' && /REJECT/.test(String(l.detail)));
     } finally {
       await p.stop();
       await backend.stop();
