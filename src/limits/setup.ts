@@ -10,7 +10,7 @@ import type { RouteDecision, RouteRequest } from '../domain.js';
 import type { Logger } from '../log/logger.js';
 import { createConcurrencyLimiter } from './concurrency.js';
 import { clientKeys } from './keys.js';
-import type { Limiter, LimitVerdict } from './limiter.js';
+import { WindowLimiter, type Limiter, type LimitVerdict } from './limiter.js';
 import { RateLimiter, type LimiterStore } from './rate.js';
 import { createRedisClient } from './redis.js';
 
@@ -21,6 +21,12 @@ export interface Limits {
   connectionRate: Limiter | null;
   /** Recipients per client address per period, as a router layer; null when not configured. */
   recipientLayer: RouterLayer | null;
+  /**
+   * Refused logins per client address for one server block (auth.max_failures_per_client within
+   * auth.failure_window): in memory per worker, or in the shared store, so the cap holds across
+   * workers and, with Redis, across instances.
+   */
+  authFailures(server: number, max: number, windowMs: number): Limiter;
   /** Resolves when a Redis store is connected, or after `ms` (then the fallback counts meanwhile). */
   ready(ms?: number): Promise<void>;
   close(): void;
@@ -52,6 +58,11 @@ export function buildLimits(config: Readonly<Config>, logger: Logger): Limits {
     perClient,
     connectionRate,
     recipientLayer: recipients ? recipientRateLayer(recipients) : null,
+    authFailures(server, max, windowMs) {
+      if (store.kind === 'memory') return new WindowLimiter(max, windowMs);
+      // The shared stores count whole seconds.
+      return new RateLimiter({ name: `auth-fail-${server}`, points: max, durationMs: Math.max(1000, Math.ceil(windowMs / 1000) * 1000) }, store, events);
+    },
     ready(ms = 1000) {
       const r = redis;
       if (!r || r.status === 'ready') return Promise.resolve();

@@ -7,7 +7,7 @@ import { AuthHttpRouter } from '../auth/auth-http.js';
 import { composeRouter, StaticRouter, type Router, type RouterLayer } from '../auth/router.js';
 import { RuleRouter } from '../auth/rules.js';
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
-import { WindowLimiter } from '../limits/limiter.js';
+import { WindowLimiter, type Limiter } from '../limits/limiter.js';
 import type { Logger } from '../log/logger.js';
 import { accessLog } from '../observe/access-log.js';
 import type { SessionObserver } from '../observe/observer.js';
@@ -43,14 +43,20 @@ export interface ServerContext {
 }
 
 /** The server's own router: static or auth_http, with the layers that wrap it (pools, the AUTH guard). */
-export function createRouter(config: ServerConfig, pools: PoolRegistry = new PoolRegistry({}, noLogger), logger: Logger = noLogger, extra: readonly RouterLayer[] = []): Router {
+export function createRouter(
+  config: ServerConfig,
+  pools: PoolRegistry = new PoolRegistry({}, noLogger),
+  logger: Logger = noLogger,
+  extra: readonly RouterLayer[] = [],
+  authFailures: Limiter = new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window),
+): Router {
   const r = config.route;
   const base = 'static' in r
     ? new StaticRouter(r.static)
     : 'auth_http' in r
       ? new AuthHttpRouter(r.auth_http, config.timeouts.auth)
       : new RuleRouter(r.rules, r.rules.auth_http ? new AuthHttpRouter(r.rules.auth_http, config.timeouts.auth) : null);
-  const layers = [authFailureGuard(new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window)), ...extra];
+  const layers = [authFailureGuard(authFailures), ...extra];
   if (config.checks.policy.length > 0) layers.push(policyLayer(config.checks.policy, (level, fields, msg) => logger[level](fields, msg)));
   return composeRouter(base, [...layers, poolLayer(pools)]);
 }
@@ -62,6 +68,8 @@ export interface ContextOptions {
   pools: PoolRegistry;
   /** Router layers of the process (the recipient rate), outermost after the AUTH guard. */
   layers?: readonly RouterLayer[];
+  /** The AUTH-failure counter of this server block (in the limits store). */
+  authFailures?: Limiter;
   connectChecks?: ConnectChecks;
   /** Replaces the configured router (tests). */
   router?: Router;
@@ -74,7 +82,7 @@ export function buildContext(config: ServerConfig, o: ContextOptions): ServerCon
   return {
     config,
     protocol,
-    router: o.router ?? createRouter(config, o.pools, o.logger, o.layers ?? []),
+    router: o.router ?? createRouter(config, o.pools, o.logger, o.layers ?? [], o.authFailures),
     logger: o.logger,
     tls: needsTls ? new TlsContexts(config.tls) : null,
     listeners,

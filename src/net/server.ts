@@ -38,7 +38,14 @@ export class PosternServer {
     this.#perClient = this.#limits.perClient;
     this.#connectionRate = this.#limits.connectionRate;
     this.pools = new PoolRegistry(config.pools, logger);
-    this.#contexts = config.servers.map((srv) => buildContext(srv, { logger, accessLog: config.log.access, pools: this.pools, layers: this.#limits.recipientLayer ? [this.#limits.recipientLayer] : [], ...(router ? { router } : {}) }));
+    this.#contexts = config.servers.map((srv, i) => buildContext(srv, {
+      logger,
+      accessLog: config.log.access,
+      pools: this.pools,
+      layers: this.#limits.recipientLayer ? [this.#limits.recipientLayer] : [],
+      authFailures: this.#limits.authFailures(i, srv.auth.max_failures_per_client, srv.auth.failure_window),
+      ...(router ? { router } : {}),
+    }));
   }
 
   /** Re-reads the certificate files (SIGHUP); on error the running certificates stay. */

@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { AuthStub } from '../helpers/auth-stub.js';
 import { FakeBackend } from '../helpers/fake-backend.js';
 import { startPostern } from '../helpers/postern.js';
 import { startRedis } from '../helpers/redis.js';
@@ -62,6 +63,38 @@ describe('limits', () => {
       await a.stop();
       await b.stop();
       await backend.stop();
+      await redis.close();
+    }
+  });
+
+  it('store: redis — refused logins count across instances (auth.max_failures_per_client)', async () => {
+    const redis = await startRedis();
+    const stub = await AuthStub.start({ 'Auth-Status': 'Invalid login or password', 'Auth-Error-Code': '535 5.7.8' });
+    const cfg = {
+      listen: [{ address: '127.0.0.1:0', smtp_auth: ['plain'], auth_plaintext: true }],
+      route: { auth_http: { url: stub.url } },
+      auth: { max_failures_per_client: 2 },
+      limits: { store: { redis: `127.0.0.1:${redis.port}` } },
+    };
+    const a = await startPostern(cfg);
+    const b = await startPostern(cfg);
+    const login = async (port: number): Promise<string> => {
+      const c = await SmtpClient.connect(port);
+      await c.reply();
+      await c.cmd('EHLO client.test');
+      const r = await c.cmd(`AUTH PLAIN ${Buffer.from('\0alice\0wrong').toString('base64')}`);
+      c.close();
+      return r;
+    };
+    try {
+      assert.equal(await login(a.port), '535 5.7.8 Invalid login or password');
+      assert.equal(await login(b.port), '535 5.7.8 Invalid login or password');
+      assert.equal(await login(a.port), '421 4.7.0 proxy.test Too many authentication failures', 'two failures, one on each instance, reach the shared cap');
+      assert.equal(stub.requests.length, 2, 'the third login never reached the auth service');
+    } finally {
+      await a.stop();
+      await b.stop();
+      await stub.stop();
       await redis.close();
     }
   });
