@@ -1,16 +1,14 @@
 /**
  * The configured limits, built once per worker: the store the counters live in (memory, the
  * instance's cluster, or Redis shared by every instance) and the limiters on it — connections
- * held and connections per period at accept, recipients per period at RCPT (a router layer).
+ * held and connections per period at accept, recipients per period at RCPT (../checks/rate-layer.ts).
  * A shared store that is down or slow falls back to memory with one log line (./guard.ts).
  */
-import type { RouterLayer } from '../auth/router.js';
 import type { Config } from '../config/schema.js';
-import type { RouteDecision, RouteRequest } from '../domain.js';
 import type { Logger } from '../log/logger.js';
 import { createConcurrencyLimiter } from './concurrency.js';
 import { clientKeys } from './keys.js';
-import { WindowLimiter, type Limiter, type LimitVerdict } from './limiter.js';
+import { WindowLimiter, type Limiter } from './limiter.js';
 import { RateLimiter, type LimiterStore } from './rate.js';
 import { createRedisClient } from './redis.js';
 
@@ -19,8 +17,8 @@ export interface Limits {
   perClient: Limiter;
   /** New connections per client address per period; null when not configured. */
   connectionRate: Limiter | null;
-  /** Recipients per client address per period, as a router layer; null when not configured. */
-  recipientLayer: RouterLayer | null;
+  /** Recipients per client address per period (checks/rate-layer.ts asks it at RCPT); null when not configured. */
+  recipients: Limiter | null;
   /**
    * Refused logins per client address for one server block (auth.max_failures_per_client within
    * auth.failure_window): in memory per worker, or in the shared store, so the cap holds across
@@ -57,7 +55,7 @@ export function buildLimits(config: Readonly<Config>, logger: Logger): Limits {
   return {
     perClient,
     connectionRate,
-    recipientLayer: recipients ? recipientRateLayer(recipients) : null,
+    recipients,
     authFailures(server, max, windowMs) {
       if (store.kind === 'memory') return new WindowLimiter(max, windowMs);
       // The shared stores count whole seconds.
@@ -81,19 +79,4 @@ export function buildLimits(config: Readonly<Config>, logger: Logger): Limits {
       redis?.disconnect();
     },
   };
-}
-
-/** Recipients per client per period: over it, `452 4.7.1` for that recipient (the session goes on). */
-function recipientRateLayer(limiter: Limiter): RouterLayer {
-  return (inner) => ({
-    route(req: RouteRequest): RouteDecision | Promise<RouteDecision> {
-      if (req.envelope.mailLine === '') return inner.route(req);
-      const over = (v: LimitVerdict): RouteDecision | Promise<RouteDecision> => (v.allowed
-        ? inner.route(req)
-        : { kind: 'reject', reply: `452 4.7.1 Error: too many recipients from ${req.clientAddr}`, waitMs: 0, reason: 'limits.recipient_rate', keepOpen: true, code: 'PST_RATE_RECIPIENTS' });
-      const v = limiter.take(clientKey(req.clientAddr));
-      return v instanceof Promise ? v.then(over) : over(v);
-    },
-    close: () => inner.close(),
-  });
 }

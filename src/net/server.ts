@@ -8,6 +8,7 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { ERRORS } from '../errors.js';
 import type { Limiter, LimitVerdict } from '../limits/limiter.js';
+import { recipientRateLayer } from '../checks/rate-layer.js';
 import { buildLimits, clientKey, type Limits } from '../limits/setup.js';
 import { PoolRegistry } from '../pools/pool.js';
 import { Connection } from './connection.js';
@@ -42,7 +43,7 @@ export class PosternServer {
       logger,
       accessLog: config.log.access,
       pools: this.pools,
-      layers: this.#limits.recipientLayer ? [this.#limits.recipientLayer] : [],
+      layers: this.#limits.recipients ? [recipientRateLayer(this.#limits.recipients)] : [],
       authFailures: this.#limits.authFailures(i, srv.auth.max_failures_per_client, srv.auth.failure_window),
       ...(router ? { router } : {}),
     }));
