@@ -5,7 +5,7 @@
  * counted; refused recipients are not.
  */
 import type { RouteDecision, RouteRequest } from '../domain.js';
-import type { Limiter } from '../limits/limiter.js';
+import { thenMaybe as then, type Limiter } from '../limits/limiter.js';
 import type { Router, RouterLayer } from './router.js';
 
 export function authFailureGuard(limiter: Limiter): RouterLayer {
@@ -23,9 +23,4 @@ export function authFailureGuard(limiter: Limiter): RouterLayer {
     },
     close: () => inner.close(),
   });
-}
-
-/** Applies `f` now when `v` is a value, after it when it is a Promise: no Promise per call for in-memory limiters. */
-function then<T, U>(v: T | Promise<T>, f: (x: T) => U | Promise<U>): U | Promise<U> {
-  return v instanceof Promise ? v.then(f) : f(v);
 }

@@ -4,7 +4,7 @@
  */
 import type { RouterLayer } from '../auth/router.js';
 import type { RouteDecision, RouteRequest } from '../domain.js';
-import type { Limiter, LimitVerdict } from '../limits/limiter.js';
+import { thenMaybe, type Limiter, type LimitVerdict } from '../limits/limiter.js';
 import { clientKey } from '../limits/setup.js';
 
 /** Recipients per client per period: over it, `452 4.7.1` for that recipient (the session goes on). */
@@ -15,8 +15,7 @@ export function recipientRateLayer(limiter: Limiter): RouterLayer {
       const over = (v: LimitVerdict): RouteDecision | Promise<RouteDecision> => (v.allowed
         ? inner.route(req)
         : { kind: 'reject', reply: `452 4.7.1 Error: too many recipients from ${req.clientAddr}`, waitMs: 0, reason: 'limits.recipient_rate', keepOpen: true, code: 'PST_RATE_RECIPIENTS' });
-      const v = limiter.take(clientKey(req.clientAddr));
-      return v instanceof Promise ? v.then(over) : over(v);
+      return thenMaybe(limiter.take(clientKey(req.clientAddr)), over);
     },
     close: () => inner.close(),
   });

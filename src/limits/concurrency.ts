@@ -283,18 +283,9 @@ write(tonumber(ARGV[2]), tonumber(ARGV[3]))
 return others + tonumber(ARGV[2])
 `;
 
-/** ARGV: holder ('' : nobody). Returns the total of unexpired leases. */
-const PEEK = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local all = redis.call('HGETALL', KEYS[1])
-local total = 0
-for i = 1, #all, 2 do
-  local v = all[i + 1]
-  local sep = string.find(v, '|', 1, true)
-  if tonumber(string.sub(v, sep + 1)) > now then total = total + tonumber(string.sub(v, 1, sep - 1)) end
-end
-return total
+/** ARGV: holder ('': nobody). Returns the total of unexpired leases (expired ones are dropped on the way). */
+const PEEK = `${SUM_OTHERS}
+return others
 `;
 
 type HoldCommands = {

@@ -18,6 +18,11 @@ export interface LimitVerdict {
 
 export type MaybePromise<T> = T | Promise<T>;
 
+/** Applies `f` now when `v` is a value, after it when it is a Promise: no Promise per call for in-memory limiters. */
+export function thenMaybe<T, U>(v: MaybePromise<T>, f: (x: T) => MaybePromise<U>): MaybePromise<U> {
+  return v instanceof Promise ? v.then(f) : f(v);
+}
+
 export interface Limiter {
   /** Counts `cost` for `key`. For a concurrency limiter nothing is taken when the limit is reached. */
   take(key: string, cost?: number): MaybePromise<LimitVerdict>;

@@ -61,24 +61,27 @@ function backendOnDrain(this: OwnedSocket): void {
 }
 function noop(): void {}
 
-export function attach(socket: Socket, conn: SocketOwner): void {
+type Handlers = readonly (readonly [string, (this: OwnedSocket, ...args: never[]) => void])[];
+
+const CLIENT: Handlers = [['data', clientOnData], ['end', clientOnEnd], ['error', clientOnError], ['timeout', clientOnTimeout], ['close', clientOnClose], ['drain', clientOnDrain]];
+const BACKEND: Handlers = [['data', backendOnData], ['error', backendOnError], ['end', backendOnEnd], ['close', backendOnClose], ['timeout', backendOnTimeout], ['drain', backendOnDrain]];
+
+function on(socket: Socket, conn: SocketOwner, handlers: Handlers): void {
   (socket as OwnedSocket)[kConn] = conn;
-  socket.on('data', clientOnData);
-  socket.on('end', clientOnEnd);
-  socket.on('error', clientOnError);
-  socket.on('timeout', clientOnTimeout);
-  socket.on('close', clientOnClose);
-  socket.on('drain', clientOnDrain);
+  for (const [ev, fn] of handlers) socket.on(ev, fn as (...args: unknown[]) => void);
+}
+
+function off(socket: Socket, handlers: Handlers): void {
+  for (const [ev, fn] of handlers) socket.removeListener(ev, fn as (...args: unknown[]) => void);
+}
+
+export function attach(socket: Socket, conn: SocketOwner): void {
+  on(socket, conn, CLIENT);
 }
 
 /** The TCP socket under a TLS socket is the TLS layer's now: Postern's handlers come off it. */
 export function detach(socket: Socket): void {
-  socket.removeListener('data', clientOnData);
-  socket.removeListener('end', clientOnEnd);
-  socket.removeListener('timeout', clientOnTimeout);
-  socket.removeListener('close', clientOnClose);
-  socket.removeListener('error', clientOnError);
-  socket.removeListener('drain', clientOnDrain);
+  off(socket, CLIENT);
   socket.setTimeout(0);
 }
 
@@ -94,22 +97,11 @@ export function stopReading(socket: Socket): void {
 
 /** Transaction mode: the back-end socket's events go to the driver too. */
 export function attachBackend(socket: Socket, conn: SocketOwner): void {
-  (socket as OwnedSocket)[kConn] = conn;
-  socket.on('data', backendOnData);
-  socket.on('error', backendOnError);
-  socket.on('end', backendOnEnd);
-  socket.on('close', backendOnClose);
-  socket.on('timeout', backendOnTimeout);
-  socket.on('drain', backendOnDrain);
+  on(socket, conn, BACKEND);
 }
 
 /** The back-end session is over: its events are nobody's any more (a late error is ignored). */
 export function detachBackend(socket: Socket): void {
-  socket.removeListener('data', backendOnData);
-  socket.removeListener('error', backendOnError);
-  socket.removeListener('end', backendOnEnd);
-  socket.removeListener('close', backendOnClose);
-  socket.removeListener('timeout', backendOnTimeout);
-  socket.removeListener('drain', backendOnDrain);
+  off(socket, BACKEND);
   socket.on('error', noop);
 }

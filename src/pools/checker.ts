@@ -13,12 +13,12 @@ import cluster from 'node:cluster';
 import { EventEmitter } from 'node:events';
 import type { BackendTlsOptions } from '../backend/connect.js';
 import type { Config, PoolConfig } from '../config/schema.js';
-import { backendName } from '../domain.js';
 import { WARNINGS } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { backendTlsOptions } from '../backend/route-options.js';
 import { broadcastHealth, serveHealthSnapshots } from './ipc.js';
 import { ServerHealth } from './health.js';
+import { poolServers } from './pool.js';
 import { probeSmtp, type ProbeOptions, type ProbeResult } from './probe.js';
 import { STATUS_REFRESH_MS, StatusWriter } from './status.js';
 import type { HealthChange, HealthSnapshotEntry, PoolServer } from './types.js';
@@ -183,17 +183,7 @@ export class HealthChecker extends EventEmitter<{ change: [HealthChange]; check:
   }
 }
 
-/** A configured pool's servers as PoolServer records. */
-export function poolServers(cfg: PoolConfig): PoolServer[] {
-  return cfg.servers.map((s) => ({
-    id: backendName(s.address),
-    host: s.address.host,
-    port: s.address.port,
-    weight: s.weight,
-    backup: s.backup,
-    maxConnections: s.max_connections,
-  }));
-}
+export { poolServers };
 
 export interface HealthChecks {
   checker: HealthChecker;

@@ -5,6 +5,7 @@
  */
 import type { RouterLayer } from '../auth/router.js';
 import type { Envelope, RouteDecision, RouteRequest } from '../domain.js';
+import { thenMaybe } from '../limits/limiter.js';
 import type { PoolRegistry } from './pool.js';
 import type { HashKey } from './types.js';
 
@@ -38,8 +39,7 @@ export function poolLayer(pools: PoolRegistry): RouterLayer {
   };
   return (inner) => ({
     route(req) {
-      const d = inner.route(req);
-      return d instanceof Promise ? d.then((x) => resolve(req, x)) : resolve(req, d);
+      return thenMaybe(inner.route(req), (d) => resolve(req, d));
     },
     close: () => inner.close(),
   });

@@ -12,6 +12,18 @@ import { createBalancer } from './balance.js';
 import { ServerHealth, type HealthTransition } from './health.js';
 import type { Balancer, HashKey, PoolServer } from './types.js';
 
+/** A configured pool's servers as PoolServer records. */
+export function poolServers(cfg: PoolConfig): PoolServer[] {
+  return cfg.servers.map((s) => ({
+    id: backendName(s.address),
+    host: s.address.host,
+    port: s.address.port,
+    weight: s.weight,
+    backup: s.backup,
+    maxConnections: s.max_connections,
+  }));
+}
+
 export class Pool {
   readonly name: string;
   readonly servers: readonly PoolServer[];
@@ -28,14 +40,7 @@ export class Pool {
 
   constructor(name: string, c: PoolConfig, logger: Logger, now: () => number = Date.now) {
     this.name = name;
-    this.servers = c.servers.map((s) => ({
-      id: backendName(s.address),
-      host: s.address.host,
-      port: s.address.port,
-      weight: s.weight,
-      backup: s.backup,
-      maxConnections: s.max_connections,
-    }));
+    this.servers = poolServers(c);
     this.hashKey = c.balance === 'hash' ? (c.hash ?? 'rcpt_domain') : null;
     this.maxTries = c.max_tries === 0 ? this.servers.length : Math.min(c.max_tries, this.servers.length);
     this.tryTimeout = c.try_timeout;
