@@ -103,6 +103,11 @@ export interface RouteTarget {
   pass?: string;
   tls?: BackendTlsChoice;
   backendAuth?: 'off' | 'plain' | 'login';
+  /**
+   * Header lines (`Name: value`, no CRLF) a check asked to add at the top of this recipient's
+   * message (a policy server's PREPEND, where the admin allows it; transaction mode only).
+   */
+  prepend?: readonly string[];
 }
 
 export type RouteDecision =
@@ -129,3 +134,24 @@ export function backendName(t: { host: string; port: number; pool?: string }): s
   if (t.pool !== undefined && t.host === '') return `pool ${t.pool}`;
   return t.host.includes(':') ? `[${t.host}]:${t.port}` : `${t.host}:${t.port}`;
 }
+
+/**
+ * Where a check may stop a session besides connect and RCPT (Postfix's protocol_state EHLO/HELO,
+ * MAIL and DATA). RCPT checks are router layers; connect checks are ./checks/connect.ts.
+ */
+export type CheckStage = 'helo' | 'mail' | 'data';
+
+/** What a stage check is asked about: the route request's fields at that point of the session. */
+export interface CheckRequest extends RouteRequest {
+  stage: CheckStage;
+  /** Recipients accepted so far in this transaction (Postfix's recipient_count; 0 before DATA). */
+  recipientCount: number;
+  /** MAIL's SIZE= (RFC 1870), when given. */
+  size?: number;
+}
+
+/** A stage check's answer: go on (optionally with header lines to prepend), or refuse the command. */
+export type CheckVerdict =
+  | { kind: 'pass'; prepend?: readonly string[] }
+  /** `reply` (one line, no CRLF) answers the command; the session goes on. Logged under `code`. */
+  | { kind: 'reject'; reply: string; code: ErrorCode; reason: string };

@@ -107,6 +107,8 @@ export const WARNINGS = {
   PSW_POOL_SERVER_UP: { level: 'info', message: 'a pool server that passive detection had taken out carried its trial session after fail_timeout: back in rotation' },
   PSW_POLICY_FAILED: { level: 'warn', message: 'a policy server was down, slow or answered garbage: its configured default (defer: 451 4.3.5, or dunno) applied' },
   PSW_POLICY_UNSUPPORTED: { level: 'warn', message: 'a policy server answered an action a proxy cannot honour (HOLD, FILTER, REDIRECT, DISCARD, BCC, …) or garbage: treated as DUNNO' },
+  PSW_CHECK_FAILED: { level: 'error', message: 'a stage check failed unexpectedly (a bug): the command went on unchecked' },
+  PSW_POLICY_PREPEND: { level: 'info', message: 'a policy server asked to PREPEND a header where Postern may not change the message (session mode, or prepend not allowed for it): not added' },
   PSW_LIMITS_STORE_DOWN: { level: 'warn', message: 'the limits store (cluster or Redis) failed or was slow: this process counts in memory until it answers again' },
   PSW_LIMITS_STORE_UP: { level: 'info', message: 'the limits store answers again: counts are shared again' },
   PSW_POOL_CHECK_DOWN: { level: 'warn', message: 'active checks: a pool server failed `fall` checks in a row and is taken out of every worker\'s rotation' },

@@ -9,7 +9,7 @@
  */
 import type { Socket } from 'node:net';
 import type { ListenerConfig } from './config/schema.js';
-import type { ClientIdentity, Envelope, ProtocolName, RouteDecision, RouteTarget } from './domain.js';
+import type { CheckStage, CheckVerdict, ClientIdentity, Envelope, ProtocolName, RouteDecision, RouteTarget } from './domain.js';
 import type { ErrorCode, PosternError, WarningCode } from './errors.js';
 
 /** One recipient of a proxied message, for the per-message access record. */
@@ -31,6 +31,8 @@ export interface MessageRecord {
   /** The back-end's reply to the end of data (always the back-end's own). */
   code: number;
   reply: string;
+  /** Header lines Postern added at the top of the message (a policy server's PREPEND). */
+  prepended?: readonly string[];
 }
 
 export type Action =
@@ -39,6 +41,8 @@ export type Action =
   | { type: 'error'; code: ErrorCode; detail?: string; reply?: Buffer }
   /** Ask the router; answer with {@link Session.routed}. */
   | { type: 'route'; envelope: Envelope }
+  /** Ask the stage checks (src/checks/stage.ts) about a command; answer with `checked`. */
+  | { type: 'check'; stage: CheckStage; envelope: Envelope; recipientCount: number; size?: number }
   /** Connect to `target` and replay `envelope`; answer with backendReady / backendFailed. */
   | { type: 'connect'; target: RouteTarget; envelope: Envelope }
   /** Write the first reply to the client and the rest to the back-end, then relay bytes blindly (nginx). */
@@ -78,9 +82,10 @@ export interface ProtocolSession<Ready = unknown> {
   /** The protocol's reply bytes for a catalogue code. */
   errorReply(code: ErrorCode): Buffer;
   summary(): SessionSummary;
-  start(): Action[];
+  /** Greet (or start implicit TLS); `prepend`: header lines the connect checks asked for, for every message. */
+  start(prepend?: readonly string[]): Action[];
   /** The connect-time checks refused the client (a blocklist): the protocol's refusal, and close. */
-  refused(code: ErrorCode, detail: string): Action[];
+  refused(code: ErrorCode, detail: string, reply?: string): Action[];
   receive(chunk: Buffer): Action[];
   tlsStarted(): Action[];
   tlsFailed(code: 'PST_TLS_HANDSHAKE' | 'PST_TLS_HANDSHAKE_TIMEOUT', detail?: string): Action[];
@@ -89,6 +94,8 @@ export interface ProtocolSession<Ready = unknown> {
   clientEnded(): Action[];
   idleTimeout(): Action[];
   routed(decision: RouteDecision): Action[];
+  /** The stage checks' answer to the last `check` action. */
+  checked(verdict: CheckVerdict): Action[];
   backendReady(ready: Ready): Action[];
   backendFailed(err: PosternError, reply?: Buffer): Action[];
   backendData(chunk: Buffer): Action[];
@@ -114,8 +121,8 @@ export type BackendDone<Ready = unknown> = (err: PosternError | null, session?: 
  */
 export interface ProtocolModule<Ready = unknown> {
   readonly name: ProtocolName;
-  /** A session factory for one of the server's listeners. */
-  sessions(listener: ListenerConfig): () => ProtocolSession<Ready>;
+  /** A session factory for one of the server's listeners; `checkStages`: where stage checks are registered. */
+  sessions(listener: ListenerConfig, checkStages?: ReadonlySet<CheckStage>): () => ProtocolSession<Ready>;
   /** Connects to `target` and sets the back-end session up; `done` is called once. Returns an abort. */
   connect(client: ClientIdentity, target: RouteTarget, envelope: Envelope, done: BackendDone<Ready>): () => void;
   /** The reply for a connection refused before any session exists (connection caps). */

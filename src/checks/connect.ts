@@ -11,7 +11,9 @@ export interface ConnectVerdict {
   /** A verified host name, or `[UNAVAILABLE]` / `[TEMPUNAVAIL]` (nginx's and Postfix's spelling). */
   name: string;
   /** Refuse the connection with this catalogue code; `detail` is logged (e.g. the lists that matched). */
-  refuse?: { code: ErrorCode; detail: string };
+  refuse?: { code: ErrorCode; detail: string; /** The reply line instead of the code's (a policy server's own text). */ reply?: string };
+  /** Header lines to add at the top of every message of the session (a policy server's PREPEND; transaction mode). */
+  prepend?: readonly string[];
   /** What the checks found, for the access record (`checks` field). */
   record?: Record<string, unknown>;
 }

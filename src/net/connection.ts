@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import type { Envelope, RouteDecision, RouteTarget, TlsInfo } from '../domain.js';
+import type { CheckVerdict, Envelope, RouteDecision, RouteRequest, RouteTarget, TlsInfo } from '../domain.js';
 import { backendName } from '../domain.js';
 import { relay, type RelayStats } from './relay.js';
 import { ERRORS, WARNINGS, type ErrorCode, type WarningCode, PosternError } from '../errors.js';
@@ -15,6 +15,8 @@ import type { Action, BackendSession, ProtocolSession } from '../protocol.js';
 import { inspectClientTls } from '../tls/client-cert.js';
 import type { ConnectVerdict } from '../checks/connect.js';
 import type { ListenerContext, ServerContext } from './context.js';
+
+const PASS: CheckVerdict = Object.freeze({ kind: 'pass' });
 import { attach, attachBackend, detach, detachBackend, stopReading, unmapIPv4, type SocketOwner } from './socket-events.js';
 
 /** Grace period for the client to close after our final reply, before the socket is destroyed. */
@@ -82,8 +84,8 @@ export class Connection implements SocketOwner {
     if (this.socket.destroyed || this.session.phase === 'closed') return;
     this.#clientName = v.name;
     this.#checks = v.record ?? null;
-    if (v.refuse) return this.#run(this.session.refused(v.refuse.code, v.refuse.detail));
-    this.#run(this.session.start());
+    if (v.refuse) return this.#run(this.session.refused(v.refuse.code, v.refuse.detail, v.refuse.reply));
+    this.#run(this.session.start(v.prepend));
     if (this.#implicitTls) this.#startTls();
   }
 
@@ -203,6 +205,9 @@ export class Connection implements SocketOwner {
       case 'route':
         this.#route(a.envelope);
         break;
+      case 'check':
+        this.#check(a);
+        break;
       case 'connect':
         this.#connect(a.target, a.envelope);
         break;
@@ -301,8 +306,9 @@ export class Connection implements SocketOwner {
     this.#clientTimer = null;
   }
 
-  #route(envelope: Envelope): void {
-    const decision = this.#ctx.router.route({
+  /** What routers and checks are told about the session: the client, its TLS, its listener. */
+  #request(envelope: Envelope): RouteRequest {
+    return {
       protocol: this.#ctx.protocol.name,
       envelope,
       clientAddr: this.clientAddr,
@@ -310,7 +316,11 @@ export class Connection implements SocketOwner {
       clientHost: this.#clientName,
       listener: this.#listenerName,
       ...(this.#tls ? { tls: this.#tls } : {}),
-    });
+    };
+  }
+
+  #route(envelope: Envelope): void {
+    const decision = this.#ctx.router.route(this.#request(envelope));
     if (decision instanceof Promise) {
       decision.then(
         (d) => this.#routed(d),
@@ -322,13 +332,29 @@ export class Connection implements SocketOwner {
     }
   }
 
+  #check(a: Extract<Action, { type: 'check' }>): void {
+    const v = this.#ctx.stageChecks.check({ ...this.#request(a.envelope), stage: a.stage, recipientCount: a.recipientCount, ...(a.size !== undefined ? { size: a.size } : {}) });
+    // A check that throws is a bug of ours: the command goes on, and the log says so.
+    const failed = (err: Error): CheckVerdict => (this.#log('PSW_CHECK_FAILED', `${a.stage}: ${err.message}`), PASS);
+    if (v instanceof Promise) v.then((x) => this.#stageChecked(x), (err: Error) => this.#stageChecked(failed(err)));
+    else queueMicrotask(() => this.#stageChecked(v));
+  }
+
+  #stageChecked(v: CheckVerdict): void {
+    if (this.socket.destroyed) return;
+    if (v.kind === 'reject') this.#refused(v.code, v.reason, v.reply);
+    this.#run(this.session.checked(v));
+  }
+
+  /** A router's or a check's refusal: one log line at the code's level, and the access record's `checks.refused`. */
+  #refused(code: ErrorCode, reason: string, reply: string, waitMs?: number): void {
+    this.#ctx.logger[ERRORS[code].level]({ code, client: this.clientAddr, user: this.session.summary().user, detail: reason, ...(waitMs !== undefined ? { wait_ms: waitMs } : {}), reply }, ERRORS[code].message);
+    (this.#refusals ??= []).push(`${code}: ${reply.slice(0, 3)}`);
+  }
+
   #routed(d: RouteDecision): void {
     if (this.socket.destroyed) return;
-    if (d.kind === 'reject') {
-      const code = d.code ?? 'PST_AUTH_REJECTED';
-      this.#ctx.logger[ERRORS[code].level]({ code, client: this.clientAddr, user: this.session.summary().user, detail: d.reason, wait_ms: d.waitMs, reply: d.reply }, ERRORS[code].message);
-      (this.#refusals ??= []).push(`${code}: ${d.reply.slice(0, 3)}`);
-    }
+    if (d.kind === 'reject') this.#refused(d.code ?? 'PST_AUTH_REJECTED', d.reason, d.reply, d.waitMs);
     this.#run(this.session.routed(d));
   }
 

@@ -16,6 +16,7 @@ import { SmtpProtocol } from '../protocols/smtp.js';
 import { NO_CONNECT_CHECKS, type ConnectChecks } from '../checks/connect.js';
 import { dnsConnectChecks } from '../checks/connect-dns.js';
 import { policyLayer } from '../checks/policy-layer.js';
+import { StageChecks, type StageCheck } from '../checks/stage.js';
 import { poolLayer } from '../pools/layer.js';
 import { PoolRegistry } from '../pools/pool.js';
 import { TlsContexts } from '../tls/contexts.js';
@@ -40,6 +41,8 @@ export interface ServerContext {
   readonly observers: readonly SessionObserver[];
   /** Reverse DNS and blocklists, asked once per connection before the session starts. */
   readonly connectChecks: ConnectChecks;
+  /** Checks at HELO/EHLO, MAIL and DATA (limits first, then policy servers). */
+  readonly stageChecks: StageChecks;
 }
 
 /** The server's own router: static or auth_http, with the layers that wrap it (pools, the AUTH guard). */
@@ -71,6 +74,8 @@ export interface ContextOptions {
   /** The AUTH-failure counter of this server block (in the limits store). */
   authFailures?: Limiter;
   connectChecks?: ConnectChecks;
+  /** Stage checks of the process (the message limits), run before this server's policy servers. */
+  stageChecks?: readonly StageCheck[];
   /** Replaces the configured router (tests). */
   router?: Router;
 }
@@ -78,7 +83,8 @@ export interface ContextOptions {
 export function buildContext(config: ServerConfig, o: ContextOptions): ServerContext {
   const needsTls = config.listen.some((l) => l.implicit_tls || l.starttls !== 'off');
   const protocol = new SmtpProtocol(config, o.logger, o.pools);
-  const listeners = config.listen.map((l) => ({ config: l, name: `${l.address.host}:${l.address.port}`, newSession: protocol.sessions(l) }));
+  const stageChecks = new StageChecks([...(o.stageChecks ?? [])]);
+  const listeners = config.listen.map((l) => ({ config: l, name: `${l.address.host}:${l.address.port}`, newSession: protocol.sessions(l, stageChecks.stages) }));
   return {
     config,
     protocol,
@@ -87,6 +93,7 @@ export function buildContext(config: ServerConfig, o: ContextOptions): ServerCon
     tls: needsTls ? new TlsContexts(config.tls) : null,
     listeners,
     observers: o.accessLog ? [accessLog(o.logger)] : [],
+    stageChecks,
     connectChecks: o.connectChecks ?? (config.resolver && (config.checks.reverse_dns || config.checks.dnsbl) ? dnsConnectChecks(config.resolver, config.checks) : NO_CONNECT_CHECKS),
   };
 }

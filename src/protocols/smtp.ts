@@ -11,7 +11,7 @@ import type { BackendTlsOptions } from '../backend/connect.js';
 import { connectBackend } from '../backend/connect.js';
 import { backendAuthFor, backendTlsFor, backendTlsOptions } from '../backend/route-options.js';
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
-import { backendName, type ClientIdentity, type Envelope, type RouteTarget } from '../domain.js';
+import { backendName, type CheckStage, type ClientIdentity, type Envelope, type RouteTarget } from '../domain.js';
 import { PosternError, WARNINGS, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { failover, type Attempt, type Candidate } from '../pools/failover.js';
@@ -59,7 +59,7 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
     this.#refusals = new ReplyBook({ serverName: config.server_name, capabilities: [] });
   }
 
-  sessions(l: ListenerConfig): () => ProtocolSession<BackendReadyInfo> {
+  sessions(l: ListenerConfig, checkStages?: ReadonlySet<CheckStage>): () => ProtocolSession<BackendReadyInfo> {
     const c = this.#config;
     const book = new ReplyBook({ serverName: c.server_name, capabilities: this.#capabilities, starttls: l.starttls !== 'off', auth: mechanisms(l) });
     const limits: SessionLimits = {
@@ -74,6 +74,7 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
       proxyMode: c.proxy_mode,
       envelopeAfterAuth: 'auth_http' in c.route ? c.route.auth_http.envelope_after_auth : 'rules' in c.route && (c.route.rules.auth_http?.envelope_after_auth ?? false),
       passErrorMessage: c.proxy_pass_error_message,
+      ...(checkStages && checkStages.size > 0 ? { checkStages } : {}),
       auth: {
         mechanisms: mechanisms(l),
         allowNone: l.smtp_auth.includes('none'),

@@ -5,13 +5,13 @@
  * or a back-end, so replies leave in command order (RFC 2920 §3.1) and every byte after that
  * command stays in the reader. Only this class and its subclass write the session's state.
  */
-import type { Credentials, Envelope } from '../domain.js';
+import type { CheckStage, CheckVerdict, Credentials, Envelope } from '../domain.js';
 import { ERRORS, type ErrorCode } from '../errors.js';
 import type { Action } from '../protocol.js';
 import { hasForbiddenByte, parseCommand } from '../smtp/command.js';
 import { LINE_TOO_LONG, LineReader } from '../smtp/line-reader.js';
 import { parsePathArg, sizeParam } from '../smtp/path.js';
-import type { ReplyBook } from '../smtp/replies.js';
+import { lineReply, type ReplyBook } from '../smtp/replies.js';
 import type { Reply } from '../smtp/reply-reader.js';
 import { MECHANISMS, type Mechanism } from '../smtp/sasl.js';
 import type { SessionLimits } from './limits.js';
@@ -22,6 +22,8 @@ export type Phase =
   | 'tls-handshake'
   | 'greeting'
   | 'command'
+  /** Waiting for the stage checks' verdict on HELO/EHLO, MAIL or DATA. */
+  | 'checking'
   /** Waiting for the router, then for the back-end's connect and replay. */
   | 'routing'
   /** A refusal with Auth-Wait: the reply goes out when the wait is over. */
@@ -47,6 +49,12 @@ interface HeldMail {
   line: string;
   from: string;
 }
+
+/** The command a stage check is deciding on, carried out when it passes. */
+type PendingCheck =
+  | { stage: 'helo'; verb: 'EHLO' | 'HELO'; arg: string }
+  | { stage: 'mail'; line: string; from: string }
+  | { stage: 'data' };
 
 export abstract class SmtpDialog {
   protected stage: Phase = 'greeting';
@@ -75,6 +83,11 @@ export abstract class SmtpDialog {
   protected waiting: { reply: Action; keepOpen: boolean } | null = null;
   /** Transaction mode: the back-end link, once the first route has connected. */
   protected tx: TransactionProxy | null = null;
+  /** The command the stage checks are deciding on. */
+  protected pendingCheck: PendingCheck | null = null;
+  /** Header lines for every message of the session: the connect checks' PREPEND, and the last accepted HELO's. */
+  protected connectPrepend: readonly string[] = [];
+  protected heloPrepend: readonly string[] = [];
   protected draft: MessageDraft | null = null;
   protected readonly reader: LineReader;
   protected readonly book: ReplyBook;
@@ -93,7 +106,7 @@ export abstract class SmtpDialog {
   /** Whether the driver should read from the client now (it pauses the socket otherwise). */
   get reading(): boolean {
     const p = this.stage;
-    return p !== 'routing' && p !== 'auth-wait' && p !== 'backend-wait' && p !== 'handed-off';
+    return p !== 'routing' && p !== 'checking' && p !== 'auth-wait' && p !== 'backend-wait' && p !== 'handed-off';
   }
 
   /** The catalogue's reply bytes for `code` ({host} filled in). */
@@ -215,6 +228,11 @@ export abstract class SmtpDialog {
   protected hello(verb: 'EHLO' | 'HELO', arg: string, out: Action[]): void {
     // RFC 5321 §4.1.1.1: exactly one domain or address literal (nginx: "501 5.5.4 Invalid argument").
     if (arg.length === 0 || /\s/.test(arg)) return this.fail(out, 'PST_INVALID_ARGUMENT', `${verb} ${arg}`);
+    if (this.checks('helo')) return this.ask({ stage: 'helo', verb, arg }, { ...this.bareEnvelope(), helo: arg, esmtp: verb === 'EHLO' }, 0, out);
+    this.helloAccepted(verb, arg, out);
+  }
+
+  protected helloAccepted(verb: 'EHLO' | 'HELO', arg: string, out: Action[]): void {
     this.helo = arg;
     this.esmtp = verb === 'EHLO';
     this.forgetTransaction(out, false);
@@ -257,8 +275,16 @@ export abstract class SmtpDialog {
     if (size !== undefined && this.limits.maxMessageSize > 0 && size > this.limits.maxMessageSize) {
       return this.fail(out, 'PST_MESSAGE_TOO_BIG', `SIZE=${size}`);
     }
-    this.mail = { line: line.toString('latin1'), from: path.address };
-    this.draft = { from: path.address, recipients: [] };
+    const mailLine = line.toString('latin1');
+    if (this.checks('mail')) {
+      return this.ask({ stage: 'mail', line: mailLine, from: path.address }, { ...this.bareEnvelope(), mailLine, mailFrom: path.address }, 0, out, size);
+    }
+    this.mailAccepted(mailLine, path.address, undefined, out);
+  }
+
+  protected mailAccepted(mailLine: string, from: string, prepend: readonly string[] | undefined, out: Action[]): void {
+    this.mail = { line: mailLine, from };
+    this.draft = { from, recipients: [], ...(prepend ? { prepend: [...prepend] } : {}) };
     if (this.tx?.fixed) {
       // A route fixed at AUTH: MAIL goes to the back-end now and its reply is the client's.
       this.stage = 'backend-wait';
@@ -305,13 +331,55 @@ export abstract class SmtpDialog {
   protected data(out: Action[]): void {
     if (!this.mail) return this.fail(out, 'PST_NEED_MAIL');
     if (this.tx?.open) {
-      this.stage = 'backend-wait';
-      this.tx.data(this.draft!, out);
-      return;
+      if (this.checks('data')) return this.ask({ stage: 'data' }, { ...this.bareEnvelope(), mailLine: this.mail.line, mailFrom: this.mail.from }, this.tx.accepted, out);
+      return this.dataAccepted(undefined, out);
     }
     // Transaction mode: recipients were given, but none reached a back-end (Postfix's text).
     if (this.draft && this.draft.recipients.length > 0) return this.fail(out, 'PST_NO_VALID_RECIPIENTS');
     this.fail(out, 'PST_NEED_RCPT');
+  }
+
+  protected dataAccepted(prepend: readonly string[] | undefined, out: Action[]): void {
+    const draft = this.draft!;
+    // The one change Postern makes to a message: header lines its checks asked for, at the top.
+    const lines = [...new Set([...this.connectPrepend, ...this.heloPrepend, ...(draft.prepend ?? []), ...(prepend ?? [])])];
+    if (lines.length > 0) draft.prepend = lines;
+    this.stage = 'backend-wait';
+    this.tx!.data(draft, out);
+  }
+
+  /** Whether a stage check is registered for `stage` (none: the command goes on at once). */
+  protected checks(stage: CheckStage): boolean {
+    return this.limits.checkStages?.has(stage) === true;
+  }
+
+  /** The session's envelope before MAIL: who the client is and what it said. */
+  protected bareEnvelope(): Envelope {
+    return { helo: this.helo, esmtp: this.esmtp, mailLine: '', rcptLine: '', mailFrom: '', rcptTo: '', attempt: this.attempts, ...(this.authenticated ? { auth: this.authenticated } : {}) };
+  }
+
+  /** Holds `pending` and asks the stage checks; {@link checked} carries it out or refuses it. */
+  protected ask(pending: PendingCheck, envelope: Envelope, recipientCount: number, out: Action[], size?: number): void {
+    this.stage = 'checking';
+    this.pendingCheck = pending;
+    out.push({ type: 'check', stage: pending.stage, envelope, recipientCount, ...(size !== undefined ? { size } : {}) });
+  }
+
+  /** The stage checks' verdict on the held command: a refusal answers it and the session goes on. */
+  checked(v: CheckVerdict): Action[] {
+    const p = this.pendingCheck;
+    if (this.stage !== 'checking' || !p) return [];
+    this.pendingCheck = null;
+    this.stage = 'command';
+    const out: Action[] = [];
+    if (v.kind === 'reject') reply(out, lineReply(v.reply));
+    else if (p.stage === 'helo') {
+      this.helloAccepted(p.verb, p.arg, out);
+      this.heloPrepend = v.prepend ?? [];
+    } else if (p.stage === 'mail') this.mailAccepted(p.line, p.from, v.prepend, out);
+    else this.dataAccepted(v.prepend, out);
+    this.resume(out);
+    return out;
   }
 
   /** AUTH <mechanism> [initial-response] (RFC 4954 §4). */

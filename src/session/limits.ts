@@ -24,6 +24,8 @@ export interface SessionLimits {
   proxyMode?: 'session' | 'transaction';
   /** After a good AUTH, route at each RCPT instead (auth_http `envelope_after_auth`). */
   envelopeAfterAuth?: boolean;
+  /** Stages where stage checks are registered (src/checks/stage.ts): the session asks there. */
+  checkStages?: ReadonlySet<import('../domain.js').CheckStage>;
   /** Show the back-end's own refusal text when a replay step fails (nginx `proxy_pass_error_message`). */
   passErrorMessage?: boolean;
 }

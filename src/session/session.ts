@@ -30,7 +30,8 @@ export { printable, type BackendReadyInfo, type Phase } from './dialog.js';
 export class Session extends SmtpDialog implements ProtocolSession<BackendReadyInfo> {
 
   /** Connection accepted: greet now, or wait for the greeting delay, or start implicit TLS. */
-  start(): Action[] {
+  start(prepend?: readonly string[]): Action[] {
+    if (prepend) this.connectPrepend = prepend;
     if (this.limits.implicitTls) {
       // The driver starts the handshake itself: implicit TLS is a property of the listener.
       this.stage = 'tls-handshake';
@@ -41,9 +42,10 @@ export class Session extends SmtpDialog implements ProtocolSession<BackendReadyI
     return [{ type: 'reply', data: this.book.greeting }];
   }
 
-  refused(code: ErrorCode, detail: string): Action[] {
+  /** Refused at connect (a blocklist, a policy server): the catalogue's reply for `code`, or `reply` (one line), and close. */
+  refused(code: ErrorCode, detail: string, reply?: string): Action[] {
     this.stage = 'closed';
-    return [{ type: 'error', code, detail }];
+    return [{ type: 'error', code, detail, ...(reply !== undefined ? { reply: lineReply(reply) } : {}) }];
   }
 
   /**
@@ -58,6 +60,7 @@ export class Session extends SmtpDialog implements ProtocolSession<BackendReadyI
     this.esmtp = false;
     this.mail = null;
     this.authenticated = null;
+    this.heloPrepend = [];
     if (this.draining) {
       this.stage = 'closed';
       return [{ type: 'error', code: 'PST_SHUTDOWN' }];
@@ -334,6 +337,10 @@ export class Session extends SmtpDialog implements ProtocolSession<BackendReadyI
   /** After a router's OK: a new back-end session, a recipient for the open one, or a 452. */
   protected toBackend(env: Envelope, target: RouteTarget): Action[] {
     const tx = this.tx;
+    if (target.prepend && env.mailLine !== '' && this.limits.proxyMode === 'transaction') {
+      const draft = this.draftOf(env);
+      draft.prepend = [...(draft.prepend ?? []), ...target.prepend];
+    }
     if (tx && !tx.fixed && env.mailLine !== '') {
       const draft = this.draftOf(env);
       if (sameBackend(tx.target, target)) {

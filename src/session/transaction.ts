@@ -20,6 +20,8 @@ import type { Action, MessageRecord, RecipientRecord } from '../protocol.js';
 export interface MessageDraft {
   from: string;
   recipients: RecipientRecord[];
+  /** Header lines the checks asked to add at the top of the message (PREPEND), set by DATA. */
+  prepend?: string[];
 }
 
 /** What a reply owed by the back-end is for. */
@@ -199,6 +201,7 @@ export class TransactionProxy {
         if (r.code !== 354) return OK;
         this.#scanner.reset();
         this.#size = 0;
+        if (this.#final?.prepend) out.push({ type: 'backend-write', data: headerBlock(this.#final.prepend) });
         return DATA;
       case 'final':
         out.push({ type: 'reply', data: r.raw });
@@ -227,6 +230,7 @@ export class TransactionProxy {
       size: this.#size,
       code: r.code,
       reply: r.lines[r.lines.length - 1] ?? '',
+      ...(draft.prepend ? { prepended: draft.prepend } : {}),
     };
   }
 
@@ -235,6 +239,15 @@ export class TransactionProxy {
     this.#accepted = 0;
     this.#size = 0;
   }
+}
+
+/**
+ * Header lines for the top of a body, each ended by CRLF. Lines come from checks that already
+ * refused CR, LF and NUL; a leading dot is doubled all the same (RFC 5321 §4.5.2), so no line of
+ * Postern's can end the data early.
+ */
+export function headerBlock(lines: readonly string[]): Buffer {
+  return Buffer.from(lines.map((l) => `${l.startsWith('.') ? '.' : ''}${l.replace(/[\r\n\0]/g, ' ')}\r\n`).join(''), 'latin1');
 }
 
 function line(text: string): Buffer {
