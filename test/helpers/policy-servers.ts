@@ -230,8 +230,10 @@ export async function startDnsmasq(txt: Record<string, string>): Promise<Dnsmasq
 }
 
 export interface PolicydSpf {
-  /** `unix:/tmp/.../policyd-spf.sock`. */
+  /** `unix:/tmp/.../policyd-spf.sock`, or `tcp:127.0.0.1:PORT` with `tcp: true`. */
   address: string;
+  /** The TCP port with `tcp: true`, else 0. */
+  port: number;
   /** Processes started so far (one per connection). */
   spawned(): number;
   /** The processes' stderr. */
@@ -239,26 +241,29 @@ export interface PolicydSpf {
   stop(): Promise<void>;
 }
 
-const SPF_CONF = `debugLevel = 1
+const spfConf = (skipAddresses: string): string => `debugLevel = 1
 TestOnly = 1
 HELO_reject = Fail
 Mail_From_reject = Fail
 PermError_reject = False
 TempError_Defer = False
-skip_addresses = 127.0.0.0/8,::1
+skip_addresses = ${skipAddresses}
 `;
 
 /**
  * policyd-spf behind a unix socket, one process per connection (Postfix spawn(8) style), resolving through
  * 127.0.0.1:dnsPort. Its config: the Debian default, except that skip_addresses is only loopback.
+ * - `tcp: true`: listen on 127.0.0.1 (an ephemeral port) instead of a unix socket.
+ * - `skipAddresses`: policyd-spf's skip_addresses (default `127.0.0.0/8,::1`); a test whose clients come
+ *   from 127.0.0.1 sets it to `::1` so that their SPF is really checked.
  */
-export async function spawnPolicydSpf(opts: { dnsPort: number }): Promise<PolicydSpf> {
+export async function spawnPolicydSpf(opts: { dnsPort: number; tcp?: boolean; skipAddresses?: string }): Promise<PolicydSpf> {
   const script = await requireBinary('/usr/bin/policyd-spf', 'postfix-policyd-spf-python');
   const python = (/^#!\s*(\S+)/.exec(readFileSync(script, 'utf8'))?.[1]) ?? '/usr/bin/python3';
   await requireBinary(python, 'python3');
   const tmp = await mkdtemp(path.join(os.tmpdir(), 'postern-spf-'));
   const conf = path.join(tmp, 'policyd-spf.conf');
-  await writeFile(conf, SPF_CONF);
+  await writeFile(conf, spfConf(opts.skipAddresses ?? '127.0.0.0/8,::1'));
   const boot = [
     'import sys, runpy, DNS',
     `DNS.Base.defaults['server'][:] = ['127.0.0.1']`,
@@ -291,13 +296,16 @@ export async function spawnPolicydSpf(opts: { dnsPort: number }): Promise<Policy
   });
   await new Promise<void>((resolve, reject) => {
     srv.once('error', reject);
-    srv.listen(sock, resolve);
+    if (opts.tcp) srv.listen(0, '127.0.0.1', resolve);
+    else srv.listen(sock, resolve);
   });
+  const port = opts.tcp ? (srv.address() as net.AddressInfo).port : 0;
   const unregister = cleanupOnExit(() => {
     for (const c of children) c.kill('SIGKILL');
   });
   return {
-    address: `unix:${sock}`,
+    address: opts.tcp ? `tcp:127.0.0.1:${port}` : `unix:${sock}`,
+    port,
     spawned: () => spawned,
     log: () => log,
     async stop() {
