@@ -84,6 +84,9 @@ export interface RouteRequest {
   tls?: TlsInfo;
   /** The listener the session came in on, `host:port` as configured (the rule router's `listener`). */
   listener?: string;
+  /** The local address and port the client reached (Postfix's server_address, server_port). */
+  serverAddr?: string;
+  serverPort?: number;
 }
 
 /** A back-end chosen by a router, with the per-route options the auth service may set. */

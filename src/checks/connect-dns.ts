@@ -4,7 +4,7 @@
  * each within the resolver's deadline. What they find goes to the access record.
  */
 import type { ChecksConfig, ResolverConfig } from '../config/schema.js';
-import type { ConnectChecks, ConnectVerdict } from './connect.js';
+import type { ConnectChecks, ConnectingClient, ConnectVerdict } from './connect.js';
 import { DnsblChecker } from './dns/dnsbl.js';
 import { ClientResolver, UNAVAILABLE } from './dns/resolver.js';
 
@@ -14,7 +14,7 @@ export function dnsConnectChecks(resolver: ResolverConfig, checks: ChecksConfig)
     ? new DnsblChecker(r, { lists: checks.dnsbl.lists.map((l) => ({ zone: l.zone, weight: l.weight, allow: l.allow, ...(l.match ? { match: [...l.match] } : {}) })), threshold: checks.dnsbl.threshold })
     : null;
   return {
-    async check(addr: string): Promise<ConnectVerdict> {
+    async check({ addr }: ConnectingClient): Promise<ConnectVerdict> {
       const [name, bl] = await Promise.all([checks.reverse_dns ? r.clientName(addr) : UNAVAILABLE, lists ? lists.check(addr) : null]);
       const record: Record<string, unknown> = {};
       if (bl) record.dnsbl = { score: bl.score, ...(bl.hits.length ? { hits: bl.hits.map((h) => `${h.zone}=${h.answer}`) } : {}), ...(bl.errors.length ? { errors: bl.errors } : {}) };

@@ -18,9 +18,17 @@ export interface ConnectVerdict {
   record?: Record<string, unknown>;
 }
 
+/** The client being checked, and the local end it reached (Postfix's server_address/port). */
+export interface ConnectingClient {
+  addr: string;
+  port: number;
+  serverAddr?: string;
+  serverPort?: number;
+}
+
 export interface ConnectChecks {
   /** Never rejects; answers within the checks' own deadline. */
-  check(addr: string): ConnectVerdict | Promise<ConnectVerdict>;
+  check(client: ConnectingClient): ConnectVerdict | Promise<ConnectVerdict>;
 }
 
 /** Without resolver or lists: every client is `[UNAVAILABLE]`, as nginx without `resolver`. */

@@ -1,7 +1,7 @@
 /**
  * The stage-check seam: checks that answer a command before Postern acts on it — HELO/EHLO, MAIL
  * and DATA (Postfix's smtpd_helo_restrictions, smtpd_sender_restrictions and
- * smtpd_data_restrictions). RCPT checks are router layers (./policy-layer.ts, ./rate-layer.ts) and
+ * smtpd_data_restrictions). RCPT checks are router layers (./policy-checks.ts, ./rate-layer.ts) and
  * connect checks ./connect.ts. The session machine asks (a `check` action) only at the stages some
  * check has registered for, so a server without them pays nothing per command.
  *

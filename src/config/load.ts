@@ -139,6 +139,11 @@ function crossCheck(c: ServerConfig, at: string): string[] {
   if ((c.checks.reverse_dns || c.checks.dnsbl) && !c.resolver) {
     problems.push(`checks: ${c.checks.reverse_dns ? 'reverse_dns' : 'dnsbl'} needs resolver.servers, the DNS servers to ask (the system's are never used)`);
   }
+  c.checks.policy.forEach((p, i) => {
+    // In session mode the bytes after the first RCPT go to the back-end blind: no DATA to hold, no message to change.
+    if (c.proxy_mode !== 'transaction' && p.stages.includes('data')) problems.push(`checks.policy.${i}.stages: data needs proxy_mode: transaction (in session mode DATA goes to the back-end unseen)`);
+    if (c.proxy_mode !== 'transaction' && p.prepend) problems.push(`checks.policy.${i}.prepend: adding headers needs proxy_mode: transaction (in session mode the message is relayed unseen)`);
+  });
   if ((c.tls.verify_client === 'on' || c.tls.verify_client === 'optional') && !c.tls.client_ca) {
     problems.push(`tls.client_ca: verify_client ${c.tls.verify_client} needs a CA bundle to verify against`);
   }

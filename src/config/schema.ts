@@ -239,6 +239,32 @@ const rate = z.strictObject({
   burst: z.int().min(0).default(0),
 });
 
+/** What a `limits.rates` entry counts, and what it counts per (docs/configuration.md, "limits"). */
+export const RATE_COUNTS = ['connections', 'messages', 'recipients', 'auth_failures'] as const;
+export const RATE_KEYS = ['client', 'client_net', 'user', 'sender', 'sender_domain', 'rcpt_domain'] as const;
+export type RateCount = (typeof RATE_COUNTS)[number];
+export type RateKey = (typeof RATE_KEYS)[number];
+
+/**
+ * The keys each count can be kept per: what is known where it is counted. At accept only the
+ * address; at MAIL also the user and the sender; at RCPT the recipient too; a refused AUTH has
+ * an address and the user it tried (Postfix anvil counts connections, messages and recipients
+ * per client address only).
+ */
+export const RATE_KEYS_OF: Readonly<Record<RateCount, readonly RateKey[]>> = {
+  connections: ['client', 'client_net'],
+  messages: ['client', 'client_net', 'user', 'sender', 'sender_domain'],
+  recipients: RATE_KEYS,
+  auth_failures: ['client', 'client_net', 'user'],
+};
+
+/** One `limits.rates` entry: `max` of `count` per `per` and per `key`, with `burst`. */
+const rateRule = z.strictObject({
+  count: z.enum(RATE_COUNTS),
+  key: z.enum(RATE_KEYS),
+  ...rate.shape,
+});
+
 /** nginx's `resolver`: the DNS servers for client names and blocklists (never the system's). */
 const resolver = z.strictObject({
   servers: z.array(z.string().regex(/^(\[[0-9A-Fa-f:.]+\]:\d{1,5}|[0-9A-Fa-f:.]+)$/, 'ip, ip:port or [ipv6]:port')).min(1),
@@ -267,7 +293,7 @@ const checks = z.strictObject({
     /** Blocked at this score or more (postscreen_dnsbl_threshold). */
     threshold: z.int().min(1).max(1000).default(1),
   }).optional(),
-  /** Postfix policy servers (check_policy_service), asked at each RCPT before routing, in order. */
+  /** Postfix policy servers (check_policy_service), asked in order at each of their stages. */
   policy: z.array(z.strictObject({
     /** `tcp:host:port`, `host:port` or `unix:/path`. */
     server: z.string().regex(/^(tcp:|inet:|unix:\/)?[\x21-\x7e]+$/, 'tcp:host:port, host:port or unix:/path'),
@@ -275,6 +301,13 @@ const checks = z.strictObject({
     default: z.enum(['defer', 'dunno']).default('defer'),
     /** One request, connect to reply (Postfix smtpd_policy_service_timeout is 100 s). */
     timeout: duration('10s'),
+    /**
+     * Where it is asked (Postfix's protocol_state): at connect, HELO/EHLO, MAIL, RCPT, DATA.
+     * `data` needs proxy_mode: transaction (in session mode DATA goes to the back-end blind).
+     */
+    stages: z.array(z.enum(['connect', 'helo', 'mail', 'rcpt', 'data'])).min(1).default(['rcpt']).transform((a) => [...new Set(a)]),
+    /** Add the header lines of its PREPEND answers to the message (transaction mode only): the one change Postern makes to a message. */
+    prepend: z.boolean().default(false),
   })).default([]),
 });
 
@@ -351,6 +384,13 @@ export const configSchema = z.strictObject({
     connection_rate: rate.optional(),
     /** Recipients per client address per period; more get 452 4.7.1 (Postfix's anvil wording). */
     recipient_rate: rate.optional(),
+    /** Rates per client address, network, user, sender or recipient domain (src/limits/rules.ts). */
+    rates: z.array(rateRule).optional(),
+  }).superRefine((l, ctx) => {
+    for (const [i, r] of (l.rates ?? []).entries()) {
+      const keys = RATE_KEYS_OF[r.count];
+      if (!keys.includes(r.key)) ctx.addIssue({ code: 'custom', path: ['rates', i, 'key'], message: `${r.count} are not counted per ${r.key} (one of: ${keys.join(', ')})` });
+    }
   }).prefault({}),
   log: z.strictObject({
     level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),

@@ -72,7 +72,7 @@ export class Connection implements SocketOwner {
     socket.setNoDelay(true);
     attach(socket, this);
     this.#implicitTls = listener.config.implicit_tls;
-    const v = ctx.connectChecks.check(this.clientAddr);
+    const v = ctx.connectChecks.check({ addr: this.clientAddr, port: this.clientPort, serverAddr: unmapIPv4(socket.localAddress ?? ''), serverPort: socket.localPort ?? 0 });
     if (v instanceof Promise) {
       // Nothing is read or said until the client is known (Postfix looks its name up before the greeting).
       socket.pause();
@@ -315,8 +315,14 @@ export class Connection implements SocketOwner {
       clientPort: this.clientPort,
       clientHost: this.#clientName,
       listener: this.#listenerName,
+      serverAddr: this.#serverAddr,
+      serverPort: this.socket.localPort ?? 0,
       ...(this.#tls ? { tls: this.#tls } : {}),
     };
+  }
+
+  get #serverAddr(): string {
+    return unmapIPv4(this.socket.localAddress ?? '');
   }
 
   #route(envelope: Envelope): void {

@@ -15,7 +15,7 @@ import type { ProtocolModule, ProtocolSession } from '../protocol.js';
 import { SmtpProtocol } from '../protocols/smtp.js';
 import { NO_CONNECT_CHECKS, type ConnectChecks } from '../checks/connect.js';
 import { dnsConnectChecks } from '../checks/connect-dns.js';
-import { policyLayer } from '../checks/policy-layer.js';
+import { PolicyChecks } from '../checks/policy-checks.js';
 import { StageChecks, type StageCheck } from '../checks/stage.js';
 import { poolLayer } from '../pools/layer.js';
 import { PoolRegistry } from '../pools/pool.js';
@@ -52,6 +52,8 @@ export function createRouter(
   logger: Logger = noLogger,
   extra: readonly RouterLayer[] = [],
   authFailures: Limiter = new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window),
+  /** The server's policy servers; the router closes them (every stage shares them). */
+  policy: PolicyChecks | null = null,
 ): Router {
   const r = config.route;
   const base = 'static' in r
@@ -60,7 +62,7 @@ export function createRouter(
       ? new AuthHttpRouter(r.auth_http, config.timeouts.auth)
       : new RuleRouter(r.rules, r.rules.auth_http ? new AuthHttpRouter(r.rules.auth_http, config.timeouts.auth) : null);
   const layers = [authFailureGuard(authFailures), ...extra];
-  if (config.checks.policy.length > 0) layers.push(policyLayer(config.checks.policy, (level, fields, msg) => logger[level](fields, msg)));
+  if (policy) layers.push(policy.layer());
   return composeRouter(base, [...layers, poolLayer(pools)]);
 }
 
@@ -83,17 +85,26 @@ export interface ContextOptions {
 export function buildContext(config: ServerConfig, o: ContextOptions): ServerContext {
   const needsTls = config.listen.some((l) => l.implicit_tls || l.starttls !== 'off');
   const protocol = new SmtpProtocol(config, o.logger, o.pools);
-  const stageChecks = new StageChecks([...(o.stageChecks ?? [])]);
+  const policy = config.checks.policy.length > 0 ? new PolicyChecks(config.checks.policy, config.proxy_mode, (level, fields, msg) => o.logger[level](fields, msg)) : null;
+  const stageChecks = new StageChecks([...(o.stageChecks ?? []), ...(policy && policyAtStages(policy) ? [policy.stageCheck()] : [])]);
   const listeners = config.listen.map((l) => ({ config: l, name: `${l.address.host}:${l.address.port}`, newSession: protocol.sessions(l, stageChecks.stages) }));
   return {
     config,
     protocol,
-    router: o.router ?? createRouter(config, o.pools, o.logger, o.layers ?? [], o.authFailures),
+    router: o.router ?? createRouter(config, o.pools, o.logger, o.layers ?? [], o.authFailures, policy),
     logger: o.logger,
     tls: needsTls ? new TlsContexts(config.tls) : null,
     listeners,
     observers: o.accessLog ? [accessLog(o.logger)] : [],
     stageChecks,
-    connectChecks: o.connectChecks ?? (config.resolver && (config.checks.reverse_dns || config.checks.dnsbl) ? dnsConnectChecks(config.resolver, config.checks) : NO_CONNECT_CHECKS),
+    connectChecks: connectChecksOf(config, o.connectChecks, policy),
   };
+}
+
+const policyAtStages = (p: PolicyChecks): boolean => p.has('helo') || p.has('mail') || p.has('data');
+
+/** DNS first (its name is the policy servers' client_name), then the policy servers asked at connect. */
+function connectChecksOf(config: ServerConfig, given: ConnectChecks | undefined, policy: PolicyChecks | null): ConnectChecks {
+  const dns = given ?? (config.resolver && (config.checks.reverse_dns || config.checks.dnsbl) ? dnsConnectChecks(config.resolver, config.checks) : NO_CONNECT_CHECKS);
+  return policy?.has('connect') ? policy.connect(dns) : dns;
 }

@@ -26,3 +26,36 @@ export function reply(text: string): Reply {
   r.push(Buffer.from(text, 'latin1'));
   return r.next() as Reply;
 }
+
+/** A back-end that answers like Postfix: one reply per command line, 250 after the end of data. */
+export class ScriptedBackend {
+  bytes = '';
+  #pending = '';
+  #inData = false;
+  constructor(readonly name: string) {}
+
+  /** Bytes from the session; returns the replies they earn. */
+  write(data: Buffer): string {
+    this.bytes += data.toString('latin1');
+    this.#pending += data.toString('latin1');
+    let out = '';
+    for (;;) {
+      if (this.#inData) {
+        const end = this.#pending.startsWith('.\r\n') ? 0 : this.#pending.indexOf('\r\n.\r\n');
+        if (end === -1) return out;
+        this.#pending = this.#pending.slice(end === 0 ? 3 : end + 5);
+        this.#inData = false;
+        out += `250 2.0.0 Ok: queued on ${this.name}\r\n`;
+        continue;
+      }
+      const lf = this.#pending.indexOf('\r\n');
+      if (lf === -1) return out;
+      const verb = this.#pending.slice(0, 4).toUpperCase();
+      this.#pending = this.#pending.slice(lf + 2);
+      if (verb === 'DATA') {
+        this.#inData = true;
+        out += '354 go ahead\r\n';
+      } else out += verb === 'RCPT' ? '250 2.1.5 Ok\r\n' : '250 2.0.0 Ok\r\n';
+    }
+  }
+}
