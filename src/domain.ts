@@ -57,6 +57,8 @@ export interface Envelope {
   rcptTo: string;
   /** 1 for the first routing request of the session, +1 for each later one (Auth-Login-Attempt). */
   attempt: number;
+  /** Which MAIL of the session this is about (1 for the first one asked about or taken; 0 before any). */
+  transaction?: number;
   /** Set when routing follows a completed AUTH (nginx's authenticated path): no MAIL/RCPT yet. */
   auth?: Credentials;
   /**
@@ -84,6 +86,8 @@ export interface RouteRequest {
   tls?: TlsInfo;
   /** The listener the session came in on, `host:port` as configured (the rule router's `listener`). */
   listener?: string;
+  /** This connection, unique within the process (with the transaction: a policy request's `instance`). */
+  session?: string;
   /** The local address and port the client reached (Postfix's server_address, server_port). */
   serverAddr?: string;
   serverPort?: number;

@@ -34,7 +34,7 @@ export interface PolicyLog {
 }
 
 /** What a policy request is built from: a route or check request, or a client just connected. */
-type Asked = Pick<RouteRequest, 'clientAddr' | 'clientPort' | 'clientHost' | 'tls' | 'serverAddr' | 'serverPort'> & { envelope?: RouteRequest['envelope']; recipientCount?: number; size?: number };
+type Asked = Pick<RouteRequest, 'clientAddr' | 'clientPort' | 'clientHost' | 'tls' | 'serverAddr' | 'serverPort' | 'session'> & { envelope?: RouteRequest['envelope']; recipientCount?: number; size?: number };
 
 const STATE: Record<PolicyStageName, string> = { connect: 'CONNECT', helo: 'HELO', mail: 'MAIL', rcpt: 'RCPT', data: 'DATA' };
 
@@ -96,7 +96,7 @@ export class PolicyChecks {
 
   /** Asks each server configured for `stage`, in order (OK stops, DUNNO goes on, a refusal wins). */
   async ask(stage: PolicyStageName, req: Asked): Promise<Outcome> {
-    const attrs = policyAttributes(stage, req, `postern.${process.pid}.${(++this.#instance).toString(36)}`);
+    const attrs = policyAttributes(stage, req, this.#instanceOf(req));
     let prepend: string[] | undefined;
     for (const { config, client } of this.#servers) {
       if (!config.stages.includes(stage)) continue;
@@ -112,6 +112,17 @@ export class PolicyChecks {
       if (refusal) return { refuse: refusal };
     }
     return { prepend };
+  }
+
+  /**
+   * Postfix's `instance`: the same for every request about one message (policyd-spf and others
+   * cache their verdict under it), another for the next message. Without a session id (a caller
+   * outside the driver) every request gets its own.
+   */
+  #instanceOf(req: Asked): string {
+    const t = req.envelope?.transaction;
+    if (req.session === undefined || t === undefined) return `postern.${process.pid}.x${(++this.#instance).toString(36)}`;
+    return `postern.${process.pid}.${req.session}.${t}`;
   }
 
   #refusal(v: PolicyVerdict, server: string, stage: PolicyStageName): { reply: string; reason: string; code: ErrorCode } | null {

@@ -17,6 +17,8 @@ import type { ConnectVerdict } from '../checks/connect.js';
 import type { ListenerContext, ServerContext } from './context.js';
 
 const PASS: CheckVerdict = Object.freeze({ kind: 'pass' });
+/** Connections accepted by this process, for RouteRequest.session. */
+let accepted = 0;
 import { attach, attachBackend, detach, detachBackend, stopReading, unmapIPv4, type SocketOwner } from './socket-events.js';
 
 /** Grace period for the client to close after our final reply, before the socket is destroyed. */
@@ -42,6 +44,7 @@ export class Connection implements SocketOwner {
   #implicitTls = false;
   /** The verified reverse name, or nginx's `[UNAVAILABLE]` / `[TEMPUNAVAIL]`. */
   #clientName = '[UNAVAILABLE]';
+  readonly #id: string;
   #checks: Record<string, unknown> | null = null;
   /** Refusals by the router and its checks, for the access record. */
   #refusals: string[] | null = null;
@@ -67,6 +70,7 @@ export class Connection implements SocketOwner {
     this.#onClosed = onClosed;
     this.clientAddr = unmapIPv4(socket.remoteAddress ?? '');
     this.clientPort = socket.remotePort ?? 0;
+    this.#id = (++accepted).toString(36);
     this.session = listener.newSession();
     this.#listenerName = listener.name;
     socket.setNoDelay(true);
@@ -315,6 +319,7 @@ export class Connection implements SocketOwner {
       clientPort: this.clientPort,
       clientHost: this.#clientName,
       listener: this.#listenerName,
+      session: this.#id,
       serverAddr: this.#serverAddr,
       serverPort: this.socket.localPort ?? 0,
       ...(this.#tls ? { tls: this.#tls } : {}),

@@ -72,6 +72,8 @@ export abstract class SmtpDialog {
   firstEnvelope: Envelope | null = null;
   /** Messages relayed in transaction mode. */
   messages = 0;
+  /** MAIL commands that passed their syntax checks, refused by a check or not (Envelope.transaction). */
+  transactions = 0;
   protected mail: HeldMail | null = null;
   protected sasl: SaslExchange | null = null;
   protected authRouting = false;
@@ -276,6 +278,8 @@ export abstract class SmtpDialog {
       return this.fail(out, 'PST_MESSAGE_TOO_BIG', `SIZE=${size}`);
     }
     const mailLine = line.toString('latin1');
+    // A new number for each MAIL asked about, taken or refused: a policy server's verdict cached under one never answers another.
+    this.transactions++;
     if (this.checks('mail')) {
       return this.ask({ stage: 'mail', line: mailLine, from: path.address }, { ...this.bareEnvelope(), mailLine, mailFrom: path.address }, 0, out, size);
     }
@@ -316,6 +320,7 @@ export abstract class SmtpDialog {
       mailFrom: this.mail.from,
       rcptTo: path.address,
       attempt: this.attempts,
+      transaction: this.transactions,
       ...(this.authenticated ? { auth: this.authenticated } : {}),
       ...(this.limits.proxyMode === 'transaction' ? { recipient: this.draft!.recipients.length + 1 } : {}),
     };
@@ -355,7 +360,7 @@ export abstract class SmtpDialog {
 
   /** The session's envelope before MAIL: who the client is and what it said. */
   protected bareEnvelope(): Envelope {
-    return { helo: this.helo, esmtp: this.esmtp, mailLine: '', rcptLine: '', mailFrom: '', rcptTo: '', attempt: this.attempts, ...(this.authenticated ? { auth: this.authenticated } : {}) };
+    return { helo: this.helo, esmtp: this.esmtp, mailLine: '', rcptLine: '', mailFrom: '', rcptTo: '', attempt: this.attempts, transaction: this.transactions, ...(this.authenticated ? { auth: this.authenticated } : {}) };
   }
 
   /** Holds `pending` and asks the stage checks; {@link checked} carries it out or refuses it. */

@@ -153,8 +153,11 @@ function token(a: Action): string {
       return `reply ${JSON.stringify(a.data.toString('latin1'))}`;
     case 'error':
       return `error ${a.code}${a.detail === undefined ? '' : ` ${JSON.stringify(a.detail)}`}`;
-    case 'route':
-      return `route ${JSON.stringify(a.envelope)}`;
+    case 'route': {
+      // Envelope.transaction (the policy instance's message number) is tested in session-checks.test.ts.
+      const { transaction: _t, ...e } = a.envelope;
+      return `route ${JSON.stringify(e)}`;
+    }
     case 'close':
       return 'close';
     case 'starttls':

@@ -43,7 +43,7 @@ function run(chunks: Buffer[], checker: Checker, o: { connectPrepend?: string[];
           wire += (a.reply ?? s.errorReply(a.code)).toString('latin1');
           break;
         case 'check':
-          asked.push(`${a.stage} ${a.envelope.helo} ${a.envelope.mailFrom || '-'} ${a.recipientCount}${a.size !== undefined ? ` size=${a.size}` : ''}`);
+          asked.push(`${a.stage} ${a.envelope.helo} ${a.envelope.mailFrom || '-'} ${a.recipientCount}${a.size !== undefined ? ` size=${a.size}` : ''} t${a.envelope.transaction}`);
           queue.push(s.checked(checker(a.stage, a.envelope, a.recipientCount)));
           break;
         case 'route':
@@ -95,7 +95,7 @@ describe('Session: stage checks hold HELO, MAIL and DATA (every cutting)', () =>
     dialog('EHLO bad.test\r\nMAIL FROM:<s@x.test>\r\nEHLO good.test\r\nMAIL FROM:<s@x.test>\r\nQUIT\r\n', checker, {
       wire: `${GREET}550 5.7.1 <bad.test>: Helo command rejected: go away\r\n503 5.5.1 Send HELO/EHLO first\r\n${EHLO_OK}250 2.1.0 OK\r\n221 2.0.0 Bye\r\n`,
       backends: [],
-      asked: ['helo bad.test - 0', 'helo good.test - 0', 'mail good.test s@x.test 0'],
+      asked: ['helo bad.test - 0 t0', 'helo good.test - 0 t0', 'mail good.test s@x.test 0 t1'],
       prepended: [],
     });
   });
@@ -105,7 +105,7 @@ describe('Session: stage checks hold HELO, MAIL and DATA (every cutting)', () =>
     dialog('EHLO c.test\r\nMAIL FROM:<spam@x.test> SIZE=100\r\nRCPT TO:<a1@a.test>\r\nMAIL FROM:<ok@x.test>\r\nRCPT TO:<a1@a.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n', checker, {
       wire: `${GREET}${EHLO_OK}450 4.7.1 <spam@x.test>: Sender address rejected: later\r\n503 5.5.1 Need MAIL command\r\n250 2.1.0 OK\r\n250 2.1.5 Ok\r\n354 go ahead\r\n250 2.0.0 Ok: queued on a\r\n221 2.0.0 Bye\r\n`,
       backends: ['a: DATA\r\nhi\r\n.\r\n[QUIT]'],
-      asked: ['helo c.test - 0', 'mail c.test spam@x.test 0 size=100', 'mail c.test ok@x.test 0', 'data c.test ok@x.test 1'],
+      asked: ['helo c.test - 0 t0', 'mail c.test spam@x.test 0 size=100 t1', 'mail c.test ok@x.test 0 t2', 'data c.test ok@x.test 1 t2'],
       prepended: [undefined],
     });
   });
@@ -115,7 +115,7 @@ describe('Session: stage checks hold HELO, MAIL and DATA (every cutting)', () =>
     dialog('EHLO c.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<a1@a.test>\r\nDATA\r\nRSET\r\nQUIT\r\n', checker, {
       wire: `${GREET}${EHLO_OK}250 2.1.0 OK\r\n250 2.1.5 Ok\r\n554 5.7.1 <DATA>: Data command rejected: no\r\n250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n`,
       backends: ['a: RSET\r\n[QUIT]'],
-      asked: ['helo c.test - 0', 'mail c.test s@x.test 0', 'data c.test s@x.test 1'],
+      asked: ['helo c.test - 0 t0', 'mail c.test s@x.test 0 t1', 'data c.test s@x.test 1 t1'],
       prepended: [],
     });
   });
@@ -127,7 +127,7 @@ describe('Session: stage checks hold HELO, MAIL and DATA (every cutting)', () =>
       wire: `${GREET}${EHLO_OK}250 2.1.0 OK\r\n250 2.1.5 Ok\r\n354 go ahead\r\n250 2.0.0 Ok: queued on a\r\n250 2.1.0 OK\r\n250 2.1.5 Ok\r\n354 go ahead\r\n250 2.0.0 Ok: queued on a\r\n`,
       backends: ['a: DATA\r\nX-Conn: c\r\nX-Helo: h\r\nX-Mail: m\r\nX-Rcpt: a1@a.test\r\n..X-Data: d\r\nSubject: t\r\n\r\nbody\r\n.\r\n'
         + 'MAIL FROM:<s@x.test>\r\nRCPT TO:<a2@a.test>\r\nDATA\r\nX-Conn: c\r\nX-Helo: h\r\nX-Mail: m\r\nX-Rcpt: a2@a.test\r\n..X-Data: d\r\n.\r\n[open]'],
-      asked: ['helo c.test - 0', 'mail c.test s@x.test 0', 'data c.test s@x.test 1', 'mail c.test s@x.test 0', 'data c.test s@x.test 1'],
+      asked: ['helo c.test - 0 t0', 'mail c.test s@x.test 0 t1', 'data c.test s@x.test 1 t1', 'mail c.test s@x.test 0 t2', 'data c.test s@x.test 1 t2'],
       prepended: [['X-Conn: c', 'X-Helo: h', 'X-Mail: m', 'X-Rcpt: a1@a.test', '.X-Data: d'], ['X-Conn: c', 'X-Helo: h', 'X-Mail: m', 'X-Rcpt: a2@a.test', '.X-Data: d']],
     }, { connectPrepend: ['X-Conn: c'], route });
   });
