@@ -281,3 +281,55 @@ describe('DnsblChecker (crafted loopback DNS)', () => {
     assert.throws(() => new DnsblChecker(r, { lists: [{ zone: 'bl.test', match: ['127.0.0'] }] }));
   });
 });
+
+describe('ClientResolver and DnsblChecker: a DNS server that answers garbage', () => {
+  // Replies carry the query's ID (so the resolver cannot drop them as strays) followed by junk:
+  // random bytes, a header that promises answers never sent, a packet cut in the middle of a name.
+  let server: import('node:dgram').Socket;
+  let addr = '';
+  let n = 0;
+  before(async () => {
+    const dgram = await import('node:dgram');
+    server = dgram.createSocket('udp4');
+    server.on('message', (msg, rinfo) => {
+      const id = msg.subarray(0, 2);
+      const junk = [
+        Buffer.concat([id, Buffer.from([0x81, 0x80, 0, 1, 0, 5, 0, 0, 0, 0])]), // 5 answers promised, none there
+        Buffer.concat([id, Buffer.from('\xff\xfe\x00\x01garbage\r\nX-Injected: y', 'latin1')]),
+        Buffer.concat([id, msg.subarray(2, 12), msg.subarray(12, 20)]), // the question cut short
+      ][n++ % 3]!;
+      server.send(junk, rinfo.port, rinfo.address);
+    });
+    await new Promise<void>((resolve) => server.bind(0, '127.0.0.1', resolve));
+    addr = `127.0.0.1:${server.address().port}`;
+  });
+  after(() => server?.close());
+
+  it('a client name is [TEMPUNAVAIL] (never a name made of junk), within the deadline, for each kind of junk', async () => {
+    const r = new ClientResolver({ servers: [addr], timeoutMs: 300, tries: 1, deadlineMs: 2000 });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const t0 = Date.now();
+        const name = await r.clientName(`192.0.2.${40 + i}`);
+        assert.equal(name, TEMPUNAVAIL, `junk kind ${i}`);
+        assert.ok(Date.now() - t0 < 2500);
+      }
+    } finally {
+      r.close();
+    }
+  });
+
+  it('a blocklist that answers junk does not list the client, and says why', async () => {
+    const r = new ClientResolver({ servers: [addr], timeoutMs: 300, tries: 1, deadlineMs: 2000 });
+    try {
+      const res = await new DnsblChecker(r, { lists: [{ zone: 'bl.test' }] }).check('192.0.2.50');
+      assert.equal(res.listed, false);
+      assert.equal(res.score, 0);
+      assert.equal(res.errors.length, 1, JSON.stringify(res.errors));
+      assert.match(res.errors[0]!, /^bl\.test: /);
+      assert.doesNotMatch(res.errors[0]!, /[\r\n]/);
+    } finally {
+      r.close();
+    }
+  });
+});
