@@ -1,6 +1,7 @@
 /**
- * The processes of a benchmark run: smtp-sink, the nginx auth responder, nginx mail, and Postern
- * (once per proxy_mode, and once each routed statically and through a pool).
+ * The processes of a benchmark run: smtp-sink, the nginx auth responder, nginx mail, the policy
+ * responder, and Postern (once per proxy_mode, once with the policy check and the limits on, and
+ * once each routed statically and through a pool).
  * Each is a separate process so its CPU and memory can be read from /proc.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -151,6 +152,52 @@ mail {
 `, port);
 }
 
+/**
+ * The Postfix policy server for `postern-checks` (bench/policy-responder.ts, its own process so
+ * its CPU is counted apart): answers DUNNO to every request. `count()` asks it how many requests
+ * it answered and how many lines had no `=` (Postern's malformed ones).
+ */
+export async function startPolicyResponder(): Promise<Proc & { count(): Promise<{ requests: number; malformed: number }> }> {
+  const port = await freePort();
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'bench/policy-responder.ts'), String(port)], {
+    cwd: root,
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  let out = '';
+  const waiting: ((line: string) => void)[] = [];
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (d: string) => {
+    out += d;
+    let nl: number;
+    while ((nl = out.indexOf('\n')) !== -1) {
+      const line = out.slice(0, nl);
+      out = out.slice(nl + 1);
+      waiting.shift()?.(line);
+    }
+  });
+  await waitPort(port);
+  const stop = stopper(child);
+  return {
+    port,
+    pid: child.pid!,
+    stop: () => {
+      child.stdin!.end();
+      return stop();
+    },
+    count: () =>
+      new Promise((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error('the policy responder did not answer `count`')), 5000);
+        waiting.push((line) => {
+          clearTimeout(t);
+          const m = /^requests=(\d+) malformed=(\d+)$/.exec(line);
+          if (!m) return reject(new Error(`policy responder: unexpected ${JSON.stringify(line)}`));
+          resolve({ requests: Number(m[1]), malformed: Number(m[2]) });
+        });
+        child.stdin!.write('count\n');
+      }),
+  };
+}
+
 export type ProxyMode = 'session' | 'transaction';
 
 /**
@@ -172,13 +219,35 @@ function routeYaml(r: PosternRoute): string {
 }
 
 /**
+ * `postern-checks`' additions: one Postfix policy server asked at every RCPT, and the per-client
+ * limits on (connection and recipient rates, connections held) in the default memory store, all
+ * set so high that nothing is ever refused: what they cost, not what they refuse.
+ */
+export interface PosternChecks {
+  policyPort: number;
+}
+
+function checksYaml(c: PosternChecks | undefined): string {
+  if (!c) return '';
+  return `checks:
+  policy:
+    - server: tcp:127.0.0.1:${c.policyPort}
+limits:
+  store: memory
+  max_connections_per_client: 100000
+  connection_rate: { max: 1000000, per: 1m }
+  recipient_rate: { max: 1000000, per: 1m }
+`;
+}
+
+/**
  * One Postern process. Each instance has its own config file and its own log file (Postern logs
  * JSON lines on stdout, level warn: nothing is written unless something goes wrong), so several
  * (`proxy_mode: session` and `transaction`, routed by the auth service, statically or through a
  * pool) can run side by side and a lost message can be shown with the log lines of the Postern
  * that lost it.
  */
-export async function startPostern(route: PosternRoute, workers: number, o: { name?: string; proxyMode?: ProxyMode } = {}): Promise<Proc & { log: string }> {
+export async function startPostern(route: PosternRoute, workers: number, o: { name?: string; proxyMode?: ProxyMode; checks?: PosternChecks } = {}): Promise<Proc & { log: string }> {
   const name = o.name ?? 'postern';
   const port = await freePort();
   const file = path.join(work, `${name}.yaml`);
@@ -189,7 +258,7 @@ workers: ${workers}
 ${routeYaml(route)}xclient: false
 proxy_mode: ${o.proxyMode ?? 'session'}
 log: { level: warn, access: ${process.env.BENCH_ACCESS_LOG === '1'} }
-`);
+${checksYaml(o.checks)}`);
   const out = openSync(log, 'a');
   const child = spawn(process.execPath, [path.join(root, 'dist/cli.js'), '--config', file], { stdio: ['ignore', out, 'inherit'] });
   closeSync(out);

@@ -7,18 +7,28 @@
  * Targets: `direct` (smtp-source → smtp-sink), `nginx`, `postern` (`proxy_mode: session`, the
  * default: nginx's blind relay after the first RCPT) and `postern-tx` (`proxy_mode: transaction`:
  * every command read, every RCPT routed, DATA bodies relayed with end-of-data detection) — these
- * three ask the one auth responder — and `postern-static` (`route.static: host:port`) and
- * `postern-pool` (`route.static: one`, a pool of that one sink, no active checks), which run
- * back to back in every round for the pool ÷ static ratios (the cost of the pool path).
+ * three ask the one auth responder — `postern-checks` (`postern` plus `checks.policy`, one Postfix
+ * policy server, bench/policy-responder.ts in its own process, answering DUNNO, and the
+ * per-client limits on: connection and recipient rates and connections held, in the memory
+ * store, so high that they never refuse), run next to `postern` in every round for the
+ * checks ÷ plain ratios (what the checks cost per message; the responder's own CPU is counted
+ * apart), and `postern-static` (`route.static: host:port`) and `postern-pool` (`route.static:
+ * one`, a pool of that one sink, no active checks), which run back to back in every round for
+ * the pool ÷ static ratios (the cost of the pool path).
  *
  * Environment: BENCH_ROUNDS (default 5), BENCH_QUICK=1 (a few messages: a smoke run of the harness),
- * BENCH_WORKERS (Postern and nginx worker processes, default 1), BENCH_SKIP_IDLE=1.
+ * BENCH_WORKERS (Postern and nginx worker processes, default 1), BENCH_SKIP_IDLE=1,
+ * BENCH_TARGETS (a comma-separated subset of the targets, e.g. `postern,postern-checks,nginx`;
+ * default all), BENCH_SCENARIOS (a comma-separated subset of `4k`, `100k`, `latency`; default
+ * all). A run of every target and scenario writes bench/results.md (results-workers-N.md with
+ * BENCH_WORKERS=N); a partial run prints its report and writes only its "Checks on" section, when
+ * it measured `postern` and `postern-checks`, into that file in place of the one there.
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ensurePackages, logTail, pidsOf, procStats, startAuthResponder, startNginxMail, startPostern, startSink, type Proc } from './procs.js';
+import { ensurePackages, logTail, pidsOf, procStats, startAuthResponder, startNginxMail, startPolicyResponder, startPostern, startSink, type Proc } from './procs.js';
 import { holdIdle, runSource } from './load.js';
 
 const quick = process.env.BENCH_QUICK === '1';
@@ -27,38 +37,67 @@ const workers = Number(process.env.BENCH_WORKERS ?? 1);
 const root = path.resolve(import.meta.dirname, '..');
 
 interface Scenario {
+  /** What BENCH_SCENARIOS calls it. */
+  key?: ScenarioKey;
   name: string;
   sessions: number;
   messages: number;
   size: number;
 }
 
-const SCENARIOS: Scenario[] = quick
+const SCENARIO_KEYS = ['4k', '100k', 'latency'] as const;
+type ScenarioKey = (typeof SCENARIO_KEYS)[number];
+
+const ALL_SCENARIOS: Scenario[] = quick
   ? [
-      { name: '4 KiB × 5 sessions', sessions: 5, messages: 20, size: 4096 },
+      { key: '4k', name: '4 KiB × 5 sessions', sessions: 5, messages: 20, size: 4096 },
       // Bodies spanning many reads: transaction mode's end-of-data detection at chunk boundaries.
-      { name: '100 KiB × 2 sessions', sessions: 2, messages: 6, size: 102400 },
+      { key: '100k', name: '100 KiB × 2 sessions', sessions: 2, messages: 6, size: 102400 },
     ]
   : [
-      { name: '4 KiB × 50 sessions', sessions: 50, messages: 3000, size: 4096 },
-      { name: '100 KiB × 50 sessions', sessions: 50, messages: 600, size: 102400 },
-      { name: '4 KiB × 1 session (latency)', sessions: 1, messages: 400, size: 4096 },
+      { key: '4k', name: '4 KiB × 50 sessions', sessions: 50, messages: 3000, size: 4096 },
+      { key: '100k', name: '100 KiB × 50 sessions', sessions: 50, messages: 600, size: 102400 },
+      { key: 'latency', name: '4 KiB × 1 session (latency)', sessions: 1, messages: 400, size: 4096 },
     ];
 const IDLE = quick ? 200 : 10_000;
 const IDLE_SETTLE_MS = quick ? 300 : 2000;
 
-type Target = 'direct' | 'nginx' | 'postern' | 'postern-tx' | 'postern-static' | 'postern-pool';
-// postern-static and postern-pool stay neighbours in either order (rounds alternate it).
-const TARGETS: Target[] = ['direct', 'nginx', 'postern', 'postern-tx', 'postern-static', 'postern-pool'];
-const POSTERN_TARGETS: readonly Target[] = ['postern', 'postern-tx', 'postern-static', 'postern-pool'];
-/** The idle-connection figure: the static and pool targets hold connections as `postern` does before routing. */
-const PROXIES = ['nginx', 'postern', 'postern-tx'] as const;
-const POSTERNS = ['postern', 'postern-tx'] as const;
+const ALL_TARGETS = ['direct', 'nginx', 'postern', 'postern-checks', 'postern-tx', 'postern-static', 'postern-pool'] as const;
+type Target = (typeof ALL_TARGETS)[number];
+/**
+ * The targets of this run, in ALL_TARGETS' order: postern and postern-checks, and postern-static
+ * and postern-pool, stay neighbours in either order (rounds alternate it).
+ */
+const TARGETS: Target[] = pick('BENCH_TARGETS', ALL_TARGETS);
+const SCENARIOS: Scenario[] = ((keys) => ALL_SCENARIOS.filter((sc) => keys.includes(sc.key!)))(pick('BENCH_SCENARIOS', SCENARIO_KEYS));
+/** Every target and every scenario: the run that writes a whole results file. */
+const complete = TARGETS.length === ALL_TARGETS.length && SCENARIOS.length === ALL_SCENARIOS.length;
+const POSTERN_TARGETS: readonly Target[] = ['postern', 'postern-checks', 'postern-tx', 'postern-static', 'postern-pool'];
+/** The targets that ask the auth responder. */
+const VIA_AUTH: readonly Target[] = ['nginx', 'postern', 'postern-checks', 'postern-tx'];
+/**
+ * The idle-connection figure: the static and pool targets hold connections as `postern` does
+ * before routing (postern-checks too, plus its connection limits: not measured here).
+ */
+const PROXIES = (['nginx', 'postern', 'postern-tx'] as const).filter((t) => TARGETS.includes(t));
+const POSTERNS = (['postern', 'postern-tx'] as const).filter((t) => TARGETS.includes(t));
+
+/** A comma-separated subset of `all` from the environment, in `all`'s order (all of it when unset). */
+function pick<T extends string>(env: string, all: readonly T[]): T[] {
+  const v = process.env[env]?.trim();
+  if (!v) return [...all];
+  const want = v.split(',').map((x) => x.trim()).filter(Boolean);
+  const bad = want.filter((x) => !(all as readonly string[]).includes(x));
+  if (bad.length || want.length === 0) throw new Error(`${env}: unknown ${bad.join(', ') || '(empty)'}; choose from ${all.join(', ')}`);
+  return all.filter((x) => want.includes(x));
+}
 
 interface Sample {
   msgsPerSec: number;
   cpuMsPer1000: number;
   msPerMsg: number;
+  /** postern-checks: the policy responder's CPU over the same run, per 1000 messages (0 for the others). */
+  responderCpuMsPer1000: number;
 }
 
 /** Per target, over the warm-up and every round: what smtp-source sent and what reached the sink. */
@@ -91,29 +130,53 @@ async function main(): Promise<void> {
   // Postern runs from dist/, built from the working tree as it is now (others may be editing src/).
   const build = spawnSync('npm', ['run', 'build'], { cwd: root, encoding: 'utf8' });
   if (build.status !== 0) throw new Error(`npm run build failed:\n${build.stdout}${build.stderr}`);
-  const sink = await startSink();
-  const auth = await startAuthResponder(sink.port);
-  const nginx = await startNginxMail(auth.port, workers);
-  const viaAuth = { kind: 'auth_http', authPort: auth.port } as const;
-  const postern = await startPostern(viaAuth, workers, { name: 'postern', proxyMode: 'session' });
-  const posternTx = await startPostern(viaAuth, workers, { name: 'postern-tx', proxyMode: 'transaction' });
-  const posternStatic = await startPostern({ kind: 'static', sinkPort: sink.port }, workers, { name: 'postern-static' });
-  const posternPool = await startPostern({ kind: 'pool', sinkPort: sink.port }, workers, { name: 'postern-pool' });
-  const posterns = { postern, 'postern-tx': posternTx, 'postern-static': posternStatic, 'postern-pool': posternPool };
-  const ports: Record<Target, number> = { direct: sink.port, nginx: nginx.port, ...mapValues(posterns, (p) => p.port) };
-  const procs: Record<Target, Proc | null> = { direct: null, nginx, ...posterns };
-  const logs: Partial<Record<Target, string>> = mapValues(posterns, (p) => p.log);
+  const started: Proc[] = [];
+  const start = async <P extends Proc>(p: Promise<P>): Promise<P> => {
+    const proc = await p;
+    started.push(proc);
+    return proc;
+  };
+  const sink = await start(startSink());
+  const has = (t: Target): boolean => TARGETS.includes(t);
+  const posterns: Partial<Record<Target, Proc & { log: string }>> = {};
+  let nginx: Proc | null = null;
+  let policy: Awaited<ReturnType<typeof startPolicyResponder>> | null = null;
+  try {
+    const auth = TARGETS.some((t) => VIA_AUTH.includes(t)) ? await start(startAuthResponder(sink.port)) : null;
+    if (has('nginx')) nginx = await start(startNginxMail(auth!.port, workers));
+    const viaAuth = { kind: 'auth_http', authPort: auth?.port ?? 0 } as const;
+    if (has('postern')) posterns.postern = await start(startPostern(viaAuth, workers, { name: 'postern', proxyMode: 'session' }));
+    if (has('postern-checks')) {
+      policy = await start(startPolicyResponder());
+      posterns['postern-checks'] = await start(startPostern(viaAuth, workers, { name: 'postern-checks', proxyMode: 'session', checks: { policyPort: policy.port } }));
+    }
+    if (has('postern-tx')) posterns['postern-tx'] = await start(startPostern(viaAuth, workers, { name: 'postern-tx', proxyMode: 'transaction' }));
+    if (has('postern-static')) posterns['postern-static'] = await start(startPostern({ kind: 'static', sinkPort: sink.port }, workers, { name: 'postern-static' }));
+    if (has('postern-pool')) posterns['postern-pool'] = await start(startPostern({ kind: 'pool', sinkPort: sink.port }, workers, { name: 'postern-pool' }));
+  } catch (err) {
+    for (const p of started.reverse()) await p.stop();
+    throw err;
+  }
+  const procs: Partial<Record<Target, Proc>> = { ...(nginx ? { nginx } : {}), ...posterns };
+  const ports: Partial<Record<Target, number>> = { direct: sink.port, ...mapValues(procs as Record<string, Proc>, (p) => p.port) };
+  const logs: Partial<Record<Target, string>> = mapValues(posterns as Record<string, Proc & { log: string }>, (p) => p.log);
   const results = new Map<string, Map<Target, Sample[]>>();
   const delivery = Object.fromEntries(TARGETS.map((t) => [t, { sent: 0, delivered: 0, sourceErrors: 0 }])) as Record<Target, Delivery>;
   let lost = 0;
 
-  /** One smtp-source run against a target, with its sink count and the CPU of the target's process tree. */
+  /**
+   * One smtp-source run against a target, with its sink count and the CPU of the target's process
+   * tree (and, for postern-checks, of the policy responder's, apart).
+   */
   const measure = async (t: Target, sc: Scenario): Promise<Sample> => {
     const before = sink.received();
     const pids = procs[t] ? pidsOf(procs[t]!) : [];
+    const rpids = t === 'postern-checks' && policy ? pidsOf(policy) : [];
     const cpu0 = procStats(pids).cpuMs;
-    const r = await runSource(ports[t], sc);
+    const rcpu0 = procStats(rpids).cpuMs;
+    const r = await runSource(ports[t]!, sc);
     const cpu1 = procStats(pids).cpuMs;
+    const rcpu1 = procStats(rpids).cpuMs;
     const got = (await sink.waitReceived(before + sc.messages, 10_000)) - before;
     const d = delivery[t];
     d.sent += sc.messages;
@@ -125,7 +188,12 @@ async function main(): Promise<void> {
       const log = logs[t] ? logTail(logs[t]!) : '';
       if (log) console.error(`${t} log (${logs[t]}), last lines:\n${log}`);
     }
-    return { msgsPerSec: sc.messages / (r.ms / 1000), cpuMsPer1000: ((cpu1 - cpu0) / sc.messages) * 1000, msPerMsg: r.ms / sc.messages };
+    return {
+      msgsPerSec: sc.messages / (r.ms / 1000),
+      cpuMsPer1000: ((cpu1 - cpu0) / sc.messages) * 1000,
+      msPerMsg: r.ms / sc.messages,
+      responderCpuMsPer1000: ((rcpu1 - rcpu0) / sc.messages) * 1000,
+    };
   };
 
   try {
@@ -144,21 +212,33 @@ async function main(): Promise<void> {
         }
       }
     }
+    // The policy server was asked once per message (smtp-source sends one recipient), every
+    // request well formed: otherwise postern-checks measured something else.
+    let policyCount: PolicyCount | null = null;
+    if (policy) {
+      const c = await policy.count();
+      policyCount = { ...c, sent: delivery['postern-checks'].sent };
+      if (c.requests !== policyCount.sent || c.malformed > 0) {
+        lost += Math.abs(policyCount.sent - c.requests) + c.malformed || 1;
+        console.error(`LOST: the policy responder answered ${c.requests} requests (${c.malformed} lines without '=') for ${policyCount.sent} messages sent to postern-checks`);
+      }
+    }
     let idle: Idle | null = null;
-    if (process.env.BENCH_SKIP_IDLE !== '1') {
+    if (process.env.BENCH_SKIP_IDLE !== '1' && PROXIES.length) {
       idle = {};
       for (const t of PROXIES) idle[t] = await holdIdle(procs[t]!, IDLE, IDLE_SETTLE_MS);
       for (const t of PROXIES) lost += idle[t]!.dropped;
     }
-    const report = render(results, delivery, idle);
+    const report = render(results, delivery, idle, policyCount);
     process.stdout.write(report);
-    const file = quick ? 'results.quick.md' : workers === 1 ? 'results.md' : `results-workers-${workers}.md`;
-    writeFileSync(path.join(root, 'bench', file), report);
+    const file = path.join(root, 'bench', quick ? 'results.quick.md' : workers === 1 ? 'results.md' : `results-workers-${workers}.md`);
+    if (complete || quick) writeFileSync(file, report);
+    else if (has('postern') && has('postern-checks')) {
+      spliceSection(file, CHECKS_HEADING, checksSection(results, policyCount, true));
+      process.stderr.write(`partial run: wrote its "${CHECKS_HEADING}" section into ${path.relative(root, file)}\n`);
+    } else process.stderr.write(`partial run: ${path.relative(root, file)} left as it is\n`);
   } finally {
-    for (const p of Object.values(posterns)) await p.stop();
-    await nginx.stop();
-    await auth.stop();
-    await sink.stop();
+    for (const p of started.reverse()) await p.stop();
   }
   if (lost > 0) {
     console.error(`FAIL: ${lost} messages or connections lost (or duplicated, or smtp-source errors)`);
@@ -174,8 +254,121 @@ function source(): string {
   return `commit ${head}${dirty ? ` plus uncommitted changes to ${dirty} file(s) in src/` : ''}`;
 }
 
-function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Target, Delivery>, idle: Idle | null): string {
+interface PolicyCount {
+  /** Requests the policy responder answered, over the whole run (warm-up included). */
+  requests: number;
+  /** Request lines without `=`. */
+  malformed: number;
+  /** Messages smtp-source sent to postern-checks over the same time. */
+  sent: number;
+}
+
+const CHECKS_HEADING = '## Checks on (policy server + limits)';
+const KEYS: (keyof Sample)[] = ['msgsPerSec', 'cpuMsPer1000', 'msPerMsg'];
+const RATIO_NOTE = 'Ratio of the medians; in brackets the lowest and highest per-round ratio. msg/s above 1 is faster, CPU and ms / msg above 1 cost more.';
+
+const medOf = (m: Map<Target, Sample[]>) => (t: Target, k: keyof Sample): number => median((m.get(t) ?? []).map((s) => s[k]));
+
+/**
+ * f over a's samples ÷ g over b's (the same round's, which share its noise): the ratio of the
+ * medians and, in brackets, the spread of the per-round ratios.
+ */
+function pairCell(m: Map<Target, Sample[]>, a: Target, b: Target, f: (s: Sample) => number, g: (s: Sample) => number = f): string {
+  const as = m.get(a) ?? [];
+  const bs = m.get(b) ?? [];
+  const per = as.map((s, i) => (bs[i] && g(bs[i]!) > 0 ? f(s) / g(bs[i]!) : NaN)).filter(Number.isFinite);
+  const spread = per.length > 1 ? ` (${Math.min(...per).toFixed(2)}–${Math.max(...per).toFixed(2)})` : '';
+  const r = ratio(median(as.map(f)), median(bs.map(g)));
+  return r === '–' ? r : r + spread;
+}
+
+/** Pairs that ran next to each other in every round: one row per scenario. */
+function pairRows(results: Map<string, Map<Target, Sample[]>>, a: Target, b: Target): string[] {
+  return [...results].map(([name, m]) => `| ${name} | ${KEYS.map((k) => pairCell(m, a, b, (s) => s[k])).join(' | ')} |`);
+}
+
+/**
+ * postern-checks against postern: the section the issue asks for (the CPU the policy check and
+ * the limits add per message, as a ratio), and the policy responder's own CPU apart. `standalone`:
+ * it is written into a results file whose other figures come from another run, so it says which
+ * run it comes from and repeats its absolute figures.
+ */
+function checksSection(results: Map<string, Map<Target, Sample[]>>, policy: PolicyCount | null, standalone: boolean): string[] {
+  const lines: string[] = [CHECKS_HEADING, ''];
+  lines.push(
+    '`postern-checks` is `postern` (`proxy_mode: session`, the same auth responder and sink) plus `checks.policy: [{ server: tcp:127.0.0.1:<port> }]` — a Postfix policy server ' +
+      '(bench/policy-responder.ts, in its own process) that reads each request up to its empty line and answers `action=DUNNO` on a connection kept open — and the per-client limits: ' +
+      '`limits.connection_rate` and `limits.recipient_rate` at `{ max: 1000000, per: 1m }` and `limits.max_connections_per_client: 100000`, in the default memory store (never refused). ' +
+      'The two run next to each other in every round. Postern\'s CPU is its own process tree\'s; the responder\'s, over the same runs, is charged to its own process tree and shown apart, per message of postern-checks.',
+    '',
+  );
+  if (standalone) {
+    const ts = TARGETS.map((t) => `\`${t}\``).join(', ');
+    lines.push(`Run: ${new Date().toISOString()}; ${source()}; ${ts} only, ${rounds} interleaved round(s), ${workers} worker process(es) each, medians shown; ${machine()}. The figures above this section come from the run named at the top of the file.`, '');
+    lines.push('| Scenario | Target | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | --- | ---: | ---: | ---: |');
+    for (const [name, m] of results) {
+      const med = medOf(m);
+      for (const t of TARGETS) lines.push(`| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} |`);
+      lines.push(`| ${name} | policy responder (during postern-checks) | – | ${med('postern-checks', 'responderCpuMsPer1000').toFixed(0)} | – |`);
+    }
+    lines.push('');
+  }
+  lines.push(`postern-checks ÷ postern. ${RATIO_NOTE} The last three columns are CPU: the responder's per message (absolute), the responder's ÷ postern's, and postern-checks' and the responder's together ÷ postern's.`, '');
+  lines.push(
+    '| Scenario | msg/s | CPU ms / 1000 msg | ms / msg | responder CPU ms / 1000 msg | responder ÷ postern (CPU) | (postern-checks + responder) ÷ postern (CPU) |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+  );
+  const cpu = (s: Sample): number => s.cpuMsPer1000;
+  for (const [name, m] of results) {
+    lines.push(
+      `| ${name} | ${KEYS.map((k) => pairCell(m, 'postern-checks', 'postern', (s) => s[k])).join(' | ')} | ${medOf(m)('postern-checks', 'responderCpuMsPer1000').toFixed(0)} | ` +
+        `${pairCell(m, 'postern-checks', 'postern', (s) => s.responderCpuMsPer1000, cpu)} | ${pairCell(m, 'postern-checks', 'postern', (s) => s.cpuMsPer1000 + s.responderCpuMsPer1000, cpu)} |`,
+    );
+  }
+  // The per-round ratios' geometric mean and its 95 % interval (t ≈ 2), as bench/pool-ab.ts gives them.
+  const intervals: string[] = [];
+  for (const [name, m] of results) {
+    const as = m.get('postern-checks') ?? [];
+    const bs = m.get('postern') ?? [];
+    const logs = as.map((s, i) => Math.log(s.cpuMsPer1000 / (bs[i]?.cpuMsPer1000 ?? NaN))).filter(Number.isFinite);
+    if (logs.length < 3) continue;
+    const mean = logs.reduce((a, x) => a + x, 0) / logs.length;
+    const se = Math.sqrt(logs.reduce((a, x) => a + (x - mean) ** 2, 0) / (logs.length - 1) / logs.length);
+    intervals.push(`${name}: ${Math.exp(mean).toFixed(3)} (95 % interval ${Math.exp(mean - 2 * se).toFixed(3)}–${Math.exp(mean + 2 * se).toFixed(3)}, ${logs.length} rounds)`);
+  }
+  if (intervals.length) lines.push('', `CPU per message, postern-checks ÷ postern, geometric mean of the per-round ratios: ${intervals.join('; ')}.`);
+  if (policy) {
+    lines.push('', `Policy requests answered: ${policy.requests} for ${policy.sent} messages sent to postern-checks (one recipient each, warm-up included); request lines without \`=\`: ${policy.malformed}.`);
+  }
+  return lines;
+}
+
+/** Replaces the section under `heading` (up to the next `## ` heading) in a results file, or adds it before the Delivery section. */
+function spliceSection(file: string, heading: string, section: string[]): void {
+  const text = existsSync(file) ? readFileSync(file, 'utf8') : '# Postern benchmark results\n';
+  const lines = text.replace(/\n+$/, '').split('\n');
+  const at = lines.indexOf(heading);
+  const body = [...section, ''];
+  if (at !== -1) {
+    let end = lines.findIndex((l, i) => i > at && l.startsWith('## '));
+    if (end === -1) end = lines.findIndex((l, i) => i > at && l.startsWith('Reproduce:'));
+    lines.splice(at, (end === -1 ? lines.length : end) - at, ...body);
+  } else {
+    let before = lines.indexOf('## Delivery');
+    if (before === -1) before = lines.findIndex((l) => l.startsWith('Reproduce:'));
+    if (before === -1) lines.push('', ...body);
+    else lines.splice(before, 0, ...body);
+  }
+  writeFileSync(file, lines.join('\n').replace(/\n*$/, '\n'));
+}
+
+function machine(): string {
+  return `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.type()} ${os.release()}`;
+}
+
+function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Target, Delivery>, idle: Idle | null, policy: PolicyCount | null): string {
   const lines: string[] = [];
+  const has = (t: Target): boolean => TARGETS.includes(t);
   const v = (cmd: string, args: string[]): string => {
     try {
       // nginx -v writes to stderr.
@@ -191,56 +384,54 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
   ];
   lines.push('# Postern benchmark results', '');
   lines.push(`Date: ${new Date().toISOString()}  `);
-  lines.push(`Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.type()} ${os.release()}  `);
+  lines.push(`Machine: ${machine()}  `);
   lines.push(`Versions: Node ${process.version}; ${v('nginx', ['-v'])}; postfix ${v('postconf', ['-h', 'mail_version'])}  `);
   lines.push(`Source: ${source()}  `);
+  if (!complete) lines.push(`Partial run: targets ${TARGETS.join(', ')}; scenarios ${SCENARIOS.map((sc) => sc.key).join(', ')}.  `);
   lines.push(`Setup: ${workers} worker process(es) each; smtp-source → proxy → smtp-sink; one nginx http{} auth responder; xclient off; ${rounds} interleaved round(s), medians shown.  `);
-  lines.push('Targets: `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-tx` is `proxy_mode: transaction` (every command read, every RCPT routed, bodies relayed with end-of-data detection); both ask the auth responder, as nginx does. `postern-static` routes by `route.static: 127.0.0.1:<sink>`, `postern-pool` by `route.static: one`, a pool holding that one sink (`health.enabled: false`); the two run back to back in every round. CPU is each proxy\'s own process tree (the shared auth responder and sink are not counted).', '');
+  lines.push(
+    'Targets: `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-checks` is `postern` plus a Postfix policy server asked at every RCPT (bench/policy-responder.ts, answering DUNNO) and the per-client limits on (see its section); ' +
+      '`postern-tx` is `proxy_mode: transaction` (every command read, every RCPT routed, bodies relayed with end-of-data detection); all three ask the auth responder, as nginx does. ' +
+      '`postern-static` routes by `route.static: 127.0.0.1:<sink>`, `postern-pool` by `route.static: one`, a pool holding that one sink (`health.enabled: false`); the two run back to back in every round. ' +
+      'CPU is each proxy\'s own process tree (the shared auth responder, the policy responder and the sink are not counted).',
+    '',
+  );
   lines.push(...HEAD);
-  const medOf = (m: Map<Target, Sample[]>) => (t: Target, k: keyof Sample): number => median((m.get(t) ?? []).map((s) => s[k]));
+  const vsNginx = (t: Target, med: (t: Target, k: keyof Sample) => number, k: keyof Sample): string => (POSTERN_TARGETS.includes(t) && has('nginx') ? ratio(med(t, k), med('nginx', k)) : '');
   for (const [name, m] of results) {
     const med = medOf(m);
     for (const t of TARGETS) {
-      const isP = POSTERN_TARGETS.includes(t);
       lines.push(
         `| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} | ` +
-          `${isP ? ratio(med(t, 'msgsPerSec'), med('nginx', 'msgsPerSec')) : ''} | ${isP ? ratio(med(t, 'cpuMsPer1000'), med('nginx', 'cpuMsPer1000')) : ''} | ` +
-          `${isP ? ratio(med(t, 'msgsPerSec'), med('direct', 'msgsPerSec')) : ''} |`,
+          `${vsNginx(t, med, 'msgsPerSec')} | ${vsNginx(t, med, 'cpuMsPer1000')} | ` +
+          `${POSTERN_TARGETS.includes(t) && has('direct') ? ratio(med(t, 'msgsPerSec'), med('direct', 'msgsPerSec')) : ''} |`,
       );
     }
-    if (name.includes('latency')) {
-      const added = (t: Target): string => (med(t, 'msPerMsg') - med('direct', 'msPerMsg')).toFixed(2);
-      lines.push('', `Added latency per message over direct delivery: nginx ${added('nginx')} ms, Postern (session) ${added('postern')} ms, Postern (transaction) ${added('postern-tx')} ms, Postern (static route) ${added('postern-static')} ms, Postern (pool) ${added('postern-pool')} ms.`, '');
+    if (name.includes('latency') && has('direct')) {
+      const LABEL: Partial<Record<Target, string>> = {
+        nginx: 'nginx', postern: 'Postern (session)', 'postern-checks': 'Postern (checks on)', 'postern-tx': 'Postern (transaction)', 'postern-static': 'Postern (static route)', 'postern-pool': 'Postern (pool)',
+      };
+      const added = TARGETS.filter((t) => t !== 'direct').map((t) => `${LABEL[t]} ${(med(t, 'msPerMsg') - med('direct', 'msPerMsg')).toFixed(2)} ms`);
+      lines.push('', `Added latency per message over direct delivery: ${added.join(', ')}.`, '');
       lines.push(...HEAD);
     }
   }
   if (lines.at(-1)!.startsWith('| ---')) lines.splice(-3, 3);
 
-  // Pairs that ran back to back in every round: ratios of the medians, and in brackets the spread
-  // of the per-round ratios (a round's two runs share its noise).
-  const pairRatios = (a: Target, b: Target, keys: (keyof Sample)[]): void => {
-    for (const [name, m] of results) {
-      const med = medOf(m);
-      const cell = (k: keyof Sample): string => {
-        const as = m.get(a) ?? [];
-        const bs = m.get(b) ?? [];
-        const per = as.map((s, i) => (bs[i] && bs[i]![k] > 0 ? s[k] / bs[i]![k] : NaN)).filter(Number.isFinite);
-        const spread = per.length > 1 ? ` (${Math.min(...per).toFixed(2)}–${Math.max(...per).toFixed(2)})` : '';
-        const r = ratio(med(a, k), med(b, k));
-        return r === '–' ? r : r + spread;
-      };
-      lines.push(`| ${name} | ${keys.map(cell).join(' | ')} |`);
-    }
-  };
-  const KEYS: (keyof Sample)[] = ['msgsPerSec', 'cpuMsPer1000', 'msPerMsg'];
-  lines.push('', '## Transaction mode ÷ session mode (postern-tx ÷ postern)', '');
-  lines.push('Ratio of the medians; in brackets the lowest and highest per-round ratio. msg/s above 1 is faster, CPU and ms / msg above 1 cost more.', '');
-  lines.push('| Scenario | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | ---: | ---: | ---: |');
-  pairRatios('postern-tx', 'postern', KEYS);
-  lines.push('', '## Pool ÷ static route (postern-pool ÷ postern-static)', '');
-  lines.push('The same sink reached through `route.static: one` (a one-server pool: balancer pick, connection count, failover loop, passive health) and through `route.static: 127.0.0.1:<sink>`. Ratio of the medians; in brackets the lowest and highest per-round ratio. A few rounds cannot resolve a few per cent here: `bench/pool-ab.ts` measures this ratio with fresh processes per round and an identical-configuration control (bench/results-pool-ab.md).', '');
-  lines.push('| Scenario | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | ---: | ---: | ---: |');
-  pairRatios('postern-pool', 'postern-static', KEYS);
+  if (has('postern') && has('postern-tx')) {
+    lines.push('', '## Transaction mode ÷ session mode (postern-tx ÷ postern)', '');
+    lines.push(RATIO_NOTE, '');
+    lines.push('| Scenario | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | ---: | ---: | ---: |');
+    lines.push(...pairRows(results, 'postern-tx', 'postern'));
+  }
+  if (has('postern-static') && has('postern-pool')) {
+    lines.push('', '## Pool ÷ static route (postern-pool ÷ postern-static)', '');
+    lines.push('The same sink reached through `route.static: one` (a one-server pool: balancer pick, connection count, failover loop, passive health) and through `route.static: 127.0.0.1:<sink>`. Ratio of the medians; in brackets the lowest and highest per-round ratio. A few rounds cannot resolve a few per cent here: `bench/pool-ab.ts` measures this ratio with fresh processes per round and an identical-configuration control (bench/results-pool-ab.md).', '');
+    lines.push('| Scenario | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | ---: | ---: | ---: |');
+    lines.push(...pairRows(results, 'postern-pool', 'postern-static'));
+  }
+  // Last of the comparisons, where a partial run puts it too (spliceSection).
+  if (has('postern') && has('postern-checks')) lines.push('', ...checksSection(results, policy, false));
 
   lines.push('', '## Delivery', '', 'Every message smtp-source sent (warm-up included), counted at smtp-sink.', '');
   lines.push('| Target | sent | delivered | smtp-source errors |', '| --- | ---: | ---: | ---: |');
@@ -250,9 +441,9 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
     lines.push('', `## Idle connections (greeted, then silent): ${IDLE}`, '');
     lines.push('| Target | resident memory per connection | dropped |', '| --- | ---: | ---: |');
     for (const t of PROXIES) lines.push(`| ${t} | ${(idle[t]!.bytesPerConn / 1024).toFixed(2)} KiB | ${idle[t]!.dropped} |`);
-    for (const t of POSTERNS) lines.push(`| ${t} ÷ nginx | ${ratio(idle[t]!.bytesPerConn, idle.nginx!.bytesPerConn)} | |`);
+    if (idle.nginx) for (const t of POSTERNS) lines.push(`| ${t} ÷ nginx | ${ratio(idle[t]!.bytesPerConn, idle.nginx.bytesPerConn)} | |`);
   }
-  lines.push('', 'Reproduce: `npm run bench` (BENCH_ROUNDS, BENCH_WORKERS, BENCH_QUICK=1 for a smoke run).', '');
+  lines.push('', 'Reproduce: `npm run bench` (BENCH_ROUNDS, BENCH_WORKERS, BENCH_TARGETS, BENCH_SCENARIOS, BENCH_QUICK=1 for a smoke run).', '');
   return lines.join('\n');
 }
 

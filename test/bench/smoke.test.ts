@@ -1,8 +1,10 @@
 /**
  * A smoke run of the benchmark harness (a handful of messages, 200 idle connections): it starts
- * every process (Postern four times: proxy_mode session and transaction through the auth
- * responder, a static route and a one-server pool), counts delivered messages at the sink and
- * prints the tables. Speed itself is never asserted here; `npm run bench` measures it.
+ * every process (Postern five times: proxy_mode session and transaction through the auth
+ * responder, session mode again with a policy server and the limits on, a static route and a
+ * one-server pool; and the policy responder), counts delivered messages at the sink and policy
+ * requests at the responder, and prints the tables. Speed itself is never asserted here; `npm run
+ * bench` measures it.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -12,9 +14,9 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '../..');
-const TARGETS = ['direct', 'nginx', 'postern', 'postern-tx', 'postern-static', 'postern-pool'];
+const TARGETS = ['direct', 'nginx', 'postern', 'postern-checks', 'postern-tx', 'postern-static', 'postern-pool'];
 
-it('npm run bench (BENCH_QUICK=1) runs all six targets and every one delivers every message', async () => {
+it('npm run bench (BENCH_QUICK=1) runs all seven targets and every one delivers every message', async () => {
   const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', path.join(root, 'bench/run.ts')], {
     cwd: root,
     env: { ...process.env, BENCH_QUICK: '1' },
@@ -25,11 +27,18 @@ it('npm run bench (BENCH_QUICK=1) runs all six targets and every one delivers ev
   assert.doesNotMatch(stderr, /LOST|FAIL/);
   for (const scenario of ['4 KiB × 5 sessions', '100 KiB × 2 sessions']) {
     for (const target of TARGETS) assert.match(stdout, new RegExp(`\\| ${scenario} \\| ${target} \\| \\d+`), `${target} measured in ${scenario}`);
-    // One ratio row per comparison section: transaction ÷ session, pool ÷ static.
-    assert.equal(stdout.match(new RegExp(`^\\| ${scenario} \\| [\\d.–]`, 'gm'))?.length, 2, `ratio rows for ${scenario}`);
+    // One ratio row per comparison section: transaction ÷ session, pool ÷ static, checks ÷ plain.
+    assert.equal(stdout.match(new RegExp(`^\\| ${scenario} \\| [\\d.–]`, 'gm'))?.length, 3, `ratio rows for ${scenario}`);
   }
   assert.match(stdout, /## Transaction mode ÷ session mode/);
   assert.match(stdout, /## Pool ÷ static route \(postern-pool ÷ postern-static\)/);
+  assert.match(stdout, /## Checks on \(policy server \+ limits\)/);
+  // The policy server was asked once per message postern-checks relayed.
+  const policy = /^Policy requests answered: (\d+) for (\d+) messages sent to postern-checks.*without `=`: (\d+)\.$/m.exec(stdout);
+  assert.ok(policy, 'policy request count');
+  assert.ok(Number(policy[1]) > 0, 'the policy server was asked');
+  assert.equal(policy[1], policy[2], 'one policy request per message');
+  assert.equal(policy[3], '0', 'no malformed request lines');
   // The delivery ledger: what smtp-source sent to each target and what reached smtp-sink.
   for (const target of TARGETS) {
     const row = new RegExp(`^\\| ${target} \\| (\\d+) \\| (\\d+) \\| (\\d+) \\|$`, 'm').exec(stdout);
