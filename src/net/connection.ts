@@ -7,16 +7,16 @@
  */
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import type { CheckVerdict, Envelope, RouteDecision, RouteRequest, RouteTarget, TlsInfo } from '../domain.js';
+import type { Envelope, RouteRequest, RouteTarget, TlsInfo } from '../domain.js';
 import { backendName } from '../domain.js';
 import { relay, type RelayStats } from './relay.js';
-import { ERRORS, WARNINGS, type ErrorCode, type WarningCode, PosternError } from '../errors.js';
+import { ERRORS, WARNINGS, type ErrorCode, type WarningCode } from '../errors.js';
 import type { Action, BackendSession, ProtocolSession } from '../protocol.js';
 import { inspectClientTls } from '../tls/client-cert.js';
 import type { ConnectVerdict } from '../checks/connect.js';
+import { Asks, type AskOwner } from './asks.js';
 import type { ListenerContext, ServerContext } from './context.js';
 
-const PASS: CheckVerdict = Object.freeze({ kind: 'pass' });
 /** Connections accepted by this process, for RouteRequest.session. */
 let accepted = 0;
 import { attach, attachBackend, detach, detachBackend, stopReading, unmapIPv4, type SocketOwner } from './socket-events.js';
@@ -29,7 +29,7 @@ const OUTCOME: Partial<Record<ErrorCode, string>> = { PST_CLIENT_EOF: 'client-eo
 
 type ClientTimer = 'idle' | 'handshake' | 'none';
 
-export class Connection implements SocketOwner {
+export class Connection implements SocketOwner, AskOwner {
   /** The client socket: the TCP socket, or the TLS socket over it once TLS has started. */
   socket: Socket;
   readonly session: ProtocolSession;
@@ -46,8 +46,8 @@ export class Connection implements SocketOwner {
   #clientName = '[UNAVAILABLE]';
   readonly #id: string;
   #checks: Record<string, unknown> | null = null;
-  /** Refusals by the router and its checks, for the access record. */
-  #refusals: string[] | null = null;
+  /** The router and the stage checks, asked for the session; their refusals, for the access record. */
+  readonly #asks: Asks;
   #tls: TlsInfo | null = null;
   #backendTls: string | null = null;
   #backend: string | null = null;
@@ -73,6 +73,7 @@ export class Connection implements SocketOwner {
     this.#id = (++accepted).toString(36);
     this.session = listener.newSession();
     this.#listenerName = listener.name;
+    this.#asks = new Asks(ctx, this);
     socket.setNoDelay(true);
     attach(socket, this);
     this.#implicitTls = listener.config.implicit_tls;
@@ -182,6 +183,19 @@ export class Connection implements SocketOwner {
     this.#run(this.session.backendLost(code, `${this.#backend}: ${detail}`));
   }
 
+  // AskOwner: the router's and the checks' answers come back through these.
+  alive(): boolean {
+    return !this.socket.destroyed;
+  }
+
+  run(actions: Action[]): void {
+    this.#run(actions);
+  }
+
+  log(code: ErrorCode | WarningCode, detail?: string): void {
+    this.#log(code, detail);
+  }
+
   #run(actions: Action[]): void {
     if (actions.length > 0) {
       const s = this.socket;
@@ -207,10 +221,10 @@ export class Connection implements SocketOwner {
         this.#log(a.code, a.detail);
         break;
       case 'route':
-        this.#route(a.envelope);
+        this.#asks.route(this.#request(a.envelope));
         break;
       case 'check':
-        this.#check(a);
+        this.#asks.check({ ...this.#request(a.envelope), stage: a.stage, recipientCount: a.recipientCount, ...(a.size !== undefined ? { size: a.size } : {}) });
         break;
       case 'connect':
         this.#connect(a.target, a.envelope);
@@ -330,45 +344,6 @@ export class Connection implements SocketOwner {
     return unmapIPv4(this.socket.localAddress ?? '');
   }
 
-  #route(envelope: Envelope): void {
-    const decision = this.#ctx.router.route(this.#request(envelope));
-    if (decision instanceof Promise) {
-      decision.then(
-        (d) => this.#routed(d),
-        (err: Error) => this.#routed({ kind: 'error', code: 'PST_AUTH_HTTP_UNAVAILABLE', detail: err.message }),
-      );
-    } else {
-      // Answered on the next tick so that a synchronous router cannot nest one batch in another.
-      queueMicrotask(() => this.#routed(decision));
-    }
-  }
-
-  #check(a: Extract<Action, { type: 'check' }>): void {
-    const v = this.#ctx.stageChecks.check({ ...this.#request(a.envelope), stage: a.stage, recipientCount: a.recipientCount, ...(a.size !== undefined ? { size: a.size } : {}) });
-    // A check that throws is a bug of ours: the command goes on, and the log says so.
-    const failed = (err: Error): CheckVerdict => (this.#log('PSW_CHECK_FAILED', `${a.stage}: ${err.message}`), PASS);
-    if (v instanceof Promise) v.then((x) => this.#stageChecked(x), (err: Error) => this.#stageChecked(failed(err)));
-    else queueMicrotask(() => this.#stageChecked(v));
-  }
-
-  #stageChecked(v: CheckVerdict): void {
-    if (this.socket.destroyed) return;
-    if (v.kind === 'reject') this.#refused(v.code, v.reason, v.reply);
-    this.#run(this.session.checked(v));
-  }
-
-  /** A router's or a check's refusal: one log line at the code's level, and the access record's `checks.refused`. */
-  #refused(code: ErrorCode, reason: string, reply: string, waitMs?: number): void {
-    this.#ctx.logger[ERRORS[code].level]({ code, client: this.clientAddr, user: this.session.summary().user, detail: reason, ...(waitMs !== undefined ? { wait_ms: waitMs } : {}), reply }, ERRORS[code].message);
-    (this.#refusals ??= []).push(`${code}: ${reply.slice(0, 3)}`);
-  }
-
-  #routed(d: RouteDecision): void {
-    if (this.socket.destroyed) return;
-    if (d.kind === 'reject') this.#refused(d.code ?? 'PST_AUTH_REJECTED', d.reason, d.reply, d.waitMs);
-    this.#run(this.session.routed(d));
-  }
-
   #connect(target: RouteTarget, envelope: Envelope): void {
     this.#backend = backendName(target);
     this.#abortBackend = this.#ctx.protocol.connect({ addr: this.clientAddr, port: this.clientPort, name: this.#clientName }, target, envelope, (err, b) => {
@@ -443,7 +418,7 @@ export class Connection implements SocketOwner {
       client: `${this.clientAddr}:${this.clientPort}`,
       ...this.session.summary(),
       ...(this.#clientName !== '[UNAVAILABLE]' ? { client_name: this.#clientName } : {}),
-      ...(this.#checks || this.#refusals ? { checks: { ...this.#checks, ...(this.#refusals ? { refused: this.#refusals } : {}) } } : {}),
+      ...(this.#checks || this.#asks.refusals ? { checks: { ...this.#checks, ...(this.#asks.refusals ? { refused: this.#asks.refusals } : {}) } } : {}),
       backend: this.#backend ?? undefined,
       tls: this.#tls?.protocol,
       backend_tls: this.#backendTls ?? undefined,
