@@ -25,6 +25,8 @@ export interface PolicyCheckConfig {
   server: string;
   default: 'defer' | 'dunno';
   timeout: number;
+  /** Connections open at once per process. */
+  connections?: number;
   stages: readonly PolicyStageName[];
   prepend: boolean;
 }
@@ -86,7 +88,7 @@ export class PolicyChecks {
     this.#mayChange = proxyMode === 'transaction';
     this.#servers = configs.map((c) => ({
       config: c,
-      client: new PolicyClient({ server: c.server, default: c.default, timeoutMs: c.timeout, log: (level, msg) => log(level, { server: c.server }, msg) }),
+      client: new PolicyClient({ server: c.server, default: c.default, timeoutMs: c.timeout, ...(c.connections ? { maxConnections: c.connections } : {}), log: (level, msg) => log(level, { server: c.server }, msg) }),
     }));
   }
 

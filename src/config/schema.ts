@@ -301,6 +301,8 @@ const checks = z.strictObject({
     default: z.enum(['defer', 'dunno']).default('defer'),
     /** One request, connect to reply (Postfix smtpd_policy_service_timeout is 100 s). */
     timeout: duration('10s'),
+    /** Connections kept open to it per worker, one request at a time each (Postfix: one per smtpd process). */
+    connections: z.int().min(1).max(1000).default(16),
     /**
      * Where it is asked (Postfix's protocol_state): at connect, HELO/EHLO, MAIL, RCPT, DATA.
      * `data` needs proxy_mode: transaction (in session mode DATA goes to the back-end blind).
