@@ -16,7 +16,7 @@ import type { CheckRequest, CheckStage, CheckVerdict, RouteDecision, RouteReques
 import type { ErrorCode } from '../errors.js';
 import type { ConnectChecks, ConnectingClient, ConnectVerdict } from './connect.js';
 import { PolicyClient } from './policy/client.js';
-import type { PolicyAttributes, PolicyVerdict } from './policy/protocol.js';
+import { policyAction, replyTarget, type PolicyAttributes, type PolicyVerdict } from './policy/protocol.js';
 import type { StageCheck } from './stage.js';
 
 export type PolicyStageName = 'connect' | CheckStage | 'rcpt';
@@ -29,6 +29,8 @@ export interface PolicyCheckConfig {
   connections?: number;
   stages: readonly PolicyStageName[];
   prepend: boolean;
+  /** What HOLD, FILTER, REDIRECT, DISCARD, BCC… (which a proxy cannot do) count as. Default dunno. */
+  unsupported?: 'dunno' | 'defer' | 'reject';
 }
 
 export interface PolicyLog {
@@ -110,7 +112,7 @@ export class PolicyChecks {
         else this.#log('info', { code: 'PSW_POLICY_PREPEND', server: config.server, stage, header: v.header }, 'policy PREPEND not applied');
         continue;
       }
-      const refusal = this.#refusal(v, config.server, stage);
+      const refusal = this.#refusal(v, config, stage, attrs);
       if (refusal) return { refuse: refusal };
     }
     return { prepend };
@@ -127,16 +129,21 @@ export class PolicyChecks {
     return `postern.${process.pid}.${req.session}.${t}`;
   }
 
-  #refusal(v: PolicyVerdict, server: string, stage: PolicyStageName): { reply: string; reason: string; code: ErrorCode } | null {
+  #refusal(v: PolicyVerdict, config: PolicyCheckConfig, stage: PolicyStageName, attrs: PolicyAttributes): { reply: string; reason: string; code: ErrorCode } | null {
+    const server = config.server;
     switch (v.kind) {
       case 'reject':
       case 'defer':
       case 'defer_if_permit': // a lone check: nothing later could reject, so defer
         return { reply: v.reply, reason: `policy ${server} at ${STATE[stage]}: ${v.action}`, code: 'PST_POLICY_REFUSED' };
-      case 'unsupported':
-      case 'invalid':
-        this.#log('warn', { code: 'PSW_POLICY_UNSUPPORTED', server, stage, action: v.kind === 'unsupported' ? v.action : undefined, detail: v.kind === 'invalid' ? v.detail : undefined }, 'policy server action that a proxy cannot honour: treated as DUNNO');
-        return null;
+      case 'unsupported': {
+        const as = config.unsupported ?? 'dunno';
+        this.#log('warn', { code: 'PSW_POLICY_UNSUPPORTED', server, stage, action: v.action, treated_as: as }, `policy server action that a proxy cannot honour: treated as ${as}`);
+        if (as === 'dunno') return null;
+        // Postfix's reply for that REJECT or DEFER, with the server's own text if it gave one.
+        const r = policyAction(`${as.toUpperCase()} ${v.text || `${v.action} is not supported here`}`, replyTarget(attrs));
+        return 'reply' in r ? { reply: r.reply, reason: `policy ${server} at ${STATE[stage]}: ${v.action} (unsupported: ${as})`, code: 'PST_POLICY_REFUSED' } : null;
+      }
       default:
         return null; // DUNNO, DEFER_IF_REJECT (nothing else rejects)
     }

@@ -308,6 +308,8 @@ const checks = z.strictObject({
      * `data` needs proxy_mode: transaction (in session mode DATA goes to the back-end blind).
      */
     stages: z.array(z.enum(['connect', 'helo', 'mail', 'rcpt', 'data'])).min(1).default(['rcpt']).transform((a) => [...new Set(a)]),
+    /** What HOLD, FILTER, REDIRECT, DISCARD, BCC… count as, which a proxy cannot carry out: go on, or refuse (4xx / 5xx). */
+    unsupported: z.enum(['dunno', 'defer', 'reject']).default('dunno'),
     /** Add the header lines of its PREPEND answers to the message (transaction mode only): the one change Postern makes to a message. */
     prepend: z.boolean().default(false),
   })).default([]),
