@@ -55,19 +55,30 @@ export function policyAttributes(stage: PolicyStageName, req: Asked, instance: s
     client_name: known,
     reverse_client_name: known,
     ...(req.serverAddr ? { server_address: req.serverAddr, server_port: req.serverPort ?? 0 } : {}),
-    helo_name: e?.helo ?? '',
-    sender: e?.mailFrom ?? '',
-    recipient: stage === 'rcpt' ? (e?.rcptTo ?? '') : '',
+    helo_name: wire(e?.helo ?? ''),
+    sender: wire(e?.mailFrom ?? ''),
+    recipient: stage === 'rcpt' ? wire(e?.rcptTo ?? '') : '',
     // Postfix: the accepted recipients at DATA; 0 before.
     recipient_count: stage === 'data' ? (req.recipientCount ?? 0) : 0,
     instance,
     ...(req.size !== undefined ? { size: req.size } : {}),
-    ...(e?.auth ? { sasl_method: e.auth.method === 'plain' ? 'PLAIN' : e.auth.method.toUpperCase(), sasl_username: e.auth.user } : {}),
+    ...(e?.auth ? { sasl_method: e.auth.method === 'plain' ? 'PLAIN' : e.auth.method.toUpperCase(), sasl_username: wire(e.auth.user) } : {}),
     ...(req.tls ? { encryption_protocol: req.tls.protocol, encryption_cipher: req.tls.cipher } : {}),
     ...(req.tls?.subject ? { ccert_subject: req.tls.subject } : {}),
     ...(req.tls?.issuer ? { ccert_issuer: req.tls.issuer } : {}),
     ...(req.tls?.fingerprint ? { ccert_fingerprint: req.tls.fingerprint.replace(/:/g, '') } : {}),
   };
+}
+
+/**
+ * The session keeps what the client typed as latin1 strings (one char per byte); the policy
+ * request is UTF-8. Decoding first sends an SMTPUTF8 address (RFC 6531) as the bytes the client
+ * sent, as Postfix does, instead of encoding each byte again. (Bytes that are not UTF-8 become
+ * U+FFFD; plain ASCII, the common case, is returned as it is.)
+ */
+function wire(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  return /^[\x00-\x7f]*$/.test(s) ? s : Buffer.from(s, 'latin1').toString('utf8');
 }
 
 /** One stage's outcome over all servers: a refusal, or go on with the headers to prepend. */
@@ -107,6 +118,7 @@ export class PolicyChecks {
       const v = await client.ask(attrs);
       if ('fallback' in v && v.fallback) this.#log('warn', { code: 'PSW_POLICY_FAILED', server: config.server, stage, detail: v.fallback.detail }, 'policy server failed: its default applied');
       if (v.kind === 'ok') break;
+      if (v.kind === 'dunno' && v.warning) this.#log('info', { code: 'PSW_POLICY_PREPEND', server: config.server, stage, detail: v.warning }, 'policy PREPEND without a valid header: ignored');
       if (v.kind === 'prepend') {
         if (this.#mayChange && config.prepend) (prepend ??= []).push(v.header);
         else this.#log('info', { code: 'PSW_POLICY_PREPEND', server: config.server, stage, header: v.header }, 'policy PREPEND not applied');

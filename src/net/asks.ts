@@ -62,6 +62,11 @@ export class Asks {
     this.#owner.run(this.#owner.session.checked(v));
   }
 
+  /** A refusal logged elsewhere (the connect checks'), for the access record only. */
+  recordRefusal(code: ErrorCode, reply: string): void {
+    (this.refusals ??= []).push(`${code}: ${reply.slice(0, 3)}`);
+  }
+
   #refused(code: ErrorCode, reason: string, reply: string, waitMs?: number): void {
     const o = this.#owner;
     this.#ctx.logger[ERRORS[code].level]({ code, client: o.clientAddr, user: o.session.summary().user, detail: reason, ...(waitMs !== undefined ? { wait_ms: waitMs } : {}), reply }, ERRORS[code].message);

@@ -89,7 +89,10 @@ export class Connection implements SocketOwner, AskOwner {
     if (this.socket.destroyed || this.session.phase === 'closed') return;
     this.#clientName = v.name;
     this.#checks = v.record ?? null;
-    if (v.refuse) return this.#run(this.session.refused(v.refuse.code, v.refuse.detail, v.refuse.reply));
+    if (v.refuse) {
+      this.#asks.recordRefusal(v.refuse.code, v.refuse.reply ?? ERRORS[v.refuse.code].reply ?? '');
+      return this.#run(this.session.refused(v.refuse.code, v.refuse.detail, v.refuse.reply));
+    }
     this.#run(this.session.start(v.prepend));
     if (this.#implicitTls) this.#startTls();
   }

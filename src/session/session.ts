@@ -337,10 +337,8 @@ export class Session extends SmtpDialog implements ProtocolSession<BackendReadyI
   /** After a router's OK: a new back-end session, a recipient for the open one, or a 452. */
   protected toBackend(env: Envelope, target: RouteTarget): Action[] {
     const tx = this.tx;
-    if (target.prepend && env.mailLine !== '' && this.limits.proxyMode === 'transaction') {
-      const draft = this.draftOf(env);
-      draft.prepend = [...(draft.prepend ?? []), ...target.prepend];
-    }
+    // A recipient's PREPEND counts once the back-end has accepted that recipient (transaction.ts).
+    if (target.prepend && env.mailLine !== '' && this.limits.proxyMode === 'transaction') (this.draftOf(env).rcptPrepend ??= new Map()).set(env.rcptTo, target.prepend);
     if (tx && !tx.fixed && env.mailLine !== '') {
       const draft = this.draftOf(env);
       if (sameBackend(tx.target, target)) {

@@ -22,6 +22,8 @@ export interface MessageDraft {
   recipients: RecipientRecord[];
   /** Header lines the checks asked to add at the top of the message (PREPEND), set by DATA. */
   prepend?: string[];
+  /** A recipient's PREPEND lines, added to `prepend` once the back-end accepts that recipient. */
+  rcptPrepend?: Map<string, readonly string[]>;
 }
 
 /** What a reply owed by the back-end is for. */
@@ -217,7 +219,11 @@ export class TransactionProxy {
   }
 
   #recipient(draft: MessageDraft, to: string, r: Reply, out: Action[]): void {
-    if (r.code >= 200 && r.code < 300) this.#accepted++;
+    if (r.code >= 200 && r.code < 300) {
+      this.#accepted++;
+      const p = draft.rcptPrepend?.get(to);
+      if (p) draft.prepend = [...(draft.prepend ?? []), ...p];
+    }
     draft.recipients.push({ to, backend: this.name, code: r.code });
     out.push({ type: 'reply', data: r.raw });
   }

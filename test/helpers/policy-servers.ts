@@ -124,7 +124,7 @@ function startDaemon(file: string, args: string[], tmp: string): Daemon {
         try {
           process.kill(-child.pid!, 'SIGTERM');
         } catch {}
-        const gone = await Promise.race([exited.then(() => true), sleep(5000).then(() => false)]);
+        const gone = await Promise.race([exited.then(() => true), sleep(5000, undefined, { ref: false }).then(() => false)]);
         if (!gone) {
           try {
             process.kill(-child.pid!, 'SIGKILL');

@@ -27,7 +27,7 @@ export function reply(text: string): Reply {
   return r.next() as Reply;
 }
 
-/** A back-end that answers like Postfix: one reply per command line, 250 after the end of data. */
+/** A back-end that answers like Postfix: one reply per command line (550 to a recipient starting with `no`), 250 after the end of data. */
 export class ScriptedBackend {
   bytes = '';
   #pending = '';
@@ -51,11 +51,13 @@ export class ScriptedBackend {
       const lf = this.#pending.indexOf('\r\n');
       if (lf === -1) return out;
       const verb = this.#pending.slice(0, 4).toUpperCase();
+      const line = this.#pending.slice(0, lf);
       this.#pending = this.#pending.slice(lf + 2);
       if (verb === 'DATA') {
         this.#inData = true;
         out += '354 go ahead\r\n';
-      } else out += verb === 'RCPT' ? '250 2.1.5 Ok\r\n' : '250 2.0.0 Ok\r\n';
+      } else if (verb === 'RCPT') out += /^RCPT TO:<no/i.test(line) ? '550 5.1.1 No such user\r\n' : '250 2.1.5 Ok\r\n';
+      else out += '250 2.0.0 Ok\r\n';
     }
   }
 }

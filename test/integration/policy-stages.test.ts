@@ -16,9 +16,8 @@
  * - Injection: a policy answer cannot add a reply line; a PREPEND with CR or NUL is not added,
  *   other control bytes become spaces and a leading dot is stuffed; a client's HELO, MAIL or AUTH
  *   cannot add an attribute line to a policy request.
- * - Each refusal at HELO, MAIL, RCPT or DATA is in the access record's `checks.refused`; one at
- *   connect only as its outcome (a todo test below names the gap).
- * - Known gap, as a todo test: an 8-bit (SMTPUTF8) sender reaches the policy server double-encoded.
+ * - Each refusal, at connect, HELO, MAIL, RCPT or DATA, is in the access record's `checks.refused`.
+ * - An 8-bit (SMTPUTF8) sender reaches the policy server as the bytes the client sent.
  */
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -190,9 +189,8 @@ describe('policy servers at every stage, through Postern', { concurrency: true, 
       });
     }
 
-    // docs/errors.md: `checks.refused` lists "each refusal by a check or the router"; a connect-time
-    // refusal is recorded only as the outcome (net/connection.ts #checked does not add it).
-    it('a connect refusal is listed in the access record\'s checks.refused', { todo: 'net/connection.ts records connect refusals only as the outcome' }, async () => {
+    // docs/errors.md: `checks.refused` lists "each refusal by a check or the router", connect-time ones too.
+    it('a connect refusal is listed in the access record\'s checks.refused', async () => {
       const srv = await policy(() => 'REJECT Go away');
       const r = await rig({ checks: { policy: [server(srv.address, { stages: ['connect'] })] } }, {}, [srv]);
       try {
@@ -689,9 +687,9 @@ describe('policy servers at every stage, through Postern', { concurrency: true, 
     });
 
     // Postfix passes the client's bytes through (attr_print writes the strings as they are); Postern's
-    // envelope holds them as latin1 strings, which policyRequest encodes as UTF-8: an SMTPUTF8 address
-    // (UTF-8 bytes) arrives double-encoded, "δ" (CE B4) as C3 8E C2 B4.
-    it('an 8-bit sender reaches the policy server as the bytes the client sent', { todo: 'checks/policy: latin1 envelope strings are sent UTF-8-encoded' }, async () => {
+    // envelope holds them as latin1 strings, decoded before the UTF-8 request is built, so "δ" (CE B4)
+    // arrives as CE B4, not double-encoded as C3 8E C2 B4.
+    it('an 8-bit sender reaches the policy server as the bytes the client sent', async () => {
       const srv = await policy(() => 'DUNNO');
       const r = await rig({ checks: { policy: [server(srv.address, { stages: ['mail'] })] } }, {}, [srv]);
       try {

@@ -132,6 +132,16 @@ describe('Session: stage checks hold HELO, MAIL and DATA (every cutting)', () =>
     }, { connectPrepend: ['X-Conn: c'], route });
   });
 
+  it('a recipient\'s PREPEND counts only once the back-end accepts that recipient', () => {
+    const route = (rcpt: string): RouteDecision => ({ kind: 'ok', host: 'a', port: 25, prepend: [`X-Rcpt: ${rcpt}`] });
+    dialog('EHLO c.test\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<a1@a.test>\r\nRCPT TO:<no@a.test>\r\nDATA\r\n.\r\n', () => pass, {
+      wire: `${GREET}${EHLO_OK}250 2.1.0 OK\r\n250 2.1.5 Ok\r\n550 5.1.1 No such user\r\n354 go ahead\r\n250 2.0.0 Ok: queued on a\r\n`,
+      backends: ['a: RCPT TO:<no@a.test>\r\nDATA\r\nX-Rcpt: a1@a.test\r\n.\r\n[open]'],
+      asked: ['helo c.test - 0 t0', 'mail c.test s@x.test 0 t1', 'data c.test s@x.test 1 t1'],
+      prepended: [['X-Rcpt: a1@a.test']],
+    }, { route });
+  });
+
   it('without registered stages nothing is held (no check action)', () => {
     const s = new Session(TX_BOOK, TX_LIMITS);
     s.start();
