@@ -1,22 +1,31 @@
 /**
- * Recipients per client address per period (limits.recipient_rate) as a router layer: over it,
- * that recipient gets `452 4.7.1` (Postfix anvil's wording) and the session goes on.
+ * Recipients per period (limits.recipient_rate, and the `limits.rates` entries that count
+ * recipients) as a router layer, before the policy servers and the router: over one, that
+ * recipient gets Postfix anvil's `452 4.7.1 Error: too many recipients from <addr>`
+ * (smtpd_client_recipient_rate_limit; RFC 5321 §4.5.3.1.10 lets a client send the rest later),
+ * or `… to <domain>` for a rule per recipient domain, and the session goes on. Only the RCPTs
+ * Postern routes are counted: in session mode the first, in transaction mode every one.
  */
 import type { RouterLayer } from '../auth/router.js';
 import type { RouteDecision, RouteRequest } from '../domain.js';
-import { thenMaybe, type Limiter, type LimitVerdict } from '../limits/limiter.js';
-import { clientKey } from '../limits/setup.js';
+import { thenMaybe } from '../limits/limiter.js';
+import { firstOver, overDetail, type Over, type RateRule } from '../limits/rules.js';
 
-/** Recipients per client per period: over it, `452 4.7.1` for that recipient (the session goes on). */
-export function recipientRateLayer(limiter: Limiter): RouterLayer {
+/** Each rule in order; the first over its limit refuses the recipient with `452 4.7.1` (the session goes on). */
+export function recipientRateLayer(rules: readonly RateRule[]): RouterLayer {
   return (inner) => ({
     route(req: RouteRequest): RouteDecision | Promise<RouteDecision> {
-      if (req.envelope.mailLine === '') return inner.route(req);
-      const over = (v: LimitVerdict): RouteDecision | Promise<RouteDecision> => (v.allowed
-        ? inner.route(req)
-        : { kind: 'reject', reply: `452 4.7.1 Error: too many recipients from ${req.clientAddr}`, waitMs: 0, reason: 'limits.recipient_rate', keepOpen: true, code: 'PST_RATE_RECIPIENTS' });
-      return thenMaybe(limiter.take(clientKey(req.clientAddr)), over);
+      // Routing at AUTH has no recipient.
+      if (req.envelope.mailLine === '' || rules.length === 0) return inner.route(req);
+      const e = req.envelope;
+      const facts = { clientAddr: req.clientAddr, user: e.auth?.user, sender: e.mailFrom, rcpt: e.rcptTo };
+      return thenMaybe(firstOver(rules, facts), (o) => (o ? refusal(o) : inner.route(req)));
     },
     close: () => inner.close(),
   });
+}
+
+function refusal(o: Over): RouteDecision {
+  const reply = o.rule.key === 'rcpt_domain' ? `452 4.7.1 Error: too many recipients to ${o.subject}` : `452 4.7.1 Error: too many recipients from ${o.subject}`;
+  return { kind: 'reject', reply, waitMs: 0, reason: overDetail(o), keepOpen: true, code: 'PST_RATE_RECIPIENTS' };
 }

@@ -34,6 +34,12 @@ export function prefixKey(addr: string, bits: number): string {
   return addr;
 }
 
+/** The address as a client would name itself: an IPv4-mapped IPv6 address as its IPv4 address (for replies). */
+export function plainAddress(addr: string): string {
+  const v4 = toIPv4(addr);
+  return v4 ? formatV4(v4) : addr;
+}
+
 /** The IPv4 address an address stands for (itself or IPv4-mapped), as 4 bytes; null otherwise. */
 function toIPv4(addr: string): number[] | null {
   if (net.isIPv4(addr)) return addr.split('.').map(Number);

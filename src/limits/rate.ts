@@ -143,7 +143,9 @@ export class RateLimiter implements Limiter {
 function pair(spec: RateSpec, make: (o: { keyPrefix: string; points: number; duration: number }) => RateLimiterAbstract): Pair {
   return {
     steady: make({ keyPrefix: spec.name, points: spec.points, duration: spec.durationMs / 1000 }),
-    burst: spec.burst ? make({ keyPrefix: `${spec.name}:burst`, points: spec.burst.points, duration: spec.burst.durationMs / 1000 }) : null,
+    // Not `<name>:burst`: the store's key is `<prefix>:<key>`, so a steady key `burst:x` (a user
+    // may log in as anything) would have been the burst counter of `x`.
+    burst: spec.burst ? make({ keyPrefix: `${spec.name}~burst`, points: spec.burst.points, duration: spec.burst.durationMs / 1000 }) : null,
   };
 }
 

@@ -1,24 +1,27 @@
 /**
  * The configured limits, built once per worker: the store the counters live in (memory, the
  * instance's cluster, or Redis shared by every instance) and the limiters on it — connections
- * held and connections per period at accept, recipients per period at RCPT (../checks/rate-layer.ts).
- * A shared store that is down or slow falls back to memory with one log line (./guard.ts).
+ * held at accept, and the rate rules (./rules.ts): connections at accept, messages at MAIL,
+ * recipients at RCPT, refused logins at AUTH. A shared store that is down or slow falls back to
+ * memory with one log line (./guard.ts).
  */
-import type { Config } from '../config/schema.js';
+import type { Config, RateCount } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { createConcurrencyLimiter } from './concurrency.js';
 import { clientKeys } from './keys.js';
 import { WindowLimiter, type Limiter } from './limiter.js';
 import { RateLimiter, type LimiterStore } from './rate.js';
 import { createRedisClient } from './redis.js';
+import type { RateRule } from './rules.js';
 
 export interface Limits {
   /** Connections held per client address (limits.max_connections_per_client). */
   perClient: Limiter;
-  /** New connections per client address per period; null when not configured. */
-  connectionRate: Limiter | null;
-  /** Recipients per client address per period (checks/rate-layer.ts asks it at RCPT); null when not configured. */
-  recipients: Limiter | null;
+  /**
+   * The rate rules by what they count, each list in the order configured: the shorthands
+   * (`connection_rate`, `recipient_rate`: per client address) first, then `rates`.
+   */
+  rates: Readonly<Record<RateCount, readonly RateRule[]>>;
   /**
    * Refused logins per client address for one server block (auth.max_failures_per_client within
    * auth.failure_window): in memory per worker, or in the shared store, so the cap holds across
@@ -50,12 +53,15 @@ export function buildLimits(config: Readonly<Config>, logger: Logger): Limits {
     new RateLimiter({ name, points: r.max, durationMs: r.per, ...(r.burst > 0 ? { burst: { points: r.burst, durationMs: r.per * 10 } } : {}) }, store, events);
   // No cap: an in-memory limiter that never refuses, so a shared store is not asked per connection.
   const perClient = createConcurrencyLimiter({ name: 'conn', limit: l.max_connections_per_client }, l.max_connections_per_client > 0 ? store : { kind: 'memory' }, events);
-  const connectionRate = l.connection_rate ? rate('conn-rate', l.connection_rate) : null;
-  const recipients = l.recipient_rate ? rate('rcpt-rate', l.recipient_rate) : null;
+  const rates: Record<RateCount, RateRule[]> = { connections: [], messages: [], recipients: [], auth_failures: [] };
+  // The shorthands keep their limiter names (and so their counters in a shared store).
+  if (l.connection_rate) rates.connections.push({ name: 'limits.connection_rate', count: 'connections', key: 'client', limiter: rate('conn-rate', l.connection_rate) });
+  if (l.recipient_rate) rates.recipients.push({ name: 'limits.recipient_rate', count: 'recipients', key: 'client', limiter: rate('rcpt-rate', l.recipient_rate) });
+  // One limiter per rule, named by its place in the list: rules never share counters.
+  for (const [i, r] of (l.rates ?? []).entries()) rates[r.count].push({ name: `limits.rates.${i}`, count: r.count, key: r.key, limiter: rate(`rates.${i}`, r) });
   return {
     perClient,
-    connectionRate,
-    recipients,
+    rates,
     authFailures(server, max, windowMs) {
       if (store.kind === 'memory') return new WindowLimiter(max, windowMs);
       // The shared stores count whole seconds.

@@ -1,15 +1,23 @@
 /**
  * The listeners of every server block and the set of live connections, with a bounded drain
- * on stop. Connection caps are process-wide (per worker), as nginx's worker_connections.
+ * on stop. Connection caps are process-wide (per worker), as nginx's worker_connections; the
+ * rate rules (src/limits/rules.ts) are applied here at accept (connections), and handed to each
+ * server block as a stage check at MAIL (messages) and router layers at AUTH and RCPT (refused
+ * logins, recipients), all before the policy servers.
  */
 import net from 'node:net';
-import type { Router } from '../auth/router.js';
+import { authFailureRules } from '../auth/failure-guard.js';
+import type { Router, RouterLayer } from '../auth/router.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { ERRORS } from '../errors.js';
-import type { Limiter, LimitVerdict } from '../limits/limiter.js';
+import { messageRateCheck } from '../checks/message-rate.js';
 import { recipientRateLayer } from '../checks/rate-layer.js';
+import type { Limiter, LimitVerdict, MaybePromise } from '../limits/limiter.js';
+import { plainAddress } from '../limits/keys.js';
+import { firstOver, overDetail, type Over, type RateRule } from '../limits/rules.js';
 import { buildLimits, clientKey, type Limits } from '../limits/setup.js';
+import { lineReply } from '../smtp/replies.js';
 import { PoolRegistry } from '../pools/pool.js';
 import { Connection } from './connection.js';
 import { buildContext, type ListenerContext, type ServerContext } from './context.js';
@@ -26,7 +34,8 @@ export class PosternServer {
   readonly #connections = new Set<Connection>();
   /** Open connections per client address (limits.max_connections_per_client). */
   readonly #perClient: Limiter;
-  readonly #connectionRate: Limiter | null;
+  /** Connections per period (limits.connection_rate, limits.rates), asked in order at accept. */
+  readonly #connectionRates: readonly RateRule[];
   readonly #limits: Limits;
   #stopping: Promise<void> | null = null;
   #onIdle: (() => void) | null = null;
@@ -37,13 +46,19 @@ export class PosternServer {
     this.#logger = logger;
     this.#limits = buildLimits(config, logger);
     this.#perClient = this.#limits.perClient;
-    this.#connectionRate = this.#limits.connectionRate;
+    const rates = this.#limits.rates;
+    this.#connectionRates = rates.connections;
     this.pools = new PoolRegistry(config.pools, logger);
     this.#contexts = config.servers.map((srv, i) => buildContext(srv, {
       logger,
       accessLog: config.log.access,
       pools: this.pools,
-      layers: this.#limits.recipients ? [recipientRateLayer(this.#limits.recipients)] : [],
+      // Outermost after the server's own AUTH guard, and before its policy servers: cheapest first.
+      layers: [
+        ...(rates.auth_failures.length > 0 ? [authFailureRules(rates.auth_failures, srv.server_name)] : []),
+        ...(rates.recipients.length > 0 ? [recipientRateLayer(rates.recipients)] : []),
+      ] satisfies RouterLayer[],
+      stageChecks: rates.messages.length > 0 ? [messageRateCheck(rates.messages)] : [],
       authFailures: this.#limits.authFailures(i, srv.auth.max_failures_per_client, srv.auth.failure_window),
       ...(router ? { router } : {}),
     }));
@@ -95,22 +110,27 @@ export class PosternServer {
     socket.on('error', noop);
     const limits = this.#config.limits;
     if (limits.max_connections > 0 && this.#connections.size >= limits.max_connections) return this.#refuse(socket, ctx, 'PST_TOO_MANY_CONNECTIONS');
-    const key = clientKey(socket.remoteAddress ?? '');
+    const addr = socket.remoteAddress ?? '';
+    const key = clientKey(addr);
     const admit = (v: LimitVerdict): void => {
       if (!v.allowed) return this.#refuse(socket, ctx, 'PST_CLIENT_CONNECTIONS');
       if (socket.destroyed) return void this.#perClient.release(key);
       this.#connections.add(new Connection(socket, ctx, listener, (c) => this.#closed(c, key)));
     };
-    const held = (): void => then(this.#perClient.take(key), admit);
+    const held = (): void => then(this.#perClient.take(key), admit, ALLOW);
     // Connections per period first (cheapest to refuse), then connections held.
-    if (!this.#connectionRate) return held();
-    then(this.#connectionRate.take(key), (v) => (v.allowed ? held() : this.#refuse(socket, ctx, 'PST_RATE_CONNECTIONS')));
+    if (this.#connectionRates.length === 0) return held();
+    then(firstOver(this.#connectionRates, { clientAddr: addr }), (o: Over | null) => {
+      if (!o) return held();
+      // Postfix anvil's text (smtpd_client_connection_rate_limit), naming the client address.
+      this.#refuse(socket, ctx, 'PST_RATE_CONNECTIONS', `421 4.7.0 ${ctx.config.server_name} Error: too many connections from ${plainAddress(addr)}`, overDetail(o));
+    }, null);
   }
 
   /** Over a cap: the 421 (RFC 5321 §3.8) without a session, then close. */
-  #refuse(socket: net.Socket, ctx: ServerContext, code: 'PST_TOO_MANY_CONNECTIONS' | 'PST_CLIENT_CONNECTIONS' | 'PST_RATE_CONNECTIONS'): void {
-    this.#logger[ERRORS[code].level]({ code, client: socket.remoteAddress }, ERRORS[code].message);
-    socket.end(ctx.protocol.refusal(code));
+  #refuse(socket: net.Socket, ctx: ServerContext, code: 'PST_TOO_MANY_CONNECTIONS' | 'PST_CLIENT_CONNECTIONS' | 'PST_RATE_CONNECTIONS', reply?: string, detail?: string): void {
+    this.#logger[ERRORS[code].level]({ code, client: socket.remoteAddress, ...(detail !== undefined ? { detail } : {}), ...(reply !== undefined ? { reply } : {}) }, ERRORS[code].message);
+    socket.end(reply !== undefined ? lineReply(reply) : ctx.protocol.refusal(code));
     socket.setTimeout(2000, () => socket.destroy());
   }
 
@@ -146,8 +166,10 @@ export class PosternServer {
 
 function noop(): void {}
 
-/** A limiter's answer now, or when its Promise settles (a store that fails lets the connection in). */
-function then(v: LimitVerdict | Promise<LimitVerdict>, f: (v: LimitVerdict) => void): void {
-  if (v instanceof Promise) v.then(f, () => f({ allowed: true, count: 0, limit: 0 }));
+const ALLOW: LimitVerdict = Object.freeze({ allowed: true, count: 0, limit: 0 });
+
+/** A limiter's answer now, or when its Promise settles (a store that fails lets the connection in: `failed`). */
+function then<T>(v: MaybePromise<T>, f: (v: T) => void, failed: T): void {
+  if (v instanceof Promise) v.then(f, () => f(failed));
   else f(v);
 }

@@ -37,7 +37,7 @@ describe('limits', () => {
       const rec = await p.waitForLog((l) => l.type === 'access' && (l.checks as { refused?: string[] } | undefined)?.refused !== undefined);
       assert.deepEqual((rec.checks as { refused: string[] }).refused, ['PST_RATE_RECIPIENTS: 452']);
       assert.match(await greeting(p.port), /^220 /);
-      assert.equal(await greeting(p.port), '421 4.7.0 proxy.test Error: too many connections from your address, try again later');
+      assert.equal(await greeting(p.port), '421 4.7.0 proxy.test Error: too many connections from 127.0.0.1');
       await p.waitForLog((l) => l.code === 'PST_RATE_CONNECTIONS');
     } finally {
       await p.stop();

@@ -4,6 +4,7 @@
  * they enforce one limit. Redis stopped mid-run: both keep answering from memory within the
  * deadline (one onDown each) and use Redis again once it is back (one onUp each), the
  * connection counts re-sent by their lease renewals. Redis stalled (SIGSTOP): the deadline answers.
+ * And two Postern processes on one Redis enforce one `limits.rates` messages limit per sender.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -13,7 +14,10 @@ import { createConcurrencyLimiter } from '../../src/limits/concurrency.js';
 import type { Limiter } from '../../src/limits/limiter.js';
 import { RateLimiter, type RateSpec } from '../../src/limits/rate.js';
 import { createRedisClient } from '../../src/limits/redis.js';
+import { FakeBackend } from '../helpers/fake-backend.js';
+import { startPosternProcess } from '../helpers/postern-process.js';
 import { startRedis, type RedisInstance } from '../helpers/redis.js';
+import { SmtpClient, replyText } from '../helpers/smtp-client.js';
 
 const TIMEOUT_MS = 200;
 const MAX_WAIT_MS = TIMEOUT_MS + 800;
@@ -196,5 +200,51 @@ describe('Redis store (real redis-server)', () => {
       redis.resume();
     }
     await until(async () => (await l.take('probe'), e.ups === 1), 10_000, 'back in use after SIGCONT');
+  });
+});
+
+describe('two Postern processes on one Redis', () => {
+  it('enforce one messages limit per sender together, counted under the rule\'s own keys', { timeout: 60_000 }, async () => {
+    const own = await startRedis();
+    const backend = await FakeBackend.start();
+    const cfg = {
+      route: { static: `127.0.0.1:${backend.port}` },
+      proxy_mode: 'transaction',
+      limits: { store: { redis: `127.0.0.1:${own.port}` }, rates: [{ count: 'messages', key: 'sender', max: 3, per: '60s' }] },
+    };
+    const [a, b] = await Promise.all([startPosternProcess(cfg), startPosternProcess(cfg)]);
+    const session = async (port: number): Promise<SmtpClient> => {
+      const c = await SmtpClient.connect(port);
+      assert.match(replyText(await c.reply()), /^220 /);
+      assert.match(await c.cmd('EHLO client.test'), /^250 /);
+      return c;
+    };
+    const mail = async (c: SmtpClient, from: string): Promise<string> => {
+      const r = await c.cmd(`MAIL FROM:<${from}>`);
+      if (r.startsWith('250')) assert.equal(await c.cmd('RSET'), '250 2.0.0 OK');
+      return r;
+    };
+    const probe = createRedisClient({ port: own.port });
+    try {
+      const [ca, cb] = [await session(a.port), await session(b.port)];
+      assert.equal(await mail(ca, 's@x.test'), '250 2.1.0 OK');
+      assert.equal(await mail(cb, 'S@x.test'), '250 2.1.0 OK');
+      assert.equal(await mail(ca, 's@x.test'), '250 2.1.0 OK');
+      assert.equal(await mail(cb, 's@x.test'), '450 4.7.1 Error: too much mail from <s@x.test>', 'the fourth, on either instance, is over the shared limit');
+      assert.equal(await mail(ca, 's@X.TEST'), '450 4.7.1 Error: too much mail from <s@X.TEST>');
+      assert.equal(await mail(cb, 't@x.test'), '250 2.1.0 OK', 'another sender');
+      await b.waitForLog((l) => l.code === 'PST_RATE_MESSAGES');
+      await a.waitForLog((l) => l.code === 'PST_RATE_MESSAGES');
+      ca.close();
+      cb.close();
+      await until(() => probe.status === 'ready', 5000, 'probe client ready');
+      assert.deepEqual((await probe.keys('postern:rates.0:*')).sort(), ['postern:rates.0:s@x.test', 'postern:rates.0:t@x.test']);
+      assert.ok(!a.logs.some((l) => l.code === 'PSW_LIMITS_STORE_DOWN') && !b.logs.some((l) => l.code === 'PSW_LIMITS_STORE_DOWN'), 'counted in Redis, not in the fallback');
+    } finally {
+      probe.disconnect();
+      await Promise.all([a.stop(), b.stop()]);
+      await backend.stop();
+      await own.close();
+    }
   });
 });
