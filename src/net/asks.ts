@@ -53,6 +53,8 @@ export class Asks {
   #routed(d: RouteDecision): void {
     if (!this.#owner.alive()) return;
     if (d.kind === 'reject') this.#refused(d.code ?? 'PST_AUTH_REJECTED', d.reason, d.reply, d.waitMs);
+    // The AUTH brute-force guard refuses as an error (the session closes); it is a check's refusal all the same.
+    else if (d.kind === 'error' && d.code === 'PST_AUTH_TOO_MANY') this.recordRefusal(d.code, ERRORS[d.code].reply ?? '421');
     this.#owner.run(this.#owner.session.routed(d));
   }
 
