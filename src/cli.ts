@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * Command line: `postern [run] --config FILE`, `postern check-config --config FILE`,
- * `postern status --config FILE`, `--version`.
+ * `postern status --config FILE`, `postern import-nginx FILE`, `--version`.
  */
 import { readFileSync } from 'node:fs';
 import cluster from 'node:cluster';
@@ -14,6 +14,7 @@ import { startLimitsPrimary } from './limits/primary.js';
 import { startHealthChecks } from './pools/checker.js';
 import { PosternServer } from './net/server.js';
 import { statusCommand } from './pools/status.js';
+import { importNginxCommand } from './nginx-import/yaml.js';
 import { readBackendCa, TlsContexts, TlsLoadError } from './tls/contexts.js';
 
 const USAGE = `Usage:
@@ -21,6 +22,8 @@ const USAGE = `Usage:
   postern check-config --config FILE validate the configuration and exit (like nginx -t)
   postern status --config FILE       pool servers' health as the running Postern sees it
                                      (exit 0: every pool has a usable server, 1: not, 2: no status)
+  postern import-nginx FILE          print an nginx mail {} configuration as Postern YAML
+                                     (what cannot carry over is a "# nginx:" comment)
   postern --version                  print the version
 
 Options:
@@ -61,6 +64,9 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'status') {
     // Reads the running instance's status file (src/pools/status.ts); the configuration itself is not loaded.
     return statusCommand(values.config, (s) => process.stdout.write(s), (s) => process.stderr.write(s));
+  }
+  if (command === 'import-nginx') {
+    return importNginxCommand(positionals[1], (s) => process.stdout.write(s), (s) => process.stderr.write(s));
   }
   if (command !== 'run' && command !== 'check-config') {
     process.stderr.write(`postern: unknown command ${JSON.stringify(command)}\n${USAGE}\n`);

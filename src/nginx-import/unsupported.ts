@@ -1,0 +1,50 @@
+/**
+ * Why an nginx mail directive has no Postern equivalent, and where its comment goes (the
+ * Postern key it would sit next to).
+ */
+
+export const REASONS: Record<string, string> = {
+  proxy: 'it has no effect in nginx either (its value is never read)',
+  proxy_buffer: 'Postern reads back-end replies of any length and relays with its own buffers',
+  proxy_protocol: 'Postern does not send the PROXY protocol to back-ends; XCLIENT tells them who the client is',
+  set_real_ip_from: 'it takes the client address from the PROXY protocol, which Postern does not speak yet',
+  error_log: 'Postern writes JSON log lines to standard output; their level is log.level (top level only)',
+  ssl_prefer_server_ciphers: "Postern keeps the client's cipher order (Node.js's default)",
+  ssl_session_cache: 'Postern resumes TLS sessions with tickets only (tls.session_timeout); there is no session cache',
+  ssl_session_tickets: 'Postern always offers session tickets',
+  ssl_session_ticket_key: 'Postern makes its ticket key at start-up (kept across SIGHUP, new at each restart)',
+  ssl_password_file: 'Postern needs unencrypted private keys: decrypt the key (openssl pkey -in KEY -out KEY.plain) and use that file',
+  ssl_dhparam: 'Postern sets no DHE parameters (ECDHE is used)',
+  ssl_ecdh_curve: "Postern uses Node.js's default curves",
+  ssl_conf_command: 'Postern passes no OpenSSL configuration commands',
+  ssl_crl: 'Postern checks no certificate revocation lists',
+  ssl_certificate_compression: 'Postern does not compress certificates',
+  ssl_stapling: 'not in the mail module (nor in Postern)',
+  ssl_trusted_certificate: 'Postern has one CA bundle for client certificates, tls.client_ca, taken from ssl_client_certificate',
+  ssl_early_data: 'not in the mail module (nor in Postern)',
+  listen: 'listen belongs in server {} (nginx refuses it in mail {})',
+  protocol: 'protocol belongs in server {}',
+  worker_processes: 'it belongs in the main context (outside mail {})',
+};
+
+/** IMAP and POP3 directives: Postern speaks SMTP only. */
+export const OTHER_PROTOCOL = /^(imap|pop3)_/;
+
+/** The Postern key next to which the comment on a directive goes. */
+export function anchorOf(name: string): string | undefined {
+  if (name.startsWith('ssl') || name === 'starttls') return 'tls';
+  if (name.startsWith('auth_http')) return 'route';
+  if (name.startsWith('resolver')) return 'resolver';
+  if (name === 'listen' || name === 'set_real_ip_from' || name === 'smtp_auth') return 'listen';
+  if (name === 'timeout' || name === 'proxy_timeout') return 'timeouts';
+  if (name === 'smtp_capabilities') return 'capabilities';
+  if (name.startsWith('proxy') || name === 'xclient') return 'xclient';
+  return undefined;
+}
+
+/** The reason for a directive without a specific one. */
+export function reasonFor(name: string): string {
+  if (REASONS[name]) return REASONS[name];
+  if (OTHER_PROTOCOL.test(name)) return 'IMAP and POP3 are not supported yet: Postern speaks SMTP only';
+  return 'not a directive of the nginx mail module that Postern knows';
+}
