@@ -7,15 +7,13 @@ import { readFileSync } from 'node:fs';
 import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/load.js';
-import { createLogger } from './log/logger.js';
-import { runPrimary, workerCount } from './net/cluster.js';
-import { onHealthMessages } from './pools/ipc.js';
+import { createLogger, type Logger } from './log/logger.js';
+import { RELOAD_MESSAGE, reloadWorkers, RETIRE_MESSAGE, runPrimary, workerCount } from './net/cluster.js';
+import { Instance, rereadConfig, tlsFileProblems } from './net/instance.js';
 import { startLimitsPrimary } from './limits/primary.js';
 import { startHealthChecks } from './pools/checker.js';
-import { PosternServer } from './net/server.js';
 import { statusCommand } from './pools/status.js';
 import { importNginxCommand } from './nginx-import/yaml.js';
-import { readBackendCa, TlsContexts, TlsLoadError } from './tls/contexts.js';
 
 const USAGE = `Usage:
   postern [run] --config FILE        run the proxy
@@ -94,65 +92,21 @@ async function main(argv: string[]): Promise<number> {
   return run(config, values.config);
 }
 
-/** Certificates, keys and CA files are read as check-config's last step, per server block. */
-function tlsFileProblems(config: ReturnType<typeof loadConfig>): string[] {
-  const problems: string[] = [];
-  config.servers.forEach((srv, i) => {
-    const at = config.serverBlocks ? `servers.${i}.` : '';
-    for (const check of [
-      () => srv.listen.some((l) => l.implicit_tls || l.starttls !== 'off') && new TlsContexts(srv.tls),
-      () => srv.backend_tls.ca && readBackendCa(srv.backend_tls.ca),
-    ]) {
-      try {
-        check();
-      } catch (err) {
-        if (!(err instanceof TlsLoadError)) throw err;
-        problems.push(...err.problems.map((p) => at + p));
-      }
-    }
-  });
-  return problems;
-}
-
 async function run(config: ReturnType<typeof loadConfig>, configFile: string): Promise<number> {
   const logger = createLogger(config.log.level);
-  // SIGHUP re-reads the TLS certificates (certificate renewal without a restart); the rest of
-  // the configuration needs a restart for now.
-  let reloadTls = (): void => {};
-  process.on('SIGHUP', () => {
-    try {
-      reloadTls();
-      logger.info(cluster.isPrimary && workerCount(config) > 1 ? 'SIGHUP: passed on to the workers' : 'SIGHUP: TLS certificates reloaded; other configuration changes need a restart');
-    } catch (err) {
-      logger.error({ err: (err as Error).message }, 'SIGHUP: TLS reload failed; the previous certificates stay in use');
-    }
-  });
   const workers = workerCount(config);
-  if (workers > 1 && cluster.isPrimary) {
-    reloadTls = () => {
-      // Each worker reloads and logs its own result.
-      for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
-    };
-    logger.info({ version: version(), workers }, 'postern started');
-    // Active pool checks run once per instance, here; the workers hear the verdicts over IPC.
-    const checks = startHealthChecks(config, logger, { configFile });
-    // Counters shared by the workers live in the primary (limits.store: cluster).
-    const limits = config.limits.store === 'cluster' ? startLimitsPrimary() : null;
-    await runPrimary(workers, logger);
-    limits?.stop();
-    await checks.stop();
-    logger.info('postern stopped');
-    await new Promise<void>((r) => logger.flush(() => r()));
-    return 0;
+  if (workers > 1 && cluster.isPrimary) return runCluster(config, configFile, logger, workers);
+  // SIGHUP: the whole configuration is read again and applied in place (src/net/instance.ts).
+  const instance = new Instance(config, configFile, logger);
+  process.on('SIGHUP', () => void instance.reload());
+  if (cluster.isWorker) {
+    process.on('message', (m: { type?: string } | null) => {
+      if (m?.type === RELOAD_MESSAGE) void instance.reload();
+      else if (m?.type === RETIRE_MESSAGE) void instance.drain().then(() => process.emit('SIGTERM', 'SIGTERM'));
+    });
   }
-  const server = new PosternServer(config, logger);
-  reloadTls = () => server.reloadTls();
-  // One process checks its pools itself; a worker applies the primary's verdicts.
-  const checks = cluster.isWorker ? null : startHealthChecks(config, logger, { configFile });
-  checks?.checker.on('change', (c) => server.pools.setUp(c.pool, c.server, c.up));
-  if (cluster.isWorker) onHealthMessages((c) => server.pools.setUp(c.pool, c.server, c.up));
   try {
-    await server.start();
+    await instance.start();
   } catch (err) {
     logger.fatal({ err }, 'cannot listen');
     logger.flush();
@@ -161,8 +115,8 @@ async function run(config: ReturnType<typeof loadConfig>, configFile: string): P
   logger.info({ version: version(), worker: cluster.isWorker ? process.pid : undefined }, cluster.isWorker ? 'worker started' : 'postern started');
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
-      logger.info({ signal, sessions: server.connections }, 'stopping: no new connections, draining sessions');
-      void Promise.all([server.stop(), checks?.stop()]).then(() => resolve());
+      logger.info({ signal, sessions: instance.connections }, 'stopping: no new connections, draining sessions');
+      void instance.stop().then(() => resolve());
     };
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
@@ -171,6 +125,32 @@ async function run(config: ReturnType<typeof loadConfig>, configFile: string): P
   await new Promise<void>((r) => logger.flush(() => r()));
   // A worker's IPC channel would keep it alive after its server has drained.
   if (cluster.isWorker) cluster.worker!.disconnect();
+  return 0;
+}
+
+/** The primary of several workers: forks them, runs the instance's health checks and shared counters, reloads. */
+async function runCluster(config: ReturnType<typeof loadConfig>, configFile: string, logger: Logger, workers: number): Promise<number> {
+  logger.info({ version: version(), workers }, 'postern started');
+  // Active pool checks run once per instance, here; the workers hear the verdicts over IPC.
+  let checks = startHealthChecks(config, logger, { configFile });
+  // Counters shared by the workers live in the primary (limits.store: cluster).
+  const limits = config.limits.store === 'cluster' ? startLimitsPrimary() : null;
+  process.on('SIGHUP', () => {
+    // Validated once here, so that a broken file is refused with one log line, not one per worker.
+    const r = rereadConfig(configFile);
+    if ('problems' in r) return void logger.error({ code: 'PSW_RELOAD_REFUSED', problems: r.problems }, 'reload: the configuration has errors; the running one stays');
+    const n = workerCount(r.config);
+    if (n < 2) logger.warn({ code: 'PSW_RELOAD_PARTIAL', workers: r.config.workers }, 'reload: a change of workers between one and several needs a restart; the rest is applied');
+    void checks.stop().then(() => {
+      checks = startHealthChecks(r.config, logger, { configFile });
+    });
+    reloadWorkers(Math.max(n, 1), logger);
+  });
+  await runPrimary(workers, logger);
+  limits?.stop();
+  await checks.stop();
+  logger.info('postern stopped');
+  await new Promise<void>((r) => logger.flush(() => r()));
   return 0;
 }
 

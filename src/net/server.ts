@@ -31,6 +31,10 @@ export class PosternServer {
   readonly #logger: Logger;
   readonly #contexts: ServerContext[];
   readonly #servers: net.Server[] = [];
+  /** Listeners by `host:port` as configured, for a reload to take over (port 0 is never shared). */
+  readonly #byAddress = new Map<string, net.Server>();
+  /** Listeners a newer configuration took over: a retiring server leaves them open. */
+  readonly #handedOver = new Set<net.Server>();
   readonly #connections = new Set<Connection>();
   /** Open connections per client address (limits.max_connections_per_client). */
   readonly #perClient: Limiter;
@@ -64,6 +68,10 @@ export class PosternServer {
     }));
   }
 
+  get config(): Readonly<Config> {
+    return this.#config;
+  }
+
   /** Re-reads the certificate files (SIGHUP); on error the running certificates stay. */
   reloadTls(): void {
     for (const c of this.#contexts) c.tls?.reload();
@@ -78,28 +86,64 @@ export class PosternServer {
     return this.#connections.size;
   }
 
-  /** Binds every listener; resolves with the bound addresses (port 0 gets a real port). */
-  async start(): Promise<net.AddressInfo[]> {
+  /**
+   * Binds every listener; resolves with the bound addresses (port 0 gets a real port). With
+   * `previous` (a reload), a listener on an address the previous configuration also had is taken
+   * over as it is — the socket stays open, so no connection is refused — and only new addresses
+   * are bound. If one cannot be bound, what this call bound is closed again and the previous
+   * server keeps every listener (the reload fails, nothing changed).
+   */
+  async start(previous?: PosternServer): Promise<net.AddressInfo[]> {
     // A shared limits store is given a moment to connect, so the first clients are counted in it.
     await this.#limits.ready();
-    const bound: net.AddressInfo[] = [];
+    const plan: { server: net.Server | null; ctx: ServerContext; listener: ListenerContext; key: string }[] = [];
     for (const ctx of this.#contexts) for (const listener of ctx.listeners) {
       const l = listener.config;
-      // allowHalfOpen: a client's FIN must not cut off the back-end's last replies (see relay.ts).
-      const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.#accept(socket, ctx, listener));
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ host: l.address.host, port: l.address.port, backlog: 511 }, () => {
-          server.removeListener('error', reject);
-          resolve();
-        });
-      });
-      server.on('error', (err) => this.#logger.error({ err }, 'listener error'));
-      this.#servers.push(server);
-      bound.push(server.address() as net.AddressInfo);
-      this.#logger.info({ listen: `${l.address.host}:${(server.address() as net.AddressInfo).port}` }, 'listening');
+      const key = `${l.address.host}:${l.address.port}`;
+      plan.push({ server: previous && l.address.port !== 0 ? previous.#byAddress.get(key) ?? null : null, ctx, listener, key });
     }
-    return bound;
+    const fresh: net.Server[] = [];
+    try {
+      for (const p of plan) {
+        if (p.server) continue;
+        // allowHalfOpen: a client's FIN must not cut off the back-end's last replies (see relay.ts).
+        const server = net.createServer({ allowHalfOpen: true, noDelay: true });
+        await listen(server, p.listener.config.address);
+        fresh.push(server);
+        p.server = server;
+        this.#logger.info({ listen: `${p.listener.config.address.host}:${(server.address() as net.AddressInfo).port}` }, 'listening');
+      }
+    } catch (err) {
+      for (const s of fresh) s.close();
+      throw err;
+    }
+    for (const p of plan) {
+      const server = p.server!;
+      if (!fresh.includes(server)) {
+        // Taken over: from now on its connections are this configuration's.
+        server.removeAllListeners('connection');
+        previous!.#handedOver.add(server);
+      } else server.on('error', (err) => this.#logger.error({ err }, 'listener error'));
+      server.on('connection', (socket: net.Socket) => this.#accept(socket, p.ctx, p.listener));
+      this.#servers.push(server);
+      this.#byAddress.set(p.key, server);
+    }
+    return this.addresses;
+  }
+
+  /**
+   * After a reload: the listeners the new configuration did not take over are closed, the
+   * sessions in progress go on under the configuration they started with until they end by
+   * themselves (within `graceMs`), then the rest is stopped as at SIGTERM.
+   */
+  async retire(graceMs: number): Promise<void> {
+    for (const s of this.#servers) if (!this.#handedOver.has(s)) s.close();
+    if (this.#connections.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([new Promise<void>((r) => (this.#onIdle = r)), new Promise<void>((r) => (timer = setTimeout(r, graceMs)))]);
+      clearTimeout(timer);
+    }
+    await this.stop();
   }
 
   #accept(socket: net.Socket, ctx: ServerContext, listener: ListenerContext): void {
@@ -147,7 +191,7 @@ export class PosternServer {
   stop(drainMs = Math.max(...this.#config.servers.map((s) => s.timeouts.shutdown))): Promise<void> {
     this.#stopping ??= (async () => {
       // close() stops accepting now; its callback would wait for every connection, so it is not awaited.
-      for (const s of this.#servers) s.close();
+      for (const s of this.#servers) if (!this.#handedOver.has(s)) s.close();
       for (const c of this.#connections) c.shutdown();
       if (this.#connections.size > 0) {
         const idle = new Promise<void>((r) => (this.#onIdle = r));
@@ -165,6 +209,16 @@ export class PosternServer {
 }
 
 function noop(): void {}
+
+function listen(server: net.Server, address: { host: string; port: number }): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host: address.host, port: address.port, backlog: 511 }, () => {
+      server.removeListener('error', reject);
+      resolve();
+    });
+  });
+}
 
 const ALLOW: LimitVerdict = Object.freeze({ allowed: true, count: 0, limit: 0 });
 

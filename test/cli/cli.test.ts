@@ -222,7 +222,7 @@ describe('postern run', () => {
     }
   });
 
-  it('SIGHUP reloads the TLS certificates without a restart; a broken file keeps the old ones', async () => {
+  it('SIGHUP reloads the configuration with the TLS certificates, without a restart; a broken file keeps the old ones', async () => {
     const fix = path.join(root, 'test/fixtures/tls');
     const cert = path.join(dir, 'live.pem');
     const key = path.join(dir, 'live.key');
@@ -242,11 +242,11 @@ describe('postern run', () => {
       copyFileSync(path.join(fix, 'server2.pem'), cert);
       copyFileSync(path.join(fix, 'server2.key'), key);
       child.kill('SIGHUP');
-      await waitFor(() => logs.join('').includes('TLS certificates reloaded'));
+      await waitFor(() => logs.join('').includes('PSW_RELOADED'));
       assert.match(await subject(), /CN=mx2\.test/);
       writeFileSync(cert, 'not a certificate');
       child.kill('SIGHUP');
-      await waitFor(() => logs.join('').includes('TLS reload failed'));
+      await waitFor(() => logs.join('').includes('PSW_RELOAD_REFUSED'));
       assert.match(await subject(), /CN=mx2\.test/, 'the previous certificate stays in use');
     } finally {
       child.kill('SIGTERM');

@@ -17,6 +17,8 @@ const root = path.resolve(import.meta.dirname, '../..');
 export interface PosternProcess {
   port: number;
   pid: number;
+  /** The configuration file it runs on (a test may rewrite it and send SIGHUP). */
+  configFile: string;
   /** Every JSON log record so far, in order. */
   logs: LogRecord[];
   /** What the process wrote that is not a JSON record (stderr, a crash). */
@@ -83,6 +85,7 @@ export async function startPosternProcess(overrides: Record<string, unknown>, ti
   return {
     port,
     pid: child.pid!,
+    configFile: file,
     logs,
     output: () => other,
     waitForLog,
