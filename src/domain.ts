@@ -41,6 +41,9 @@ export interface ClientIdentity {
   port: number;
   /** Verified reverse name, or `[UNAVAILABLE]` / `[TEMPUNAVAIL]` as nginx sends them. */
   name: string;
+  /** The address and port the client connected to (Postern's listener, or the load balancer's): an outgoing PROXY header's destination. */
+  serverAddr?: string;
+  serverPort?: number;
 }
 
 /** What the router needs to choose a back-end, and what the replay sends to it. */
@@ -88,9 +91,30 @@ export interface RouteRequest {
   listener?: string;
   /** This connection, unique within the process (with the transaction: a policy request's `instance`). */
   session?: string;
+  /** The PROXY protocol header the connection came with (Proxy-Protocol-* auth headers). */
+  proxy?: ProxiedFrom;
   /** The local address and port the client reached (Postfix's server_address, server_port). */
   serverAddr?: string;
   serverPort?: number;
+}
+
+/**
+ * What a PROXY protocol header said about a connection that came through a load balancer (a
+ * listener with `proxy_protocol`, from a `set_real_ip_from` peer). Its source is the client.
+ */
+export interface ProxiedFrom {
+  /** The load balancer: the TCP peer that sent the header. */
+  peer: string;
+  version: 1 | 2;
+  /** The header's source and destination (nginx's Proxy-Protocol-Addr, -Port, -Server-Addr, -Server-Port). */
+  addr: string;
+  port: number;
+  serverAddr: string;
+  serverPort: number;
+  /** v2 AUTHORITY: the name the client asked the load balancer for (TLS SNI). */
+  authority?: string;
+  /** v2 SSL: the client spoke TLS to the load balancer. */
+  ssl?: { version?: string; cipher?: string; cn?: string; verified: boolean };
 }
 
 /** A back-end chosen by a router, with the per-route options the auth service may set. */

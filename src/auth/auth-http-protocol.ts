@@ -31,6 +31,15 @@ export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): s
   const h = ['Host', opts.host, 'Auth-Method', a ? a.method : 'none', 'Auth-User', a ? escapeAuthValue(a.user) : '', 'Auth-Pass', a ? escapeAuthValue(a.pass) : ''];
   if (a?.salt !== undefined) h.push('Auth-Salt', a.salt);
   h.push('Auth-Protocol', req.protocol ?? 'smtp', 'Auth-Login-Attempt', String(e.attempt), 'Client-IP', req.clientAddr, 'Client-Host', req.clientHost);
+  const p = req.proxy;
+  if (p) {
+    // nginx 1.19.8's names and place; the TLVs nginx does not pass (authority, TLS to the load
+    // balancer) follow as Postern's own. The codec refused control bytes in them (src/proxy/).
+    h.push('Proxy-Protocol-Addr', p.addr, 'Proxy-Protocol-Port', String(p.port), 'Proxy-Protocol-Server-Addr', p.serverAddr, 'Proxy-Protocol-Server-Port', String(p.serverPort));
+    if (p.authority !== undefined) h.push('X-Postern-Proxy-Authority', headerText(p.authority));
+    if (p.ssl) h.push('X-Postern-Proxy-SSL', headerText(p.ssl.version ?? 'on'));
+    if (p.ssl?.cn !== undefined && p.ssl.verified) h.push('X-Postern-Proxy-SSL-CN', headerText(p.ssl.cn));
+  }
   // nginx sends the envelope only for Auth-Method none; envelope_after_auth sends it always.
   if (!a || opts.envelopeForAuth) h.push('Auth-SMTP-Helo', e.helo, 'Auth-SMTP-From', e.mailLine, 'Auth-SMTP-To', e.rcptLine);
   // Transaction-aware proxying asks once per RCPT; nginx has no header for which one this is.
@@ -50,6 +59,11 @@ export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): s
   }
   for (const name of Object.keys(opts.extra)) h.push(name, opts.extra[name]!);
   return h;
+}
+
+/** UTF-8 text for a header value: anything but printable ASCII percent-encoded (and `%` itself). */
+function headerText(v: string): string {
+  return v.replace(/[^\x21-\x24\x26-\x7e]/gu, (c) => encodeURIComponent(c).replace(/^%20$/, '%20'));
 }
 
 export type AuthAnswer =

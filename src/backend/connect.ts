@@ -44,7 +44,7 @@ export interface BackendTlsOptions {
 export function connectBackend(
   host: string,
   port: number,
-  replayOptions: Omit<ReplayOptions, 'tls' | 'secure'>,
+  replayOptions: Omit<ReplayOptions, 'tls' | 'secure'> & { /** Written first, before TLS or SMTP (an outgoing PROXY protocol header). */ proxyHeader?: Buffer },
   tlsOptions: BackendTlsOptions,
   timeoutMs: number,
   done: BackendCallback,
@@ -58,15 +58,27 @@ export function connectBackend(
     rejectUnauthorized: tlsOptions.verify,
     minVersion: tlsOptions.minVersion,
   });
-  let socket: net.Socket = implicit ? tls.connect({ ...secureOpts(), port }) : net.connect({ host, port, noDelay: true });
+  let socket: net.Socket;
+  let tcp: net.Socket;
+  if (replayOptions.proxyHeader) {
+    // The PROXY header goes first, as one write, before a TLS ClientHello or any SMTP (Postfix reads it with one recv).
+    tcp = net.connect({ host, port, noDelay: true });
+    tcp.write(replayOptions.proxyHeader);
+    socket = implicit ? tls.connect({ ...secureOpts(), socket: tcp }) : tcp;
+  } else {
+    socket = implicit ? tls.connect({ ...secureOpts(), port }) : net.connect({ host, port, noDelay: true });
+    tcp = socket;
+  }
   socket.setNoDelay(true);
+  // A TLS socket over our own TCP socket does not always report that socket's errors (refused, reset).
+  if (tcp !== socket) tcp.on('error', (err) => socket.destroy(err));
   const replay = new Replay({ ...replayOptions, tls: tlsOptions.mode === 'implicit' ? 'off' : tlsOptions.mode, secure: implicit });
   const reader = new ReplyReader();
   const where = `${host}:${port}`;
   let finished = false;
   let connected = false;
   let handshaken = !implicit;
-  socket.once('connect', () => (connected = true));
+  tcp.once('connect', () => (connected = true));
   if (implicit) socket.once('secureConnect', () => (handshaken = true));
 
   const listen = (s: net.Socket): void => {

@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
-import { checkRules } from './rules-check.js';
+import { checkRules, parseNetwork } from './rules-check.js';
 import { configSchema, SERVER_KEYS, serverSchema, type Config, type ServerConfig } from './schema.js';
 
 export class ConfigError extends Error {
@@ -139,6 +139,14 @@ function crossCheck(c: ServerConfig, at: string): string[] {
   if ((c.checks.reverse_dns || c.checks.dnsbl) && !c.resolver) {
     problems.push(`checks: ${c.checks.reverse_dns ? 'reverse_dns' : 'dnsbl'} needs resolver.servers, the DNS servers to ask (the system's are never used)`);
   }
+  c.listen.forEach((l, i) => {
+    // An open PROXY listener would let any client claim any address (beyond-nginx.md §3.3, AWS NLB).
+    if (l.proxy_protocol && c.set_real_ip_from.length === 0) problems.push(`listen.${i}.proxy_protocol: needs set_real_ip_from, the load balancers allowed to send the header`);
+  });
+  c.set_real_ip_from.forEach((n, i) => {
+    const parsed = parseNetwork(n);
+    if (typeof parsed === 'string') problems.push(`set_real_ip_from.${i}: ${parsed}`);
+  });
   c.checks.policy.forEach((p, i) => {
     // In session mode the bytes after the first RCPT go to the back-end blind: no DATA to hold, no message to change.
     if (c.proxy_mode !== 'transaction' && p.stages.includes('data')) problems.push(`checks.policy.${i}.stages: data needs proxy_mode: transaction (in session mode DATA goes to the back-end unseen)`);

@@ -44,7 +44,7 @@ const listenAddress = hostPortOf(true);
 const starttls = z.enum(['off', 'on', 'only']);
 
 const listener = z.union([
-  listenAddress.transform((address) => ({ address, starttls: 'off' as const, implicit_tls: false, smtp_auth: ['none' as const], auth_plaintext: false })),
+  listenAddress.transform((address) => ({ address, starttls: 'off' as const, implicit_tls: false, smtp_auth: ['none' as const], auth_plaintext: false, proxy_protocol: false })),
   z.strictObject({
     address: listenAddress,
     /** STARTTLS (RFC 3207) like nginx's `starttls`; `only` refuses MAIL and RCPT before TLS (nginx does not). */
@@ -56,6 +56,11 @@ const listener = z.union([
       .transform((list) => [...new Set(list)]),
     /** Offer and accept AUTH before TLS (off: AUTH only after STARTTLS or on implicit TLS). */
     auth_plaintext: z.boolean().default(false),
+    /**
+     * Every connection starts with a PROXY protocol header, v1 or v2 (nginx `listen … proxy_protocol`),
+     * accepted only from the networks in `set_real_ip_from`; its source is the client everywhere.
+     */
+    proxy_protocol: z.boolean().default(false),
   }),
 ]);
 
@@ -230,6 +235,8 @@ const timeouts = z.strictObject({
   relay_idle: duration('10m'),
   /** How long SIGTERM waits for sessions to finish before closing them. */
   shutdown: duration('30s', 0),
+  /** A PROXY protocol header must have arrived whole within this (Postfix and HAProxy: 5 s). */
+  proxy_protocol: duration('5s'),
 });
 
 /** A rate: `max` events per `per`, with `burst` more allowed once per period of that length. */
@@ -323,6 +330,10 @@ const serverShape = {
   xclient: z.boolean().default(true),
   /** Authenticate to the back-end with the session's credentials instead of XCLIENT LOGIN= (nginx `proxy_smtp_auth`, which can only send PLAIN; Exchange needs LOGIN). */
   proxy_smtp_auth: z.enum(['off', 'plain', 'login']).default('off'),
+  /** Peers allowed to send a PROXY protocol header on `proxy_protocol` listeners (nginx `set_real_ip_from`; CIDR or address). */
+  set_real_ip_from: z.array(cidr).default([]),
+  /** Send a PROXY protocol header to the back-end first (nginx `proxy_protocol on|v2`), for Postfix's `smtpd_upstream_proxy_protocol = haproxy` or postscreen. */
+  proxy_protocol: z.enum(['off', 'v1', 'v2']).default('off'),
   /** Show the back-end's own reply text when it refuses a replay step (nginx `proxy_pass_error_message`). */
   proxy_pass_error_message: z.boolean().default(false),
   /** EHLO keywords advertised before the hand-off; `SIZE` gets max_message_size appended. */

@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import type { Envelope, RouteRequest, RouteTarget, TlsInfo } from '../domain.js';
+import type { Envelope, ProxiedFrom, RouteRequest, RouteTarget, TlsInfo } from '../domain.js';
 import { backendName } from '../domain.js';
 import { relay, type RelayStats } from './relay.js';
 import { ERRORS, WARNINGS, type ErrorCode, type WarningCode } from '../errors.js';
@@ -15,6 +15,7 @@ import type { Action, BackendSession, ProtocolSession } from '../protocol.js';
 import { inspectClientTls } from '../tls/client-cert.js';
 import type { ConnectVerdict } from '../checks/connect.js';
 import { Asks, type AskOwner } from './asks.js';
+import { directOrigin, type Origin } from './proxy-accept.js';
 import type { ListenerContext, ServerContext } from './context.js';
 
 /** Connections accepted by this process, for RouteRequest.session. */
@@ -45,6 +46,7 @@ export class Connection implements SocketOwner, AskOwner {
   /** The verified reverse name, or nginx's `[UNAVAILABLE]` / `[TEMPUNAVAIL]`. */
   #clientName = '[UNAVAILABLE]';
   readonly #id: string;
+  readonly #origin: Origin;
   #checks: Record<string, unknown> | null = null;
   /** The router and the stage checks, asked for the session; their refusals, for the access record. */
   readonly #asks: Asks;
@@ -63,13 +65,15 @@ export class Connection implements SocketOwner, AskOwner {
   #relayStats: RelayStats | null = null;
   #finished = false;
 
-  constructor(socket: Socket, ctx: ServerContext, listener: ListenerContext, onClosed: (c: Connection) => void) {
+  /** `origin`: where the connection comes from, after a PROXY protocol header (./proxy-accept.ts). */
+  constructor(socket: Socket, ctx: ServerContext, listener: ListenerContext, onClosed: (c: Connection) => void, origin: Origin = directOrigin(socket)) {
     this.socket = socket;
     this.#raw = socket;
     this.#ctx = ctx;
     this.#onClosed = onClosed;
-    this.clientAddr = unmapIPv4(socket.remoteAddress ?? '');
-    this.clientPort = socket.remotePort ?? 0;
+    this.#origin = origin;
+    this.clientAddr = origin.addr;
+    this.clientPort = origin.port;
     this.#id = (++accepted).toString(36);
     this.session = listener.newSession();
     this.#listenerName = listener.name;
@@ -77,7 +81,7 @@ export class Connection implements SocketOwner, AskOwner {
     socket.setNoDelay(true);
     attach(socket, this);
     this.#implicitTls = listener.config.implicit_tls;
-    const v = ctx.connectChecks.check({ addr: this.clientAddr, port: this.clientPort, serverAddr: unmapIPv4(socket.localAddress ?? ''), serverPort: socket.localPort ?? 0 });
+    const v = ctx.connectChecks.check({ addr: this.clientAddr, port: this.clientPort, serverAddr: origin.serverAddr, serverPort: origin.serverPort });
     if (v instanceof Promise) {
       // Nothing is read or said until the client is known (Postfix looks its name up before the greeting).
       socket.pause();
@@ -337,19 +341,16 @@ export class Connection implements SocketOwner, AskOwner {
       clientHost: this.#clientName,
       listener: this.#listenerName,
       session: this.#id,
-      serverAddr: this.#serverAddr,
-      serverPort: this.socket.localPort ?? 0,
+      serverAddr: this.#origin.serverAddr,
+      serverPort: this.#origin.serverPort,
+      ...(this.#origin.proxy ? { proxy: this.#origin.proxy } : {}),
       ...(this.#tls ? { tls: this.#tls } : {}),
     };
   }
 
-  get #serverAddr(): string {
-    return unmapIPv4(this.socket.localAddress ?? '');
-  }
-
   #connect(target: RouteTarget, envelope: Envelope): void {
     this.#backend = backendName(target);
-    this.#abortBackend = this.#ctx.protocol.connect({ addr: this.clientAddr, port: this.clientPort, name: this.#clientName }, target, envelope, (err, b) => {
+    this.#abortBackend = this.#ctx.protocol.connect({ addr: this.clientAddr, port: this.clientPort, name: this.#clientName, serverAddr: this.#origin.serverAddr, serverPort: this.#origin.serverPort }, target, envelope, (err, b) => {
       this.#abortBackend = null;
       if (err) {
         if (err.code !== 'PST_CLIENT_LOST' && !this.socket.destroyed) this.#run(this.session.backendFailed(err));
@@ -421,6 +422,7 @@ export class Connection implements SocketOwner, AskOwner {
       client: `${this.clientAddr}:${this.clientPort}`,
       ...this.session.summary(),
       ...(this.#clientName !== '[UNAVAILABLE]' ? { client_name: this.#clientName } : {}),
+      ...(this.#origin.proxy ? { proxy: proxyRecord(this.#origin.proxy) } : {}),
       ...(this.#checks || this.#asks.refusals ? { checks: { ...this.#checks, ...(this.#asks.refusals ? { refused: this.#asks.refusals } : {}) } } : {}),
       backend: this.#backend ?? undefined,
       tls: this.#tls?.protocol,
@@ -434,4 +436,9 @@ export class Connection implements SocketOwner, AskOwner {
     for (const o of this.#ctx.observers) o.sessionEnd?.(record);
     this.#onClosed(this);
   }
+}
+
+/** The access record's `proxy`: which load balancer the client came through, and what it said of TLS. */
+function proxyRecord(p: ProxiedFrom): Record<string, unknown> {
+  return { peer: p.peer, version: p.version, ...(p.authority !== undefined ? { authority: p.authority } : {}), ...(p.ssl ? { ssl: p.ssl.version ?? true, ...(p.ssl.cn ? { cn: p.ssl.cn } : {}) } : {}) };
 }

@@ -5,7 +5,7 @@
  * server block as a stage check at MAIL (messages) and router layers at AUTH and RCPT (refused
  * logins, recipients), all before the policy servers.
  */
-import net from 'node:net';
+import net, { type BlockList } from 'node:net';
 import { authFailureRules } from '../auth/failure-guard.js';
 import type { Router, RouterLayer } from '../auth/router.js';
 import type { Config } from '../config/schema.js';
@@ -20,6 +20,7 @@ import { buildLimits, clientKey, type Limits } from '../limits/setup.js';
 import { lineReply } from '../smtp/replies.js';
 import { PoolRegistry } from '../pools/pool.js';
 import { Connection } from './connection.js';
+import { directOrigin, readProxyHeader, trustedPeers, type Origin } from './proxy-accept.js';
 import { buildContext, type ListenerContext, type ServerContext } from './context.js';
 
 export { createRouter } from './context.js';
@@ -35,6 +36,8 @@ export class PosternServer {
   readonly #byAddress = new Map<string, net.Server>();
   /** Listeners a newer configuration took over: a retiring server leaves them open. */
   readonly #handedOver = new Set<net.Server>();
+  /** set_real_ip_from of each server block, built at its first PROXY connection. */
+  readonly #trustedBy = new Map<ServerContext, BlockList>();
   readonly #connections = new Set<Connection>();
   /** Open connections per client address (limits.max_connections_per_client). */
   readonly #perClient: Limiter;
@@ -152,14 +155,31 @@ export class PosternServer {
       return;
     }
     socket.on('error', noop);
+    if (!listener.config.proxy_protocol) return this.#admit(socket, ctx, listener, directOrigin(socket));
+    // The load balancer's header comes first: only then is the client, and its limits, known.
+    readProxyHeader(socket, this.#trusted(ctx), ctx.config.timeouts.proxy_protocol, (o) => {
+      if ('origin' in o) return this.#admit(socket, ctx, listener, o.origin);
+      this.#logger[ERRORS[o.error].level]({ code: o.error, peer: socket.remoteAddress, detail: o.detail }, ERRORS[o.error].message);
+      socket.destroy();
+    });
+  }
+
+  #trusted(ctx: ServerContext): BlockList {
+    let t = this.#trustedBy.get(ctx);
+    if (!t) this.#trustedBy.set(ctx, (t = trustedPeers(ctx.config.set_real_ip_from)));
+    return t;
+  }
+
+  #admit(socket: net.Socket, ctx: ServerContext, listener: ListenerContext, origin: Origin): void {
+    if (socket.destroyed) return;
     const limits = this.#config.limits;
-    if (limits.max_connections > 0 && this.#connections.size >= limits.max_connections) return this.#refuse(socket, ctx, 'PST_TOO_MANY_CONNECTIONS');
-    const addr = socket.remoteAddress ?? '';
+    if (limits.max_connections > 0 && this.#connections.size >= limits.max_connections) return this.#refuse(socket, ctx, 'PST_TOO_MANY_CONNECTIONS', undefined, undefined, origin.addr);
+    const addr = origin.addr;
     const key = clientKey(addr);
     const admit = (v: LimitVerdict): void => {
-      if (!v.allowed) return this.#refuse(socket, ctx, 'PST_CLIENT_CONNECTIONS');
+      if (!v.allowed) return this.#refuse(socket, ctx, 'PST_CLIENT_CONNECTIONS', undefined, undefined, addr);
       if (socket.destroyed) return void this.#perClient.release(key);
-      this.#connections.add(new Connection(socket, ctx, listener, (c) => this.#closed(c, key)));
+      this.#connections.add(new Connection(socket, ctx, listener, (c) => this.#closed(c, key), origin));
     };
     const held = (): void => then(this.#perClient.take(key), admit, ALLOW);
     // Connections per period first (cheapest to refuse), then connections held.
@@ -167,13 +187,13 @@ export class PosternServer {
     then(firstOver(this.#connectionRates, { clientAddr: addr }), (o: Over | null) => {
       if (!o) return held();
       // Postfix anvil's text (smtpd_client_connection_rate_limit), naming the client address.
-      this.#refuse(socket, ctx, 'PST_RATE_CONNECTIONS', `421 4.7.0 ${ctx.config.server_name} Error: too many connections from ${plainAddress(addr)}`, overDetail(o));
+      this.#refuse(socket, ctx, 'PST_RATE_CONNECTIONS', `421 4.7.0 ${ctx.config.server_name} Error: too many connections from ${plainAddress(addr)}`, overDetail(o), addr);
     }, null);
   }
 
   /** Over a cap: the 421 (RFC 5321 §3.8) without a session, then close. */
-  #refuse(socket: net.Socket, ctx: ServerContext, code: 'PST_TOO_MANY_CONNECTIONS' | 'PST_CLIENT_CONNECTIONS' | 'PST_RATE_CONNECTIONS', reply?: string, detail?: string): void {
-    this.#logger[ERRORS[code].level]({ code, client: socket.remoteAddress, ...(detail !== undefined ? { detail } : {}), ...(reply !== undefined ? { reply } : {}) }, ERRORS[code].message);
+  #refuse(socket: net.Socket, ctx: ServerContext, code: 'PST_TOO_MANY_CONNECTIONS' | 'PST_CLIENT_CONNECTIONS' | 'PST_RATE_CONNECTIONS', reply?: string, detail?: string, client?: string): void {
+    this.#logger[ERRORS[code].level]({ code, client: client ?? socket.remoteAddress, ...(detail !== undefined ? { detail } : {}), ...(reply !== undefined ? { reply } : {}) }, ERRORS[code].message);
     socket.end(reply !== undefined ? lineReply(reply) : ctx.protocol.refusal(code));
     socket.setTimeout(2000, () => socket.destroy());
   }

@@ -3,7 +3,6 @@
  * directive name, as nginx merges), as the settings of one Postern server, plus a comment for
  * every directive that does not carry over.
  */
-import { configSchema } from '../config/schema.js';
 import { asWritten, at, variablesOf, type Directive } from './parse.js';
 import { anchorOf, reasonFor } from './unsupported.js';
 import { authHttpUrl, duration, flag, listenAddress, nginxSize, nginxTime, resolverAddress } from './values.js';
@@ -29,13 +28,6 @@ const MECHANISMS = new Set(['none', 'plain', 'login', 'cram-md5', 'external']);
 const RESERVED_CAPS = ['CHUNKING', 'STARTTLS', 'AUTH', 'XCLIENT', 'XFORWARD', 'BDAT'];
 const CAPABILITY = /^[A-Za-z0-9][A-Za-z0-9-]*( [\x21-\x7e]+)*$/;
 const LISTEN_PARAMS = new Set(['ssl', 'proxy_protocol']);
-
-let proxyProtocolKey: boolean | undefined;
-/** Whether the schema has grown a listener key for the PROXY protocol (asked once). */
-function schemaHasProxyProtocol(): boolean {
-  proxyProtocolKey ??= configSchema.safeParse({ listen: [{ address: '127.0.0.1:1', proxy_protocol: true }] }).success;
-  return proxyProtocolKey;
-}
 
 export function notCarried(d: Directive, why: string, key = anchorOf(d.name)): RawNote {
   return { d, key, text: `nginx: ${asWritten(d)} — not carried over: ${why}` };
@@ -110,6 +102,14 @@ export function convertServer(scope: Scope, listens: Directive[], self: Directiv
   // nginx's default is `smtp_auth plain login`: AUTH required, no unauthenticated mail.
   if (authDs.length === 0 || mechanisms.length === 0) mechanisms.push('plain', 'login');
   const authMechs = mechanisms.some((m) => m !== 'none');
+  // PROXY protocol: the trusted load balancers (inbound), and the header to the back-end (outbound).
+  const realIp = take('set_real_ip_from');
+  const nets: string[] = [];
+  for (const d of realIp) {
+    if (d.args.length === 1 && /^[0-9A-Fa-f.:]+(\/\d{1,3})?$/.test(d.args[0]!)) nets.push(d.args[0]!);
+    else notes.push(notCarried(d, 'Postern takes addresses and networks (CIDR) only, no host names or unix:'));
+  }
+  if (nets.length) s.set_real_ip_from = nets;
   const listen: unknown[] = [];
   const listenOf: Directive[] = [];
   let plaintextNoted = false;
@@ -127,11 +127,12 @@ export function convertServer(scope: Scope, listens: Directive[], self: Directiv
     entry.smtp_auth = [...mechanisms];
     const dropped = params.filter((p) => !LISTEN_PARAMS.has(p));
     if (params.includes('proxy_protocol')) {
-      if (schemaHasProxyProtocol()) entry.proxy_protocol = true;
+      // Postern takes the header only from set_real_ip_from peers; nginx without it believes none.
+      if (nets.length > 0) entry.proxy_protocol = true;
       else dropped.unshift('proxy_protocol');
     }
     if (dropped.length) {
-      const why = dropped.map((p) => p === 'proxy_protocol' ? 'proxy_protocol lands with PROXY protocol support (not in Postern yet)' : `${p.split('=')[0]} has no Postern equivalent`);
+      const why = dropped.map((p) => p === 'proxy_protocol' ? 'proxy_protocol needs set_real_ip_from (the load balancers allowed to send the header), which this server has not' : `${p.split('=')[0]} has no Postern equivalent`);
       notes.push(notCarried(d, `${why.join('; ')}; the address is carried over`, 'listen'));
     }
     if (authMechs && !implicit && starttls === 'off') {
@@ -173,6 +174,12 @@ export function convertServer(scope: Scope, listens: Directive[], self: Directiv
 
   const xclient = bool('xclient');
   if (xclient !== undefined) s.xclient = xclient;
+  const pp = one('proxy_protocol');
+  if (pp) {
+    const v = pp.args[0];
+    if (v === 'on' || v === 'v2' || v === 'off') s.proxy_protocol = v === 'on' ? 'v1' : v;
+    else notes.push(notCarried(pp, 'proxy_protocol takes on, v2 or off'));
+  }
   const psa = bool('proxy_smtp_auth');
   if (psa !== undefined) s.proxy_smtp_auth = psa ? 'plain' : 'off';
   const ppem = bool('proxy_pass_error_message');

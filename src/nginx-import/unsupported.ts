@@ -6,8 +6,6 @@
 export const REASONS: Record<string, string> = {
   proxy: 'it has no effect in nginx either (its value is never read)',
   proxy_buffer: 'Postern reads back-end replies of any length and relays with its own buffers',
-  proxy_protocol: 'Postern does not send the PROXY protocol to back-ends; XCLIENT tells them who the client is',
-  set_real_ip_from: 'it takes the client address from the PROXY protocol, which Postern does not speak yet',
   error_log: 'Postern writes JSON log lines to standard output; their level is log.level (top level only)',
   ssl_prefer_server_ciphers: "Postern keeps the client's cipher order (Node.js's default)",
   ssl_session_cache: 'Postern resumes TLS sessions with tickets only (tls.session_timeout); there is no session cache',

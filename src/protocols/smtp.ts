@@ -11,6 +11,7 @@ import type { BackendTlsOptions } from '../backend/connect.js';
 import { connectBackend } from '../backend/connect.js';
 import { backendAuthFor, backendTlsFor, backendTlsOptions } from '../backend/route-options.js';
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
+import { proxyV1, proxyV2 } from '../proxy/writer.js';
 import { backendName, type CheckStage, type ClientIdentity, type Envelope, type RouteTarget } from '../domain.js';
 import { PosternError, WARNINGS, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log/logger.js';
@@ -177,6 +178,7 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
         // nginx: Auth-User in the answer replaces the login the client gave.
         ...(auth ? { login: target.user ?? auth.user } : {}),
         ...backendAuthFor(auth, target, c.proxy_smtp_auth),
+        ...(c.proxy_protocol !== 'off' ? { proxyHeader: proxyHeaderFor(c.proxy_protocol, client) } : {}),
       },
       named && !tlsOptions.serverName ? { ...tlsOptions, serverName: target.host } : tlsOptions,
       timeoutMs,
@@ -231,4 +233,15 @@ export function smtpRetryable(err: PosternError): boolean {
   // would fail on every server, and retrying them would let a bad password take servers out.
   if (err.code === 'PST_BACKEND_AUTH_FAILED') return err.reply?.startsWith('4') ?? false;
   return true;
+}
+
+/**
+ * The PROXY header for the back-end (nginx `proxy_protocol on|v2`): the client as Postern knows it
+ * (after an inbound header, the load balancer's client) and the address it connected to. No TLVs:
+ * Postfix reads at most 536 bytes and ignores them (beyond-nginx.md §3.4).
+ */
+export function proxyHeaderFor(version: 'v1' | 'v2', client: ClientIdentity): Buffer {
+  const src = { address: client.addr, port: client.port };
+  const dst = client.serverAddr ? { address: client.serverAddr, port: client.serverPort ?? 0 } : undefined;
+  return version === 'v1' ? proxyV1(src, dst) : proxyV2(src, dst);
 }

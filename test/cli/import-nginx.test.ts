@@ -40,7 +40,7 @@ async function cli(args: string[]): Promise<{ code: number; stdout: string; stde
  * Directives that have no Postern equivalent, by the test's own list (not the converter's):
  * each must be named once in a "# nginx: … — not carried over" comment.
  */
-const UNSUPPORTED = new Set(['proxy', 'proxy_buffer', 'proxy_protocol', 'set_real_ip_from', 'error_log', 'ssl_prefer_server_ciphers',
+const UNSUPPORTED = new Set(['proxy', 'proxy_buffer', 'error_log', 'ssl_prefer_server_ciphers',
   'ssl_session_cache', 'ssl_session_ticket_key', 'ssl_password_file', 'ssl_dhparam', 'ssl_ecdh_curve', 'ssl_conf_command', 'ssl_crl',
   'ssl_certificate_compression']);
 

@@ -38,11 +38,13 @@ describe('parseConfig defaults', () => {
     assert.deepEqual(servers, [serverPart]);
     assert.deepEqual(rest, {
       workers: 1,
-      listen: [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false }],
+      listen: [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false, proxy_protocol: false }],
       route: { static: { host: '127.0.0.1', port: 25 } },
       xclient: true,
       proxy_smtp_auth: 'off',
       proxy_pass_error_message: false,
+      proxy_protocol: 'off',
+      set_real_ip_from: [],
       capabilities: ['PIPELINING', '8BITMIME', 'SIZE', 'ENHANCEDSTATUSCODES'],
       max_message_size: 10 * 1024 * 1024,
       max_line_length: 4096,
@@ -53,7 +55,7 @@ describe('parseConfig defaults', () => {
       limits: { max_connections: 20_000, max_connections_per_client: 0, store: 'memory' },
       tls: { certificates: [], min_version: 'TLSv1.2', session_timeout: 300_000, verify_client: 'off', verify_depth: 1, pass_client_cert: false },
       backend_tls: { mode: 'off', verify: true, min_version: 'TLSv1.2' },
-      timeouts: { idle: 300_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000 },
+      timeouts: { idle: 300_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000, proxy_protocol: 5000 },
       log: { level: 'info', access: true },
       proxy_mode: 'session',
       checks: { reverse_dns: false, policy: [] },
@@ -72,7 +74,7 @@ describe('parseConfig defaults', () => {
 
   it('partial sections keep the other defaults', () => {
     const c = parseConfig('timeouts:\n  idle: 90\nlog:\n  level: debug\n');
-    assert.deepEqual(c.timeouts, { idle: 90_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000 });
+    assert.deepEqual(c.timeouts, { idle: 90_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000, proxy_protocol: 5000 });
     assert.deepEqual(c.log, { level: 'debug', access: true });
   });
 
@@ -99,7 +101,7 @@ describe('parseConfig defaults', () => {
       ].join('\n'),
     );
     assert.equal(c.server_name, 'mx.example');
-    assert.deepEqual(c.listen, [{ address: { host: '::1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false }, { address: { host: '0.0.0.0', port: 25 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false }]);
+    assert.deepEqual(c.listen, [{ address: { host: '::1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false, proxy_protocol: false }, { address: { host: '0.0.0.0', port: 25 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false, proxy_protocol: false }]);
     assert.deepEqual(c.route, { static: { host: '2001:db8::25', port: 2525 } });
     assert.equal(c.xclient, false);
     assert.deepEqual(c.capabilities, ['PIPELINING', 'SIZE', 'SMTPUTF8', 'DSN']);
@@ -107,14 +109,14 @@ describe('parseConfig defaults', () => {
     assert.equal(c.max_line_length, 1024);
     assert.equal(c.max_errors, 0);
     assert.equal(c.greeting_delay, 250);
-    assert.deepEqual(c.timeouts, { idle: 90_000, auth: 2000, backend: 45_000, handshake: 30_000, relay_idle: 3_600_000, shutdown: 0 });
+    assert.deepEqual(c.timeouts, { idle: 90_000, auth: 2000, backend: 45_000, handshake: 30_000, relay_idle: 3_600_000, shutdown: 0, proxy_protocol: 5000 });
   });
 
   it('the shipped config/postern.yaml loads', () => {
     const c = loadConfig(path.join(ROOT, 'config/postern.yaml'));
     assert.equal(c.server_name, 'postern.localdomain');
     assert.deepEqual(c.route, { static: { host: '127.0.0.1', port: 25 } });
-    assert.deepEqual(c.listen, [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false }]);
+    assert.deepEqual(c.listen, [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false, proxy_protocol: false }]);
   });
 });
 

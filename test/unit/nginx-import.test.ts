@@ -208,14 +208,17 @@ describe('import-nginx: each mail directive', () => {
     else assert.equal(mentions(y, 'user mail mail; — not carried over: Postern has no user setting').length, 1);
   });
 
-  it('listen … proxy_protocol: a comment until the schema has a key for it; other listen parameters a comment', () => {
-    const y = yamlOf(mail('', 'auth_http 127.0.0.1:9/a;').replace('listen 25;', 'listen 25 proxy_protocol backlog=10 so_keepalive=on;'));
-    if (configSchema.safeParse({ listen: [{ address: '127.0.0.1:1', proxy_protocol: true }] }).success) {
-      assert.match(y, /proxy_protocol: true/);
-    } else {
-      assert.equal(mentions(y, 'listen 25 proxy_protocol backlog=10 so_keepalive=on; — not carried over: proxy_protocol lands with PROXY protocol support').length, 1, y);
-    }
+  it('listen … proxy_protocol with set_real_ip_from; without it a comment; other listen parameters a comment', () => {
+    const y = yamlOf(mail('set_real_ip_from 10.0.0.0/8;\nset_real_ip_from 2001:db8::/32;\nproxy_protocol v2;', 'auth_http 127.0.0.1:9/a;').replace('listen 25;', 'listen 25 proxy_protocol backlog=10 so_keepalive=on;'));
+    const c = parseYaml(y) as { listen: { proxy_protocol?: boolean }[]; set_real_ip_from: string[]; proxy_protocol: string };
+    assert.equal(c.listen[0]!.proxy_protocol, true);
+    assert.deepEqual(c.set_real_ip_from, ['10.0.0.0/8', '2001:db8::/32']);
+    assert.equal(c.proxy_protocol, 'v2');
     assert.match(y, /backlog has no Postern equivalent; so_keepalive has no Postern equivalent/);
+    const n = yamlOf(mail('proxy_protocol on;', 'auth_http 127.0.0.1:9/a;').replace('listen 25;', 'listen 25 proxy_protocol;'));
+    assert.equal(mentions(n, 'listen 25 proxy_protocol; — not carried over: proxy_protocol needs set_real_ip_from').length, 1, n);
+    assert.equal((parseYaml(n) as { proxy_protocol: string }).proxy_protocol, 'v1');
+    assert.equal(mentions(yamlOf(mail('set_real_ip_from unix:;')), 'set_real_ip_from unix:; — not carried over').length, 1);
   });
 
   it('listen 25 with listen [::]:25 becomes [::]:25 alone (it takes IPv4 too)', () => {
@@ -231,9 +234,8 @@ describe('import-nginx: each mail directive', () => {
   });
 
   it('directives without an equivalent: one comment each, next to where they would go', () => {
-    const y = yamlOf(mail('proxy on;\nproxy_buffer 16k;\nproxy_protocol on;\nset_real_ip_from 10.0.0.0/8;\nerror_log /var/log/mail.log;\nimap_capabilities IMAP4rev1;\nfrobnicate 1;\ntimeout 1m;\ntimeout 2m;'));
-    for (const [d, why] of [['proxy on;', 'it has no effect in nginx either'], ['proxy_buffer 16k;', 'Postern reads back-end replies'], ['proxy_protocol on;', 'Postern does not send the PROXY protocol'],
-      ['set_real_ip_from 10.0.0.0/8;', 'PROXY protocol'], ['error_log /var/log/mail.log;', 'log.level'], ['imap_capabilities IMAP4rev1;', 'IMAP and POP3 are not supported yet'],
+    const y = yamlOf(mail('proxy on;\nproxy_buffer 16k;\nerror_log /var/log/mail.log;\nimap_capabilities IMAP4rev1;\nfrobnicate 1;\ntimeout 1m;\ntimeout 2m;'));
+    for (const [d, why] of [['proxy on;', 'it has no effect in nginx either'], ['proxy_buffer 16k;', 'Postern reads back-end replies'], ['error_log /var/log/mail.log;', 'log.level'], ['imap_capabilities IMAP4rev1;', 'IMAP and POP3 are not supported yet'],
       ['frobnicate 1;', 'not a directive of the nginx mail module'], ['timeout 2m;', 'a second timeout']] as const) {
       const m = mentions(y, `${d} — not carried over:`);
       assert.equal(m.length, 1, `${d}\n${y}`);
@@ -241,7 +243,6 @@ describe('import-nginx: each mail directive', () => {
     }
     // Without the key it would sit next to (xclient), a comment goes to the head of the file.
     assert.match(y, /^# Converted from test\.conf by postern import-nginx\.\n# nginx: proxy on;/);
-    assert.match(y, /# nginx: set_real_ip_from 10\.0\.0\.0\/8;.*\nlisten:/);
     assert.deepEqual((parseYaml(y) as { timeouts: unknown }).timeouts, { idle: '1m', backend: '1m', handshake: '1m' });
   });
 
