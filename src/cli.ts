@@ -12,6 +12,7 @@ import { RELOAD_MESSAGE, reloadWorkers, RETIRE_MESSAGE, runPrimary, workerCount 
 import { Instance, rereadConfig, tlsFileProblems } from './net/instance.js';
 import { startLimitsPrimary } from './limits/primary.js';
 import { startHealthChecks } from './pools/checker.js';
+import { startMetrics } from './observe/http.js';
 import { statusCommand } from './pools/status.js';
 import { importNginxCommand } from './nginx-import/yaml.js';
 
@@ -107,6 +108,7 @@ async function run(config: ReturnType<typeof loadConfig>, configFile: string): P
   }
   try {
     await instance.start();
+    await startMetrics(config, logger, { version: version(), server: () => instance.server, checker: () => instance.checker, config: () => instance.config }); // metrics.listen (a worker answers its primary)
   } catch (err) {
     logger.fatal({ err }, 'cannot listen');
     logger.flush();
@@ -133,6 +135,7 @@ async function runCluster(config: ReturnType<typeof loadConfig>, configFile: str
   logger.info({ version: version(), workers }, 'postern started');
   // Active pool checks run once per instance, here; the workers hear the verdicts over IPC.
   let checks = startHealthChecks(config, logger, { configFile });
+  await startMetrics(config, logger, { version: version(), checker: () => checks.checker }); // metrics.listen: the workers' metrics, merged
   // Counters shared by the workers live in the primary (limits.store: cluster).
   const limits = config.limits.store === 'cluster' ? startLimitsPrimary() : null;
   process.on('SIGHUP', () => {

@@ -414,6 +414,8 @@ export const configSchema = z.strictObject({
   }).prefault({}),
   /** Named pools of back-ends, for `route.static`, the rules and the auth service's `X-Postern-Pool`. */
   pools: z.record(poolName, pool).default({}),
+  /** Prometheus metrics, health endpoints and the status page on their own listener (absent: none). */
+  metrics: z.strictObject({ listen: listenAddress.prefault('127.0.0.1:9325') }).optional(),
   /**
    * nginx-style server blocks: each with its own listeners and any of the settings above; what a
    * block leaves out it takes from the top level. Absent: the top level is the one server.

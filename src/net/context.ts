@@ -10,6 +10,7 @@ import type { ListenerConfig, ServerConfig } from '../config/schema.js';
 import { WindowLimiter, type Limiter } from '../limits/limiter.js';
 import type { Logger } from '../log/logger.js';
 import { accessLog } from '../observe/access-log.js';
+import { serverMetrics, timedAuthHttp } from '../observe/metrics.js';
 import type { SessionObserver } from '../observe/observer.js';
 import type { ProtocolModule, ProtocolSession } from '../protocol.js';
 import { SmtpProtocol } from '../protocols/smtp.js';
@@ -63,7 +64,7 @@ export function createRouter(
       : new RuleRouter(r.rules, r.rules.auth_http ? new AuthHttpRouter(r.rules.auth_http, config.timeouts.auth) : null);
   const layers = [authFailureGuard(authFailures), ...extra];
   if (policy) layers.push(policy.layer());
-  return composeRouter(base, [...layers, poolLayer(pools)]);
+  return composeRouter(timedAuthHttp(base), [...layers, poolLayer(pools)]);
 }
 
 export interface ContextOptions {
@@ -84,7 +85,8 @@ export interface ContextOptions {
 
 export function buildContext(config: ServerConfig, o: ContextOptions): ServerContext {
   const needsTls = config.listen.some((l) => l.implicit_tls || l.starttls !== 'off');
-  const protocol = new SmtpProtocol(config, o.logger, o.pools);
+  const metrics = serverMetrics(config, o.pools);
+  const protocol = metrics.protocol(new SmtpProtocol(config, o.logger, o.pools));
   const policy = config.checks.policy.length > 0 ? new PolicyChecks(config.checks.policy, config.proxy_mode, (level, fields, msg) => o.logger[level](fields, msg)) : null;
   const stageChecks = new StageChecks([...(o.stageChecks ?? []), ...(policy && policyAtStages(policy) ? [policy.stageCheck()] : [])]);
   const listeners = config.listen.map((l) => ({ config: l, name: `${l.address.host}:${l.address.port}`, newSession: protocol.sessions(l, stageChecks.stages) }));
@@ -95,7 +97,7 @@ export function buildContext(config: ServerConfig, o: ContextOptions): ServerCon
     logger: o.logger,
     tls: needsTls ? new TlsContexts(config.tls) : null,
     listeners,
-    observers: o.accessLog ? [accessLog(o.logger)] : [],
+    observers: [...(o.accessLog ? [accessLog(o.logger)] : []), metrics.observer],
     stageChecks,
     connectChecks: connectChecksOf(config, o.connectChecks, policy),
   };

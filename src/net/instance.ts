@@ -14,7 +14,7 @@ import cluster from 'node:cluster';
 import { ConfigError, loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
-import { startHealthChecks, type HealthChecks } from '../pools/checker.js';
+import { startHealthChecks, type HealthChecker, type HealthChecks } from '../pools/checker.js';
 import { onHealthMessages } from '../pools/ipc.js';
 import type { HealthChange } from '../pools/types.js';
 import { readBackendCa, TlsContexts, TlsLoadError } from '../tls/contexts.js';
@@ -82,6 +82,11 @@ export class Instance {
 
   get config(): Readonly<Config> {
     return this.#config;
+  }
+
+  /** The process's own active checks (one process; null in a worker), for the metrics. */
+  get checker(): HealthChecker | null {
+    return this.#checks?.checker ?? null;
   }
 
   /** Sessions open now, the draining ones of retired configurations included. */

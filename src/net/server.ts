@@ -196,6 +196,7 @@ export class PosternServer {
     this.#logger[ERRORS[code].level]({ code, client: client ?? socket.remoteAddress, ...(detail !== undefined ? { detail } : {}), ...(reply !== undefined ? { reply } : {}) }, ERRORS[code].message);
     socket.end(reply !== undefined ? lineReply(reply) : ctx.protocol.refusal(code));
     socket.setTimeout(2000, () => socket.destroy());
+    for (const o of ctx.observers) o.connectionRefused?.(code);
   }
 
   #closed(c: Connection, key: string): void {

@@ -1,7 +1,8 @@
 /**
  * The observer seam: what a session did, reported once per message and once per session, to
- * whoever listens (the access log today, metrics later). Observers never change a session.
+ * whoever listens (the access log, the metrics). Observers never change a session.
  */
+import type { ErrorCode } from '../errors.js';
 import type { MessageRecord, SessionSummary } from '../protocol.js';
 
 export interface SessionRecord extends SessionSummary {
@@ -17,6 +18,10 @@ export interface SessionRecord extends SessionSummary {
   outcome: string;
   /** The last reply code the client was sent. */
   code?: number;
+  /** The verified reverse name (checks.reverse_dns), when there is one. */
+  client_name?: string;
+  /** What the checks found; `refused`: `CODE: reply code` for each refusal of a check or limit. */
+  checks?: { refused?: readonly string[]; [key: string]: unknown };
 }
 
 export interface MessageEvent extends MessageRecord {
@@ -26,4 +31,6 @@ export interface MessageEvent extends MessageRecord {
 export interface SessionObserver {
   message?(event: MessageEvent): void;
   sessionEnd?(record: SessionRecord): void;
+  /** A connection refused at accept by a cap or a rate (no session, no record; already logged). */
+  connectionRefused?(code: ErrorCode): void;
 }

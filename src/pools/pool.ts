@@ -141,6 +141,12 @@ export class Pool {
     }).join('; ');
   }
 
+  /** Server `i` as this worker sees it now, without side effects (metrics, the status page). */
+  state(i: number): { up: boolean; heldOut: boolean; connections: number } {
+    const h = this.#health[i]!;
+    return { up: h.activeUp, heldOut: h.passivelyOut, connections: this.#active[i]! };
+  }
+
   /** Connections held per server (status, tests). */
   get active(): readonly number[] {
     return this.#active;
