@@ -15,6 +15,9 @@ import { startHealthChecks } from './pools/checker.js';
 import { startMetrics } from './observe/http.js';
 import { statusCommand } from './pools/status.js';
 import { importNginxCommand } from './nginx-import/yaml.js';
+import { openLogOutput, reopenLogsOnSignal } from './log/output.js';
+import { announceReady, notifyWhenWorkersReady } from './service/notify.js';
+import { writePidFile } from './service/pid-file.js';
 
 const USAGE = `Usage:
   postern [run] --config FILE        run the proxy
@@ -94,7 +97,11 @@ async function main(argv: string[]): Promise<number> {
 }
 
 async function run(config: ReturnType<typeof loadConfig>, configFile: string): Promise<number> {
-  const logger = createLogger(config.log.level);
+  const logs = openLogOutput(config.log);
+  if (!logs) return 1;
+  const logger = createLogger(config.log.level, logs.stream);
+  reopenLogsOnSignal(logs, logger); // SIGUSR1 (logrotate): log.file opened again; a primary passes it on
+  if (cluster.isPrimary && !writePidFile(config.pid_file, logger)) return 1;
   const workers = workerCount(config);
   if (workers > 1 && cluster.isPrimary) return runCluster(config, configFile, logger, workers);
   // SIGHUP: the whole configuration is read again and applied in place (src/net/instance.ts).
@@ -115,6 +122,7 @@ async function run(config: ReturnType<typeof loadConfig>, configFile: string): P
     return 1;
   }
   logger.info({ version: version(), worker: cluster.isWorker ? process.pid : undefined }, cluster.isWorker ? 'worker started' : 'postern started');
+  announceReady(logger); // a worker tells the primary; one process tells systemd (NOTIFY_SOCKET)
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       logger.info({ signal, sessions: instance.connections }, 'stopping: no new connections, draining sessions');
@@ -149,6 +157,7 @@ async function runCluster(config: ReturnType<typeof loadConfig>, configFile: str
     });
     reloadWorkers(Math.max(n, 1), logger);
   });
+  notifyWhenWorkersReady(workers, logger); // systemd's READY=1 once every worker listens
   await runPrimary(workers, logger);
   limits?.stop();
   await checks.stop();

@@ -6,6 +6,7 @@
 import os from 'node:os';
 import { z } from 'zod';
 import { parseDuration, parseHostPort, parseSize } from './units.js';
+import { logSchema } from '../log/schema.js';
 
 const duration = (def: string, min = 1) =>
   z.union([z.string(), z.number()]).default(def).transform((v, ctx) => {
@@ -407,11 +408,9 @@ export const configSchema = z.strictObject({
       if (!keys.includes(r.key)) ctx.addIssue({ code: 'custom', path: ['rates', i, 'key'], message: `${r.count} are not counted per ${r.key} (one of: ${keys.join(', ')})` });
     }
   }).prefault({}),
-  log: z.strictObject({
-    level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
-    /** One record per session at its end. */
-    access: z.boolean().default(true),
-  }).prefault({}),
+  log: logSchema,
+  /** The primary's (or the single process's) pid, written at start and removed at stop. */
+  pid_file: z.string().min(1).optional(),
   /** Named pools of back-ends, for `route.static`, the rules and the auth service's `X-Postern-Pool`. */
   pools: z.record(poolName, pool).default({}),
   /** Prometheus metrics, health endpoints and the status page on their own listener (absent: none). */

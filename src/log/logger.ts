@@ -1,6 +1,7 @@
 /**
- * Structured logging (pino, JSON lines on stdout). One child logger per session would cost an
- * allocation per connection, so session fields are passed per record instead.
+ * Structured logging (pino, JSON lines on stdout and/or `log.file`: ./output.ts). One child
+ * logger per session would cost an allocation per connection, so session fields are passed per
+ * record instead.
  */
 import { pino, type DestinationStream, type Logger } from 'pino';
 

@@ -56,7 +56,7 @@ describe('parseConfig defaults', () => {
       tls: { certificates: [], min_version: 'TLSv1.2', session_timeout: 300_000, verify_client: 'off', verify_depth: 1, pass_client_cert: false },
       backend_tls: { mode: 'off', verify: true, min_version: 'TLSv1.2' },
       timeouts: { idle: 300_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000, proxy_protocol: 5000 },
-      log: { level: 'info', access: true },
+      log: { level: 'info', access: true, stdout: true },
       proxy_mode: 'session',
       checks: { reverse_dns: false, policy: [] },
       pools: {},
@@ -75,7 +75,7 @@ describe('parseConfig defaults', () => {
   it('partial sections keep the other defaults', () => {
     const c = parseConfig('timeouts:\n  idle: 90\nlog:\n  level: debug\n');
     assert.deepEqual(c.timeouts, { idle: 90_000, auth: 30_000, backend: 30_000, handshake: 30_000, relay_idle: 600_000, shutdown: 30_000, proxy_protocol: 5000 });
-    assert.deepEqual(c.log, { level: 'debug', access: true });
+    assert.deepEqual(c.log, { level: 'debug', access: true, stdout: true });
   });
 
   it('auth_http defaults and normalisation', () => {
@@ -239,6 +239,7 @@ describe('parseConfig unknown keys', () => {
   it('nested: the message names the section and the key', () => {
     assert.deepEqual(problems('timeouts:\n  idel: 5s\n'), ['timeouts: unknown key "idel"']);
     assert.deepEqual(problems('log:\n  format: json\n'), ['log: unknown key "format"']);
+    assert.deepEqual(problems('log:\n  stdout: false\n'), ['log.stdout: false needs log.file: the records would go nowhere (log.level: silent turns logging off)']);
     assert.deepEqual(problems('route:\n  auth_http:\n    url: "http://a/"\n    timeout: 5s\n'), ['route.auth_http: unknown key "timeout"']);
     assert.deepEqual(problems('listen:\n  - {address: "1.2.3.4:25", ssl: true}\n'), ['listen.0: unknown key "ssl"']);
   });
