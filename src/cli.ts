@@ -15,6 +15,7 @@ import { startHealthChecks } from './pools/checker.js';
 import { startMetrics } from './observe/http.js';
 import { statusCommand } from './pools/status.js';
 import { importNginxCommand } from './nginx-import/yaml.js';
+import { checkPrivileges, dropPrivileges, dropPrivilegesWhenWorkersReady, privilegeProblems } from './service/privileges.js';
 import { openLogOutput, reopenLogsOnSignal } from './log/output.js';
 import { announceReady, notifyWhenWorkersReady } from './service/notify.js';
 import { writePidFile } from './service/pid-file.js';
@@ -84,7 +85,7 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  const problems = tlsFileProblems(config);
+  const problems = [...tlsFileProblems(config), ...privilegeProblems(config)];
   if (problems.length > 0) {
     process.stderr.write(`postern: configuration ${values.config}: ${problems.length} problem(s)\n  ${problems.join('\n  ')}\npostern: configuration file ${values.config} test failed\n`);
     return 1;
@@ -103,6 +104,7 @@ async function run(config: ReturnType<typeof loadConfig>, configFile: string): P
   reopenLogsOnSignal(logs, logger); // SIGUSR1 (logrotate): log.file opened again; a primary passes it on
   if (cluster.isPrimary && !writePidFile(config.pid_file, logger)) return 1;
   const workers = workerCount(config);
+  if (!checkPrivileges(config, logger)) return 1; // `user`: it exists, and this is root or already that user
   if (workers > 1 && cluster.isPrimary) return runCluster(config, configFile, logger, workers);
   // SIGHUP: the whole configuration is read again and applied in place (src/net/instance.ts).
   const instance = new Instance(config, configFile, logger);
@@ -121,6 +123,7 @@ async function run(config: ReturnType<typeof loadConfig>, configFile: string): P
     logger.flush();
     return 1;
   }
+  await dropPrivileges(config, logger); // `user`: ports bound, keys read; from here on as the user (src/service/privileges.ts)
   logger.info({ version: version(), worker: cluster.isWorker ? process.pid : undefined }, cluster.isWorker ? 'worker started' : 'postern started');
   announceReady(logger); // a worker tells the primary; one process tells systemd (NOTIFY_SOCKET)
   await new Promise<void>((resolve) => {
@@ -157,6 +160,7 @@ async function runCluster(config: ReturnType<typeof loadConfig>, configFile: str
     });
     reloadWorkers(Math.max(n, 1), logger);
   });
+  dropPrivilegesWhenWorkersReady(workers, config, logger); // `user`: once every worker listens
   notifyWhenWorkersReady(workers, logger); // systemd's READY=1 once every worker listens
   await runPrimary(workers, logger);
   limits?.stop();

@@ -44,6 +44,12 @@ const listenAddress = hostPortOf(true);
 
 const starttls = z.enum(['off', 'on', 'only']);
 
+/** A user or group: its name, or its numeric id (src/service/privileges.ts resolves it). */
+const principal = z.union([
+  z.int().min(0).max(4294967294),
+  z.string().regex(/^[^\s:/]+$/, 'a user or group name (no spaces, colons or slashes), or a numeric id'),
+]);
+
 const listener = z.union([
   listenAddress.transform((address) => ({ address, starttls: 'off' as const, implicit_tls: false, smtp_auth: ['none' as const], auth_plaintext: false, proxy_protocol: false })),
   z.strictObject({
@@ -84,6 +90,8 @@ const tls = z.strictObject({
   verify_depth: z.int().min(1).max(10).default(1),
   /** Send the client certificate to the auth service as Auth-SSL-Cert (nginx `auth_http_pass_client_cert`). */
   pass_client_cert: z.boolean().default(false),
+  /** Passwords of encrypted keys, one a line, each tried in turn (nginx `ssl_password_file`). */
+  password_file: z.string().min(1).optional(),
 });
 
 /** TLS from Postern to the back-end (nginx has none). */
@@ -384,6 +392,10 @@ export const configSchema = z.strictObject({
   ...serverShape,
   /** Worker processes (nginx `worker_processes`): a number, or `auto` for one per CPU core. */
   workers: z.union([z.int().min(1).max(256), z.literal('auto')]).default(1),
+  /** Run as this user once the ports are bound and the keys read, when started as root (nginx `user`); a name or a uid. */
+  user: principal.optional(),
+  /** …and this group (nginx `user`'s second word); default: the user's primary group. */
+  group: principal.optional(),
   /** Connection caps (nginx: worker_connections; per-address caps need a stream{} limit_conn in nginx). */
   limits: z.strictObject({
     /** Open client connections per worker; more are told 421 and closed (0: no limit). */

@@ -144,10 +144,15 @@ function workers(d: Directive, main: Obj, notes: RawNote[]): void {
   else notes.push(notCarried(d, 'Postern takes 1 to 256 workers, or auto', 'workers'));
 }
 
+/** `user name [group]`: `user` and `group` (without a group Postern takes the user's primary group, nginx the one named like the user). */
 function user(d: Directive, main: Obj, notes: RawNote[]): void {
-  // Carried over only if the schema has grown a `user` key by now.
-  if (d.args[0] && configSchema.safeParse({ user: d.args[0] }).success) main.user = d.args[0];
-  else notes.push(notCarried(d, 'Postern has no user setting: start it as that user (systemd User=, or su) instead', 'workers'));
+  const [name, group] = d.args;
+  if (name && d.args.length <= 2 && configSchema.safeParse({ user: name, group }).success) {
+    main.user = name;
+    if (group !== undefined) main.group = group;
+  } else {
+    notes.push(notCarried(d, 'expected a user name and optionally a group name', 'workers'));
+  }
 }
 
 /** The process-wide main-context settings, and worker_shutdown_timeout merged into timeouts. */
@@ -155,6 +160,7 @@ function withMain(main: Obj, settings: Obj): Obj {
   const out: Obj = { ...settings };
   if (main.workers !== undefined) out.workers = main.workers;
   if (main.user !== undefined) out.user = main.user;
+  if (main.group !== undefined) out.group = main.group;
   if (main.timeouts) out.timeouts = { ...(settings.timeouts as Obj | undefined), ...(main.timeouts as Obj) };
   return out;
 }
@@ -192,7 +198,7 @@ function blockOf(s: Obj, top: Obj): Obj {
   return ordered(block);
 }
 
-const ORDER = ['workers', 'user', 'server_name', 'listen', 'route', 'xclient', 'proxy_smtp_auth', 'proxy_pass_error_message',
+const ORDER = ['workers', 'user', 'group', 'server_name', 'listen', 'route', 'xclient', 'proxy_smtp_auth', 'proxy_pass_error_message',
   'capabilities', 'max_message_size', 'max_line_length', 'max_errors', 'greeting_delay', 'resolver', 'checks', 'tls', 'timeouts', 'servers'];
 
 function ordered(o: Obj): Obj {

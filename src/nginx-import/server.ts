@@ -319,6 +319,8 @@ function convertSsl(take: Take, one: (n: string, anyArgs?: boolean) => Directive
   }
   const ciphers = one('ssl_ciphers');
   if (ciphers) tls.ciphers = ciphers.args[0];
+  const passwords = one('ssl_password_file');
+  if (passwords) tls.password_file = passwords.args[0];
   const prefer = one('ssl_prefer_server_ciphers');
   if (prefer && prefer.args[0] !== 'off') notes.push(notCarried(prefer, reasonFor('ssl_prefer_server_ciphers')));
   const tickets = one('ssl_session_tickets');

@@ -11,7 +11,6 @@ export const REASONS: Record<string, string> = {
   ssl_session_cache: 'Postern resumes TLS sessions with tickets only (tls.session_timeout); there is no session cache',
   ssl_session_tickets: 'Postern always offers session tickets',
   ssl_session_ticket_key: 'Postern makes its ticket key at start-up (kept across SIGHUP, new at each restart)',
-  ssl_password_file: 'Postern needs unencrypted private keys: decrypt the key (openssl pkey -in KEY -out KEY.plain) and use that file',
   ssl_dhparam: 'Postern sets no DHE parameters (ECDHE is used)',
   ssl_ecdh_curve: "Postern uses Node.js's default curves",
   ssl_conf_command: 'Postern passes no OpenSSL configuration commands',

@@ -48,6 +48,21 @@ export function statusFilePath(configFile: string): string {
   return path.join(os.tmpdir(), `postern-status-${hash}.json`);
 }
 
+/** The writers of this process that have not been removed (for {@link whenStatusWritersIdle}). */
+const writers = new Set<StatusWriter>();
+
+/**
+ * Calls `then` with the files of this process's status writers at a moment when none is writing
+ * (synchronously, if none is now): what is done in `then` comes before any later write. The
+ * privilege drop (src/service/privileges.ts) hands the files to the user there, so that a file
+ * written by root can still be replaced (a sticky /tmp lets only its owner rename over it).
+ */
+export function whenStatusWritersIdle(then: (files: string[]) => void): void {
+  const busy = [...writers].filter((w) => w.busy);
+  if (busy.length === 0) return then([...writers].map((w) => w.file));
+  void Promise.all(busy.map((w) => w.idle)).then(() => whenStatusWritersIdle(then));
+}
+
 /**
  * Writes the status file atomically; writes never overlap, and a write asked for while one is
  * under way is done after it with the newest snapshot (so a burst of changes costs two writes).
@@ -66,10 +81,20 @@ export class StatusWriter {
     this.#config = path.resolve(configFile);
     this.#file = file;
     this.#logger = logger;
+    writers.add(this);
   }
 
   get file(): string {
     return this.#file;
+  }
+
+  /** A write is under way (it ends when {@link idle} resolves). */
+  get busy(): boolean {
+    return this.#busy;
+  }
+
+  get idle(): Promise<void> {
+    return this.#idle;
   }
 
   /** Writes `servers` (now, or after the write under way); never rejects, failures are logged once. */
@@ -84,6 +109,7 @@ export class StatusWriter {
   async remove(): Promise<void> {
     this.#closed = true;
     this.#pending = null;
+    writers.delete(this);
     await this.#idle;
     await unlink(this.#file).catch(() => {});
   }

@@ -1,9 +1,10 @@
 /**
  * Server-side TLS material: certificates loaded from files, chosen by SNI (nginx mail has no SNI),
  * rebuilt on reload without a restart. Session tickets use one key for the process lifetime, so
- * resumption survives a certificate reload.
+ * resumption survives a certificate reload. Encrypted keys are decrypted with the passwords of
+ * `tls.password_file` (nginx's `ssl_password_file`: one a line, each tried in turn).
  */
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { createPrivateKey, randomBytes, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import tls, { type SecureContext } from 'node:tls';
 import type { TlsConfig } from '../config/schema.js';
@@ -84,15 +85,19 @@ export class TlsContexts {
       }
     };
     const ca = cfg.client_ca ? read(cfg.client_ca, 'tls.client_ca') : null;
+    const passwords = cfg.password_file ? readPasswords(cfg.password_file, problems) : [];
     const named: Named[] = [];
     cfg.certificates.forEach((c, i) => {
       const cert = read(c.cert, `tls.certificates.${i}.cert`);
       const key = read(c.key, `tls.certificates.${i}.key`);
       if (!cert || !key) return;
+      const passphrase = passphraseFor(key, passwords, cfg.password_file, `tls.certificates.${i}.key`);
+      if (typeof passphrase === 'object') return void (passphrase.problem && problems.push(passphrase.problem));
       try {
         const context = tls.createSecureContext({
           cert,
           key,
+          ...(passphrase !== undefined ? { passphrase } : {}),
           ...(ca ? { ca } : {}),
           minVersion: cfg.min_version,
           ...(cfg.ciphers ? { ciphers: cfg.ciphers } : {}),
@@ -108,6 +113,49 @@ export class TlsContexts {
     if (named.length === 0) throw new TlsLoadError(['tls.certificates: no certificate configured']);
     return { default: named[0]!.context, named };
   }
+}
+
+/**
+ * `tls.password_file` as nginx reads `ssl_password_file`: one password a line (a CR before the LF
+ * is dropped), empty lines skipped.
+ */
+function readPasswords(file: string, problems: string[]): string[] {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    problems.push(`tls.password_file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    return [];
+  }
+  const passwords = text.split('\n').map((l) => l.replace(/\r$/, '')).filter((l) => l !== '');
+  if (passwords.length === 0) problems.push(`tls.password_file: ${file} has no password (one a line)`);
+  return passwords;
+}
+
+/**
+ * The password that decrypts `key` (undefined for a key that is not encrypted, or not a key at
+ * all: createSecureContext then says what is wrong with it), or the problem, named by `at` (null:
+ * the password file's own problem says it).
+ */
+function passphraseFor(key: Buffer, passwords: string[], file: string | undefined, at: string): string | undefined | { problem: string | null } {
+  if (!encrypted(key)) return undefined;
+  if (file === undefined) return { problem: `${at}: the key is encrypted: set tls.password_file` };
+  // An unreadable or empty password file is reported once, as tls.password_file's problem.
+  if (passwords.length === 0) return { problem: null };
+  for (const passphrase of passwords) {
+    try {
+      createPrivateKey({ key, format: 'pem', passphrase });
+      return passphrase;
+    } catch {
+      // The next password.
+    }
+  }
+  return { problem: `${at}: no password in tls.password_file decrypts it` };
+}
+
+/** PKCS#8 `ENCRYPTED PRIVATE KEY`, or a traditional PEM key with `Proc-Type: 4,ENCRYPTED`. */
+function encrypted(key: Buffer): boolean {
+  return /-----BEGIN ENCRYPTED PRIVATE KEY-----|^Proc-Type:[ \t]*4,ENCRYPTED/m.test(key.toString('latin1'));
 }
 
 /** DNS names a certificate answers for: its subjectAltName DNS entries, else its CN. */

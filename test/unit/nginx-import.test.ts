@@ -135,7 +135,7 @@ describe('import-nginx: each mail directive', () => {
   it('the how-to: one server at the top level', () => {
     const c = configOf('user nginx nginx;\nworker_processes 1;\nmail {\n server_name localhost;\n auth_http localhost:8008/a.php;\n server {\n  listen 25;\n  protocol smtp;\n  timeout 5s;\n  proxy on;\n  xclient off;\n  smtp_auth none;\n }\n}\n');
     assert.deepEqual(c, {
-      workers: 1, server_name: 'localhost', listen: ['0.0.0.0:25'], route: { auth_http: { url: 'http://localhost:8008/a.php' } },
+      workers: 1, user: 'nginx', group: 'nginx', server_name: 'localhost', listen: ['0.0.0.0:25'], route: { auth_http: { url: 'http://localhost:8008/a.php' } },
       xclient: false, timeouts: { idle: '5s', backend: '5s', handshake: '5s' },
     });
   });
@@ -187,10 +187,11 @@ describe('import-nginx: each mail directive', () => {
     const c = configOf(text);
     assert.deepEqual(c.tls, {
       certificates: [{ cert: 'a.pem', key: 'a.key' }, { cert: 'b.pem', key: 'b.key' }],
-      min_version: 'TLSv1.2', ciphers: 'HIGH:!aNULL', session_timeout: '1h', verify_client: 'optional_no_ca', client_ca: 'ca.pem', verify_depth: 3,
+      min_version: 'TLSv1.2', ciphers: 'HIGH:!aNULL', password_file: 'p', session_timeout: '1h', verify_client: 'optional_no_ca', client_ca: 'ca.pem', verify_depth: 3,
     });
     const y = yamlOf(text);
-    for (const d of ['ssl_protocols TLSv1 TLSv1.2 TLSv1.3;', 'ssl_trusted_certificate t.pem;', 'ssl_password_file p;', 'ssl_session_cache none;', 'ssl_dhparam dh.pem;', 'ssl_ecdh_curve auto;']) {
+    assert.equal(mentions(y, 'ssl_password_file').length, 0);
+    for (const d of ['ssl_protocols TLSv1 TLSv1.2 TLSv1.3;', 'ssl_trusted_certificate t.pem;', 'ssl_session_cache none;', 'ssl_dhparam dh.pem;', 'ssl_ecdh_curve auto;']) {
       assert.equal(mentions(y, `${d} — not carried over:`).length, 1, `${d}\n${y}`);
     }
     assert.equal(mentions(y, 'ssl_prefer_server_ciphers').length + mentions(y, 'ssl_session_tickets').length, 0);
@@ -203,9 +204,10 @@ describe('import-nginx: each mail directive', () => {
     assert.equal(c.workers, 'auto');
     assert.deepEqual(c.timeouts, { shutdown: '20s' });
     assert.match(y, /^# nginx: outside mail \{\} only worker_processes, user, worker_shutdown_timeout are read; ignored: error_log, events \{\}, http \{\}$/m);
-    const hasUser = configSchema.safeParse({ user: 'mail' }).success;
-    if (hasUser) assert.equal(c.user, 'mail');
-    else assert.equal(mentions(y, 'user mail mail; — not carried over: Postern has no user setting').length, 1);
+    assert.deepEqual([c.user, c.group], ['mail', 'mail']);
+    assert.equal(mentions(y, 'user mail mail;').length, 0);
+    assert.deepEqual([configOf(`user postern;\n${mail('')}`).user, configOf(`user postern;\n${mail('')}`).group], ['postern', undefined]);
+    assert.equal(mentions(yamlOf(`user a b c;\n${mail('')}`), 'user a b c; — not carried over').length, 1);
   });
 
   it('listen … proxy_protocol with set_real_ip_from; without it a comment; other listen parameters a comment', () => {
