@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * Command line: `postern [run] --config FILE`, `postern check-config --config FILE`,
- * `postern status --config FILE`, `postern import-nginx FILE`, `--version`.
+ * `postern status --config FILE`, `postern reload|reopen --config FILE`, `postern import-nginx FILE`,
+ * `--version`.
  */
 import { readFileSync } from 'node:fs';
 import cluster from 'node:cluster';
@@ -9,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config/load.js';
 import { createLogger, type Logger } from './log/logger.js';
 import { RELOAD_MESSAGE, reloadWorkers, RETIRE_MESSAGE, runPrimary, workerCount } from './net/cluster.js';
-import { Instance, rereadConfig, tlsFileProblems } from './net/instance.js';
+import { Instance, rereadConfig, restartOnly, tlsFileProblems } from './net/instance.js';
 import { startLimitsPrimary } from './limits/primary.js';
 import { startHealthChecks } from './pools/checker.js';
 import { startMetrics } from './observe/http.js';
@@ -19,12 +20,16 @@ import { checkPrivileges, dropPrivileges, dropPrivilegesWhenWorkersReady, privil
 import { openLogOutput, reopenLogsOnSignal } from './log/output.js';
 import { announceReady, notifyWhenWorkersReady } from './service/notify.js';
 import { writePidFile } from './service/pid-file.js';
+import { signalCommand } from './service/signal-command.js';
 
 const USAGE = `Usage:
   postern [run] --config FILE        run the proxy
   postern check-config --config FILE validate the configuration and exit (like nginx -t)
   postern status --config FILE       pool servers' health as the running Postern sees it
                                      (exit 0: every pool has a usable server, 1: not, 2: no status)
+  postern reload --config FILE       validate the file, then tell the running instance (pid_file) to
+                                     re-read it (SIGHUP, like nginx -s reload)
+  postern reopen --config FILE       tell it to reopen log.file (SIGUSR1, like nginx -s reopen)
   postern import-nginx FILE          print an nginx mail {} configuration as Postern YAML
                                      (what cannot carry over is a "# nginx:" comment)
   postern --version                  print the version
@@ -67,6 +72,9 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'status') {
     // Reads the running instance's status file (src/pools/status.ts); the configuration itself is not loaded.
     return statusCommand(values.config, (s) => process.stdout.write(s), (s) => process.stderr.write(s));
+  }
+  if (command === 'reload' || command === 'reopen') {
+    return signalCommand(command, values.config, (s) => process.stdout.write(s), (s) => process.stderr.write(s));
   }
   if (command === 'import-nginx') {
     return importNginxCommand(positionals[1], (s) => process.stdout.write(s), (s) => process.stderr.write(s));
@@ -149,12 +157,17 @@ async function runCluster(config: ReturnType<typeof loadConfig>, configFile: str
   await startMetrics(config, logger, { version: version(), checker: () => checks.checker }); // metrics.listen: the workers' metrics, merged
   // Counters shared by the workers live in the primary (limits.store: cluster).
   const limits = config.limits.store === 'cluster' ? startLimitsPrimary() : null;
+  let running = config;
   process.on('SIGHUP', () => {
     // Validated once here, so that a broken file is refused with one log line, not one per worker.
     const r = rereadConfig(configFile);
     if ('problems' in r) return void logger.error({ code: 'PSW_RELOAD_REFUSED', problems: r.problems }, 'reload: the configuration has errors; the running one stays');
     const n = workerCount(r.config);
     if (n < 2) logger.warn({ code: 'PSW_RELOAD_PARTIAL', workers: r.config.workers }, 'reload: a change of workers between one and several needs a restart; the rest is applied');
+    const fixed = restartOnly(running, r.config);
+    if (fixed.length > 0) logger.warn({ code: 'PSW_RELOAD_PARTIAL', keys: fixed }, 'reload: these settings need a restart; the rest is applied');
+    running = r.config;
+    logger.level = r.config.log.level;
     void checks.stop().then(() => {
       checks = startHealthChecks(r.config, logger, { configFile });
     });

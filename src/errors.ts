@@ -114,7 +114,7 @@ export const WARNINGS = {
   PSW_POLICY_UNSUPPORTED: { level: 'warn', message: 'a policy server answered an action a proxy cannot honour (HOLD, FILTER, REDIRECT, DISCARD, BCC, …): treated as its `unsupported` setting says (dunno, defer or reject)' },
   PSW_RELOADED: { level: 'info', message: 'reload (SIGHUP): the new configuration is in use; sessions that began under the old one finish under it' },
   PSW_RELOAD_REFUSED: { level: 'error', message: 'reload (SIGHUP): the configuration has errors, or a new listener cannot be bound; the running configuration stays (problems name the key paths)' },
-  PSW_RELOAD_PARTIAL: { level: 'warn', message: 'reload (SIGHUP): a change of `workers` between one and several processes needs a restart; the rest of the configuration is applied' },
+  PSW_RELOAD_PARTIAL: { level: 'warn', message: 'reload (SIGHUP): a change of `workers` between one and several processes, or of log (but its level), pid_file, metrics, user or group, needs a restart; the rest of the configuration is applied' },
   PSW_CHECK_FAILED: { level: 'error', message: 'a stage check failed unexpectedly (a bug): the command went on unchecked' },
   PSW_POLICY_PREPEND: { level: 'info', message: 'a policy server asked to PREPEND a header where Postern may not change the message (session mode, or prepend not allowed for it): not added' },
   PSW_LIMITS_STORE_DOWN: { level: 'warn', message: 'the limits store (cluster or Redis) failed or was slow: this process counts in memory until it answers again' },

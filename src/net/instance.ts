@@ -35,6 +35,15 @@ export function rereadConfig(file: string): Reread {
   }
 }
 
+/** Settings a reload cannot change (the process was started with them): the keys that changed. */
+export function restartOnly(running: Readonly<Config>, next: Readonly<Config>): string[] {
+  // The log level is applied in place; the log's destination is opened once, at start.
+  const view = (c: Readonly<Config>) => ({ log: { ...c.log, level: undefined }, pid_file: c.pid_file, metrics: c.metrics, user: c.user, group: c.group });
+  const a = view(running);
+  const b = view(next);
+  return (Object.keys(a) as (keyof typeof a)[]).filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
+}
+
 /** Certificates, keys and CA files are read as check-config's last step, per server block. */
 export function tlsFileProblems(config: Readonly<Config>): string[] {
   const problems: string[] = [];
@@ -128,6 +137,9 @@ export class Instance {
       this.#logger.error({ code: 'PSW_RELOAD_REFUSED', problems: r.problems }, 'reload: the configuration has errors; the running one stays');
       return false;
     }
+    const fixed = restartOnly(this.#config, r.config);
+    // In cluster mode the primary says so, once.
+    if (fixed.length > 0 && !cluster.isWorker) this.#logger.warn({ code: 'PSW_RELOAD_PARTIAL', keys: fixed }, 'reload: these settings need a restart; the rest is applied');
     if (!cluster.isWorker && workerCount(r.config) !== workerCount(this.#config)) {
       this.#logger.warn({ code: 'PSW_RELOAD_PARTIAL', workers: r.config.workers }, 'reload: a change of workers between one and several needs a restart; the rest is applied');
     }
@@ -142,6 +154,7 @@ export class Instance {
     const old = this.#server;
     this.#server = next;
     this.#config = r.config;
+    this.#logger.level = r.config.log.level;
     await this.#checks?.stop();
     this.#followHealth(r.config);
     this.#retiring.add(old);

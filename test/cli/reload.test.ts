@@ -132,3 +132,47 @@ describe('reload with a broken file', () => {
     }
   });
 });
+
+describe('postern reload / reopen', () => {
+  const cli = (args: string[]): Promise<{ code: number | null; out: string; err: string }> => new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, '../../src/cli.ts'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('exit', (code) => resolve({ code, out, err }));
+  });
+
+  it('validates first (errors printed by key path, nothing sent), then signals the instance in pid_file; restart-only keys are named', { timeout: 60_000 }, async () => {
+    const port = await freePort();
+    const pidFile = path.join(tmp, 'reload.pid');
+    const base = { listen: [`127.0.0.1:${port}`], route: { static: '127.0.0.1:9' }, pid_file: pidFile };
+    const p = await startPosternProcess(base);
+    try {
+      writeFileSync(p.configFile, stringify({ ...base, max_errors: 'many' }));
+      const bad = await cli(['reload', '-c', p.configFile]);
+      assert.equal(bad.code, 1);
+      assert.match(bad.err, /max_errors/);
+      await sleep(300);
+      assert.equal(p.logs.filter((r) => String(r.code ?? '').startsWith('PSW_RELOAD')).length, 0, 'nothing was sent');
+      writeFileSync(p.configFile, stringify({ ...base, server_name: 'again.test', log: { level: 'debug', file: path.join(tmp, 'new.log') } }));
+      const good = await cli(['reload', '-c', p.configFile]);
+      assert.equal(good.code, 0, good.err);
+      await p.waitForLog((r) => r.code === 'PSW_RELOADED', 10_000);
+      const partial = await p.waitForLog((r) => r.code === 'PSW_RELOAD_PARTIAL', 5_000);
+      assert.deepEqual(partial.keys, ['log']);
+      assert.equal(await greeting(port), '220 again.test ESMTP ready');
+      const reopen = await cli(['reopen', '-c', p.configFile]);
+      assert.equal(reopen.code, 0, reopen.err);
+      const none = await cli(['reload', '-c', await (async () => {
+        const f = path.join(tmp, 'nopid.yaml');
+        writeFileSync(f, stringify({ listen: ['127.0.0.1:0'] }));
+        return f;
+      })()]);
+      assert.equal(none.code, 1);
+      assert.match(none.err, /no pid_file/);
+    } finally {
+      await p.stop();
+    }
+  });
+});
