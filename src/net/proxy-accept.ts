@@ -50,13 +50,17 @@ export function readProxyHeader(socket: Socket, trusted: BlockList, timeoutMs: n
   if (!trusted.check(direct.addr, family)) return done({ error: 'PST_PROXY_UNTRUSTED', detail: `${direct.addr} is not in set_real_ip_from` });
   const reader = new ProxyHeaderReader();
   let settled = false;
-  const finish = (o: ProxyOutcome): void => {
+  const finish = (o: ProxyOutcome, rest?: Buffer): void => {
     if (settled) return;
     settled = true;
     clearTimeout(timer);
     socket.removeListener('data', onData);
     socket.removeListener('end', onEnd);
+    socket.removeListener('close', onEnd);
     socket.pause();
+    // Only now, paused and without our listener: unshift on a flowing socket emits 'data' at once,
+    // which would feed the bytes after the header back to this reader (it throws once done).
+    if (rest && rest.length > 0) socket.unshift(rest);
     done(o);
   };
   const timer = setTimeout(() => finish({ error: 'PST_PROXY_TIMEOUT', detail: `no whole header within ${timeoutMs} ms (${reader.buffered.length} bytes)` }), timeoutMs);
@@ -65,9 +69,8 @@ export function readProxyHeader(socket: Socket, trusted: BlockList, timeoutMs: n
     const r = reader.push(chunk);
     if (r.kind === 'more') return;
     if (r.kind === 'error') return finish({ error: 'PST_PROXY_INVALID', detail: `${r.reason}: ${escaped(reader.buffered)}` });
-    if (r.rest.length > 0) socket.unshift(r.rest);
     const h = r.header;
-    if (h.command === 'local' || !h.source || !h.destination || h.family === 'unix') return finish({ origin: direct });
+    if (h.command === 'local' || !h.source || !h.destination || h.family === 'unix') return finish({ origin: direct }, r.rest);
     const t = h.tlvs;
     const proxy: ProxiedFrom = {
       peer: direct.addr,
@@ -79,10 +82,12 @@ export function readProxyHeader(socket: Socket, trusted: BlockList, timeoutMs: n
       ...(t.authority !== undefined ? { authority: t.authority } : {}),
       ...(t.ssl ? { ssl: { verified: t.ssl.verified, ...(t.ssl.version ? { version: t.ssl.version } : {}), ...(t.ssl.cipher ? { cipher: t.ssl.cipher } : {}), ...(t.ssl.cn ? { cn: t.ssl.cn } : {}) } } : {}),
     };
-    finish({ origin: { addr: proxy.addr, port: proxy.port, serverAddr: proxy.serverAddr, serverPort: proxy.serverPort, proxy } });
+    finish({ origin: { addr: proxy.addr, port: proxy.port, serverAddr: proxy.serverAddr, serverPort: proxy.serverPort, proxy } }, r.rest);
   };
   socket.on('data', onData);
+  // 'end' for a FIN (the listener allows half-open connections), 'close' for a reset or destroy().
   socket.on('end', onEnd);
+  socket.on('close', onEnd);
 }
 
 /** The first bytes of a refused header, for the log: printable ASCII, the rest escaped. */

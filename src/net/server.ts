@@ -38,6 +38,8 @@ export class PosternServer {
   readonly #handedOver = new Set<net.Server>();
   /** set_real_ip_from of each server block, built at its first PROXY connection. */
   readonly #trustedBy = new Map<ServerContext, BlockList>();
+  /** Connections whose PROXY header is still being read: not sessions yet, closed by stop(). */
+  readonly #awaitingHeader = new Set<net.Socket>();
   readonly #connections = new Set<Connection>();
   /** Open connections per client address (limits.max_connections_per_client). */
   readonly #perClient: Limiter;
@@ -157,7 +159,11 @@ export class PosternServer {
     socket.on('error', noop);
     if (!listener.config.proxy_protocol) return this.#admit(socket, ctx, listener, directOrigin(socket));
     // The load balancer's header comes first: only then is the client, and its limits, known.
+    this.#awaitingHeader.add(socket);
     readProxyHeader(socket, this.#trusted(ctx), ctx.config.timeouts.proxy_protocol, (o) => {
+      this.#awaitingHeader.delete(socket);
+      // A header that completes after stop() must not start a session on a stopped server.
+      if (this.#stopping) return void socket.destroy();
       if ('origin' in o) return this.#admit(socket, ctx, listener, o.origin);
       this.#logger[ERRORS[o.error].level]({ code: o.error, peer: socket.remoteAddress, detail: o.detail }, ERRORS[o.error].message);
       socket.destroy();
@@ -213,6 +219,7 @@ export class PosternServer {
     this.#stopping ??= (async () => {
       // close() stops accepting now; its callback would wait for every connection, so it is not awaited.
       for (const s of this.#servers) if (!this.#handedOver.has(s)) s.close();
+      for (const s of this.#awaitingHeader) s.destroy();
       for (const c of this.#connections) c.shutdown();
       if (this.#connections.size > 0) {
         const idle = new Promise<void>((r) => (this.#onIdle = r));

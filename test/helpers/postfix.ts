@@ -30,6 +30,9 @@
  *   manager brings it back from the deferred queue after minimal_backoff_time (1 s here), scanned every
  *   queue_run_delay (1 s), at most maximal_backoff_time (2 s) apart, over a new connection (connection caching
  *   is off so that every delivery attempt is its own connection). submitMessage() (submit.ts) hands it mail.
+ * - PROXY (`{ upstreamProxyProtocol: true }`): smtpd_upstream_proxy_protocol = haproxy, so every connection must
+ *   start with a PROXY header (Postfix 3.7 reads v1 and v2 in one recv of at most 536 bytes) and the header's
+ *   source is the client; the start-up probe sends a v1 line first.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, constants, existsSync, openSync, readFileSync, rmSync } from 'node:fs';
@@ -59,6 +62,12 @@ export interface PostfixOptions {
   sasl?: { user: string; password: string };
   /** Relay everything accepted to this SMTP server, as an SMTP client with short retry timers (see above). */
   relayTo?: { host: string; port: number };
+  /**
+   * `smtpd_upstream_proxy_protocol = haproxy`: every connection must start with a PROXY header (v1 or v2), whose
+   * source smtpd then takes as the client (Received, the log, mynetworks). The start-up probe sends one too.
+   * Not with `implicitTlsPort` (its probe would have to send a header before TLS).
+   */
+  upstreamProxyProtocol?: boolean;
 }
 
 export interface PostfixSasl {
@@ -114,13 +123,13 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Resolves once `port` answers with a 220 greeting; `isDead` aborts the wait early. */
-export async function waitForBanner(port: number, timeoutMs: number, isDead: () => boolean): Promise<void> {
+/** Resolves once `port` answers with a 220 greeting; `isDead` aborts the wait early. `proxyHeader` is sent first. */
+export async function waitForBanner(port: number, timeoutMs: number, isDead: () => boolean, proxyHeader?: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last = 'no attempt';
   while (Date.now() < deadline && !isDead()) {
     try {
-      const line = await readGreeting(port, Math.max(100, deadline - Date.now()));
+      const line = await readGreeting(port, Math.max(100, deadline - Date.now()), false, proxyHeader);
       if (/^220[ -]/.test(line)) return;
       last = `greeting ${JSON.stringify(line)}`;
     } catch (err) {
@@ -148,11 +157,12 @@ async function waitForTlsBanner(port: number, timeoutMs: number, isDead: () => b
   throw new Error(isDead() ? 'process exited before answering 220' : `no TLS 220 on port ${port} within ${timeoutMs} ms (${last})`);
 }
 
-function readGreeting(port: number, timeoutMs: number, implicitTls = false): Promise<string> {
+function readGreeting(port: number, timeoutMs: number, implicitTls = false, proxyHeader?: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const sock = implicitTls
       ? tls.connect({ port, host: '127.0.0.1', rejectUnauthorized: false })
       : net.connect(port, '127.0.0.1');
+    if (proxyHeader !== undefined) sock.write(proxyHeader);
     let buf = '';
     sock.setTimeout(timeoutMs, () => sock.destroy(new Error('timed out waiting for greeting')));
     sock.on('data', (chunk) => {
@@ -167,7 +177,7 @@ function readGreeting(port: number, timeoutMs: number, implicitTls = false): Pro
   });
 }
 
-function mainCf(dir: string, withTls: boolean, saslSocket: string | undefined, relayTo?: { host: string; port: number }): string {
+function mainCf(dir: string, withTls: boolean, saslSocket: string | undefined, relayTo?: { host: string; port: number }, upstreamProxy = false): string {
   const settings: Record<string, string> = {
     compatibility_level: '3.6',
     queue_directory: `${dir}/queue`,
@@ -225,6 +235,7 @@ function mainCf(dir: string, withTls: boolean, saslSocket: string | undefined, r
     queue_run_delay: '1s',
     minimal_backoff_time: '1s',
     maximal_backoff_time: '2s',
+    ...(upstreamProxy && { smtpd_upstream_proxy_protocol: 'haproxy' }),
     // Last, so these replace the back-end settings above (an object spread keeps the first key's position).
     ...(relayTo && {
       myhostname: 'relay.test',
@@ -363,12 +374,13 @@ export async function startPostfix(opts: PostfixOptions = {}): Promise<PostfixIn
   if (opts.sasl) await requireBinary(DOVECOT, 'dovecot-core');
   // SASL makes smtpd refuse unauthenticated relaying; relay mode is meant for plain loopback submission.
   if (opts.sasl && opts.relayTo) throw new Error('startPostfix: relayTo cannot be combined with sasl');
+  if (opts.upstreamProxyProtocol && opts.implicitTlsPort) throw new Error('startPostfix: upstreamProxyProtocol cannot be combined with implicitTlsPort');
   for (let attempt = 1; ; attempt++) {
     try {
       const port = await freePort();
       let tlsPort: number | undefined;
       while (opts.implicitTlsPort && (tlsPort === undefined || tlsPort === port)) tlsPort = await freePort();
-      return await startOnce(port, !!opts.tls, tlsPort, opts.sasl, opts.relayTo);
+      return await startOnce(port, !!opts.tls, tlsPort, opts.sasl, opts.relayTo, !!opts.upstreamProxyProtocol);
     } catch (err) {
       if (attempt >= 3 || !/Address already in use/.test((err as Error).message)) throw err;
     }
@@ -488,6 +500,7 @@ async function startOnce(
   tlsPort: number | undefined,
   sasl: { user: string; password: string } | undefined,
   relayTo?: { host: string; port: number },
+  upstreamProxy = false,
 ): Promise<PostfixInstance> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'postern-postfix-'));
   const etc = path.join(dir, 'etc');
@@ -506,7 +519,7 @@ async function startOnce(
       await chmod(path.join(etc, file), mode);
     }
   }
-  await writeFile(path.join(etc, 'main.cf'), mainCf(dir, withTls, sasl && dovecotSocket(dir), relayTo));
+  await writeFile(path.join(etc, 'main.cf'), mainCf(dir, withTls, sasl && dovecotSocket(dir), relayTo, upstreamProxy));
   await writeFile(path.join(etc, 'master.cf'), masterCf(port, tlsPort));
   // Dovecot first: smtpd asks the auth service for its mechanisms as soon as a client connects.
   let dovecot: Dovecot | undefined;
@@ -559,7 +572,7 @@ async function startOnce(
     })());
 
   try {
-    await waitForBanner(port, 20_000, () => exited);
+    await waitForBanner(port, 20_000, () => exited, upstreamProxy ? `PROXY TCP4 127.0.0.1 127.0.0.1 1 ${port}\r\n` : undefined);
     if (tlsPort !== undefined) await waitForTlsBanner(tlsPort, 10_000, () => exited);
   } catch (err) {
     await stop();
