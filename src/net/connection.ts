@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
-import type { Envelope, ProxiedFrom, RouteRequest, RouteTarget, TlsInfo } from '../domain.js';
+import type { Envelope, RouteRequest, RouteTarget, TlsInfo } from '../domain.js';
 import { backendName } from '../domain.js';
 import { relay, type RelayStats } from './relay.js';
 import { ERRORS, WARNINGS, type ErrorCode, type WarningCode } from '../errors.js';
@@ -15,7 +15,7 @@ import type { Action, BackendSession, ProtocolSession } from '../protocol.js';
 import { inspectClientTls } from '../tls/client-cert.js';
 import type { ConnectVerdict } from '../checks/connect.js';
 import { Asks, type AskOwner } from './asks.js';
-import { directOrigin, type Origin } from './proxy-accept.js';
+import { directOrigin, proxyRecord, type Origin } from './proxy-accept.js';
 import type { ListenerContext, ServerContext } from './context.js';
 
 /** Connections accepted by this process, for RouteRequest.session. */
@@ -109,6 +109,8 @@ export class Connection implements SocketOwner, AskOwner {
   #startTls(): void {
     const tlsContexts = this.#ctx.tls!;
     const plain = this.socket;
+    // Bytes already read (a ClientHello that came with a PROXY header) must wait for the TLS socket, not reach no one.
+    plain.pause();
     detach(plain);
     const secure = new TLSSocket(plain, {
       isServer: true,
@@ -438,7 +440,3 @@ export class Connection implements SocketOwner, AskOwner {
   }
 }
 
-/** The access record's `proxy`: which load balancer the client came through, and what it said of TLS. */
-function proxyRecord(p: ProxiedFrom): Record<string, unknown> {
-  return { peer: p.peer, version: p.version, ...(p.authority !== undefined ? { authority: p.authority } : {}), ...(p.ssl ? { ssl: p.ssl.version ?? true, ...(p.ssl.cn ? { cn: p.ssl.cn } : {}) } : {}) };
-}

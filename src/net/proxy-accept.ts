@@ -95,3 +95,8 @@ function escaped(b: Buffer): string {
   // eslint-disable-next-line no-control-regex
   return b.subarray(0, 64).toString('latin1').replace(/[^\x20-\x7e]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
+
+/** The access record's `proxy`: which load balancer the client came through, and what it said of TLS. */
+export function proxyRecord(p: ProxiedFrom): Record<string, unknown> {
+  return { peer: p.peer, version: p.version, ...(p.authority !== undefined ? { authority: p.authority } : {}), ...(p.ssl ? { ssl: p.ssl.version ?? true, ...(p.ssl.cn && p.ssl.verified ? { cn: p.ssl.cn } : {}) } : {}) };
+}

@@ -158,6 +158,8 @@ export class PosternServer {
     }
     socket.on('error', noop);
     if (!listener.config.proxy_protocol) return this.#admit(socket, ctx, listener, directOrigin(socket));
+    // Gone before it was handled (a load balancer's TCP check: connect, then reset): nothing to say.
+    if (socket.remoteAddress === undefined) return void socket.destroy();
     // The load balancer's header comes first: only then is the client, and its limits, known.
     this.#awaitingHeader.add(socket);
     readProxyHeader(socket, this.#trusted(ctx), ctx.config.timeouts.proxy_protocol, (o) => {

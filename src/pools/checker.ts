@@ -9,6 +9,7 @@
  * workers, src/net/cluster.ts), in the process itself when workers = 1. {@link startHealthChecks}
  * is that owner's entry point: checker, log lines, status file, broadcast.
  */
+import { proxyV1, proxyV2 } from '../proxy/writer.js';
 import cluster from 'node:cluster';
 import { EventEmitter } from 'node:events';
 import type { BackendTlsOptions } from '../backend/connect.js';
@@ -40,6 +41,8 @@ export interface HealthCheckerOptions {
    * first byte; with `health.starttls` the check does STARTTLS, verifying as these options say.
    */
   defaultTls?: BackendTlsOptions;
+  /** A PROXY header for every check (the top-level `proxy_protocol`): LOCAL in v2, UNKNOWN in v1, as a check carries no client. */
+  proxyHeader?: Buffer;
   /** The check itself (tests replace it). */
   probe?: (opts: ProbeOptions) => Promise<ProbeResult>;
   /** Wall clock for `since` and `lastCheck` (ms since the epoch). */
@@ -162,6 +165,7 @@ export class HealthChecker extends EventEmitter<{ change: [HealthChange]; check:
       tls: tls.mode === 'implicit' ? 'implicit' : health.starttls ? 'starttls' : 'plain',
       tlsOptions: tls,
       signal: abort.signal,
+      ...(this.#opts.proxyHeader ? { proxyHeader: this.#opts.proxyHeader } : {}),
     });
     if (!this.#running || s.abort !== abort) return;
     s.abort = null;
@@ -208,7 +212,8 @@ export interface HealthChecks {
 export function startHealthChecks(config: Readonly<Config>, logger: Logger, opts: { configFile: string }): HealthChecks {
   const pools: Record<string, CheckedPool> = {};
   for (const [name, cfg] of Object.entries(config.pools)) pools[name] = { servers: poolServers(cfg), health: cfg.health };
-  const checker = new HealthChecker({ pools, ehloName: config.server_name, defaultTls: backendTlsOptions(config) });
+  const proxyHeader = config.proxy_protocol === 'v2' ? proxyV2(undefined, undefined, { local: true }) : config.proxy_protocol === 'v1' ? proxyV1(undefined, undefined) : undefined;
+  const checker = new HealthChecker({ pools, ehloName: config.server_name, defaultTls: backendTlsOptions(config), ...(proxyHeader ? { proxyHeader } : {}) });
   if (Object.keys(pools).length === 0) return { checker, stop: async () => {} };
 
   const writer = new StatusWriter(opts.configFile, logger);

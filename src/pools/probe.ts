@@ -35,6 +35,8 @@ export interface ProbeOptions {
   tlsOptions?: Pick<BackendTlsOptions, 'ca' | 'verify' | 'serverName' | 'minVersion'>;
   /** Ends the check at once (reason `aborted`), e.g. when the checker stops. */
   signal?: AbortSignal;
+  /** Written first, before TLS or SMTP: a PROXY header for a back-end that requires one (HAProxy `check-send-proxy`). */
+  proxyHeader?: Buffer;
 }
 
 export interface ProbeResult {
@@ -70,8 +72,13 @@ export function probeSmtp(opts: ProbeOptions): Promise<ProbeResult> {
       minVersion: t.minVersion,
     });
     let step: Step = 'connect';
-    let socket: net.Socket =
-      mode === 'implicit' ? tls.connect({ ...secureOpts(), port: opts.port }) : net.connect({ host: opts.host, port: opts.port });
+    let socket: net.Socket;
+    if (opts.proxyHeader) {
+      const tcp = net.connect({ host: opts.host, port: opts.port });
+      tcp.write(opts.proxyHeader);
+      socket = mode === 'implicit' ? tls.connect({ ...secureOpts(), socket: tcp }) : tcp;
+      if (socket !== tcp) tcp.on('error', (err) => socket.destroy(err));
+    } else socket = mode === 'implicit' ? tls.connect({ ...secureOpts(), port: opts.port }) : net.connect({ host: opts.host, port: opts.port });
     socket.setNoDelay(true);
     let reader = new ReplyReader();
     let done = false;

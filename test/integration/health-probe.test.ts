@@ -501,3 +501,36 @@ const stop = onHealthMessages((change, fromSnapshot) => {
     }
   });
 });
+
+describe('probeSmtp with a PROXY header (a back-end that requires one, HAProxy check-send-proxy)', () => {
+  it('writes the header first, alone, then speaks SMTP once greeted; a back-end that gets none would never greet', async () => {
+    const { proxyV2 } = await import('../../src/proxy/writer.js');
+    const { ProxyHeaderReader } = await import('../../src/proxy/reader.js');
+    let first: Buffer | null = null;
+    const srv = net.createServer((s) => {
+      const reader = new ProxyHeaderReader();
+      s.once('data', (d: Buffer) => {
+        first = d;
+        const r = reader.push(d);
+        if (r.kind !== 'done' || r.header.command !== 'local' || r.rest.length > 0) return void s.destroy();
+        s.write('220 pf.test ESMTP\r\n');
+        s.on('data', (c: Buffer) => {
+          const line = c.toString('latin1');
+          if (line.startsWith('EHLO')) s.write('250 pf.test\r\n');
+          else if (line.startsWith('QUIT')) s.end('221 2.0.0 Bye\r\n');
+        });
+      });
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const port = (srv.address() as AddressInfo).port;
+    try {
+      const ok = await probeSmtp({ host: '127.0.0.1', port, ehloName: 'postern.test', timeoutMs: 2000, proxyHeader: proxyV2(undefined, undefined, { local: true }) });
+      assert.equal(ok.ok, true, ok.reason);
+      assert.ok(first && (first as Buffer).subarray(0, 12).equals(Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a])));
+      const none = await probeSmtp({ host: '127.0.0.1', port, ehloName: 'postern.test', timeoutMs: 500 });
+      assert.equal(none.ok, false);
+    } finally {
+      srv.close();
+    }
+  });
+});

@@ -10,8 +10,8 @@
  * in the same write, works; an untrusted peer is closed before a byte is read; a malformed, truncated or
  * late header closes the connection without a reply, and a reset one is reported at once; v2 LOCAL (a
  * health check) and v1 UNKNOWN are the peer's own session; stop() closes connections still waiting for
- * their header; an implicit-TLS listener takes the handshake after the header (a todo: not when the
- * ClientHello came in the header's read, see there).
+ * their header; an implicit-TLS listener takes the handshake after the header, also when the
+ * ClientHello came in the header's read.
  * Outbound: `proxy_protocol: v1|v2` sends the header first and alone, before the back-end greets, and
  * before the TLS ClientHello with backend_tls implicit. check-config's two refusals are in
  * test/unit/config-proxy.test.ts.
@@ -458,7 +458,7 @@ describe('PROXY protocol in: an implicit-TLS listener', () => {
   // read is unshifted into the paused TCP socket; the session's start resumes it (flowing on the next tick), and
   // #startTls detaches the 'data' listeners before wrapping it, so the buffered hello is emitted to nobody and the
   // TLSSocket never sees it: PST_TLS_HANDSHAKE_TIMEOUT. `plain.pause()` before `new TLSSocket` fixes it.
-  it('the header and the ClientHello in one write (a TLS pass-through balancer with an eager client)', { todo: 'src/net/connection.ts #startTls loses bytes buffered before the handshake' }, async () => {
+  it('the header and the ClientHello in one write (a TLS pass-through balancer with an eager client)', async () => {
     const src = { address: '203.0.113.31', port: 40031 };
     const c = await tlsBehindHeader(p.port, proxyV1(src, { address: DST.address, port: 465 }), { servername: 'proxy.test', ca });
     assert.equal(await session(c), '250 2.1.5 Ok');

@@ -9,8 +9,8 @@
  *     header's address is visibly not the TCP peer's: the auth request, XCLIENT and the access record name
  *     127.0.0.5; a client that talks before the greeting (HAProxy then sends its bytes right behind the
  *     header) loses nothing. HAProxy's SMTP health checks with `send-proxy-v2 check-send-proxy` (v2 LOCAL)
- *     leave no warning or error in Postern's log. TLS passed through to an implicit-TLS listener is a todo
- *     (src/net/connection.ts loses a ClientHello that came with the header).
+ *     leave no warning or error in Postern's log. TLS passed through to an implicit-TLS listener works,
+ *     also with the ClientHello in the header's segment.
  * (b) Postern with `proxy_protocol: v1` and `v2` and `xclient: false` in front of a real Postfix with
  *     `smtpd_upstream_proxy_protocol = haproxy`: swaks from 127.0.0.7 through Postern, and Postfix's Received
  *     header and log name 127.0.0.7, not Postern's 127.0.0.1. Then the whole chain: HAProxy send-proxy-v2 →
@@ -270,9 +270,8 @@ listen passthrough
     assert.equal(r.get('X-Postern-Proxy-SSL-CN'), 'client.test');
   });
 
-  // The hello often arrives in the header's read, and src/net/connection.ts #startTls then loses it (see the same
-  // todo in test/integration/proxy-protocol.test.ts, which makes that deterministic).
-  it('implicit TLS passed through: the header, then the client\'s ClientHello (often in one segment), then SMTP over TLS', { todo: 'src/net/connection.ts #startTls loses bytes buffered before the handshake' }, async () => {
+  // The hello often arrives in the header's read (test/integration/proxy-protocol.test.ts makes that deterministic).
+  it('implicit TLS passed through: the header, then the client\'s ClientHello (often in one segment), then SMTP over TLS', async () => {
     for (let i = 0; i < 3; i++) {
       const raw = net.connect({ host: '127.0.0.1', port: port.passthrough, localAddress: CLIENT });
       // The ClientHello leaves at once: it reaches HAProxy before its connection to Postern is up.
