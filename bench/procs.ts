@@ -1,7 +1,7 @@
 /**
  * The processes of a benchmark run: smtp-sink, the nginx auth responder, nginx mail, the policy
- * responder, and Postern (once per proxy_mode, once with the policy check and the limits on, and
- * once each routed statically and through a pool).
+ * responder, and Postern (once per proxy_mode, once with the policy check and the limits on, once
+ * with the metrics listener on, and once each routed statically and through a pool).
  * Each is a separate process so its CPU and memory can be read from /proc.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -247,7 +247,11 @@ limits:
  * pool) can run side by side and a lost message can be shown with the log lines of the Postern
  * that lost it.
  */
-export async function startPostern(route: PosternRoute, workers: number, o: { name?: string; proxyMode?: ProxyMode; checks?: PosternChecks } = {}): Promise<Proc & { log: string }> {
+export async function startPostern(
+  route: PosternRoute,
+  workers: number,
+  o: { name?: string; proxyMode?: ProxyMode; checks?: PosternChecks; /** `metrics: { listen: 127.0.0.1:<port> }` (postern-metrics). */ metricsPort?: number } = {},
+): Promise<Proc & { log: string }> {
   const name = o.name ?? 'postern';
   const port = await freePort();
   const file = path.join(work, `${name}.yaml`);
@@ -258,11 +262,12 @@ workers: ${workers}
 ${routeYaml(route)}xclient: false
 proxy_mode: ${o.proxyMode ?? 'session'}
 log: { level: warn, access: ${process.env.BENCH_ACCESS_LOG === '1'} }
-${checksYaml(o.checks)}`);
+${checksYaml(o.checks)}${o.metricsPort ? `metrics:\n  listen: 127.0.0.1:${o.metricsPort}\n` : ''}`);
   const out = openSync(log, 'a');
   const child = spawn(process.execPath, [path.join(root, 'dist/cli.js'), '--config', file], { stdio: ['ignore', out, 'inherit'] });
   closeSync(out);
   await waitPort(port);
+  if (o.metricsPort) await waitPort(o.metricsPort);
   return { port, pid: child.pid!, stop: stopper(child), log };
 }
 

@@ -12,9 +12,12 @@
  * per-client limits on: connection and recipient rates and connections held, in the memory
  * store, so high that they never refuse), run next to `postern` in every round for the
  * checks ÷ plain ratios (what the checks cost per message; the responder's own CPU is counted
- * apart), and `postern-static` (`route.static: host:port`) and `postern-pool` (`route.static:
- * one`, a pool of that one sink, no active checks), which run back to back in every round for
- * the pool ÷ static ratios (the cost of the pool path).
+ * apart), `postern-metrics` (`postern` plus `metrics: { listen: 127.0.0.1:<port> }`, scraped at
+ * `/metrics` once a second for the whole run by a fetch loop in this process, as Prometheus
+ * would; this process's CPU is not charged to Postern), run next to `postern` in every round for
+ * the metrics ÷ plain ratios, and `postern-static` (`route.static: host:port`) and
+ * `postern-pool` (`route.static: one`, a pool of that one sink, no active checks), which run back
+ * to back in every round for the pool ÷ static ratios (the cost of the pool path).
  *
  * Environment: BENCH_ROUNDS (default 5), BENCH_QUICK=1 (a few messages: a smoke run of the harness),
  * BENCH_WORKERS (Postern and nginx worker processes, default 1), BENCH_SKIP_IDLE=1,
@@ -22,13 +25,14 @@
  * default all), BENCH_SCENARIOS (a comma-separated subset of `4k`, `100k`, `latency`; default
  * all). A run of every target and scenario writes bench/results.md (results-workers-N.md with
  * BENCH_WORKERS=N); a partial run prints its report and writes only its "Checks on" section, when
- * it measured `postern` and `postern-checks`, into that file in place of the one there.
+ * it measured `postern` and `postern-checks`, and its "Metrics on" section, when it measured
+ * `postern` and `postern-metrics`, into that file in place of the ones there.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ensurePackages, logTail, pidsOf, procStats, startAuthResponder, startNginxMail, startPolicyResponder, startPostern, startSink, type Proc } from './procs.js';
+import { ensurePackages, freePort, logTail, pidsOf, procStats, startAuthResponder, startNginxMail, startPolicyResponder, startPostern, startSink, type Proc } from './procs.js';
 import { holdIdle, runSource } from './load.js';
 
 const quick = process.env.BENCH_QUICK === '1';
@@ -62,19 +66,26 @@ const ALL_SCENARIOS: Scenario[] = quick
 const IDLE = quick ? 200 : 10_000;
 const IDLE_SETTLE_MS = quick ? 300 : 2000;
 
-const ALL_TARGETS = ['direct', 'nginx', 'postern', 'postern-checks', 'postern-tx', 'postern-static', 'postern-pool'] as const;
+const ALL_TARGETS = ['direct', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-static', 'postern-pool'] as const;
 type Target = (typeof ALL_TARGETS)[number];
-/**
- * The targets of this run, in ALL_TARGETS' order: postern and postern-checks, and postern-static
- * and postern-pool, stay neighbours in either order (rounds alternate it).
- */
+/** The targets of this run, in ALL_TARGETS' order (the order of the tables). */
 const TARGETS: Target[] = pick('BENCH_TARGETS', ALL_TARGETS);
+/**
+ * The order they run in (reversed every other round): ALL_TARGETS' with postern-metrics just
+ * before postern, so postern is the neighbour of both postern-metrics and postern-checks, as
+ * postern-static is of postern-pool.
+ */
+const RUN_ORDER: Target[] = TARGETS.includes('postern')
+  ? TARGETS.flatMap((t): Target[] => (t === 'postern-metrics' ? [] : t === 'postern' && TARGETS.includes('postern-metrics') ? ['postern-metrics', 'postern'] : [t]))
+  : TARGETS;
 const SCENARIOS: Scenario[] = ((keys) => ALL_SCENARIOS.filter((sc) => keys.includes(sc.key!)))(pick('BENCH_SCENARIOS', SCENARIO_KEYS));
 /** Every target and every scenario: the run that writes a whole results file. */
 const complete = TARGETS.length === ALL_TARGETS.length && SCENARIOS.length === ALL_SCENARIOS.length;
-const POSTERN_TARGETS: readonly Target[] = ['postern', 'postern-checks', 'postern-tx', 'postern-static', 'postern-pool'];
+const POSTERN_TARGETS: readonly Target[] = ['postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-static', 'postern-pool'];
 /** The targets that ask the auth responder. */
-const VIA_AUTH: readonly Target[] = ['nginx', 'postern', 'postern-checks', 'postern-tx'];
+const VIA_AUTH: readonly Target[] = ['nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx'];
+/** How often the bench scrapes postern-metrics' `/metrics` (Prometheus' common scrape_interval is 15 s; 1 s is a busy one). */
+const SCRAPE_MS = 1000;
 /**
  * The idle-connection figure: the static and pool targets hold connections as `postern` does
  * before routing (postern-checks too, plus its connection limits: not measured here).
@@ -98,6 +109,81 @@ interface Sample {
   msPerMsg: number;
   /** postern-checks: the policy responder's CPU over the same run, per 1000 messages (0 for the others). */
   responderCpuMsPer1000: number;
+  /** postern-metrics: `/metrics` scrapes started during the run (0 for the others). */
+  scrapes: number;
+}
+
+/** The scrape loop's tally over the whole run (warm-up included). */
+interface Scrapes {
+  /** Scrapes answered 200 with a body. */
+  ok: number;
+  /** Scrapes that failed: a connection error, a status other than 200, or an empty body. */
+  failed: number;
+  /** Bytes of the last body. */
+  lastBytes: number;
+  /** The slowest scrape, ms. */
+  maxMs: number;
+  /** The final scrape's sum of `postern_sessions_total{outcome="relayed"}`, and what smtp-source sent to postern-metrics. */
+  relayed: number | null;
+  sent: number;
+  /** Postern's CPU per scrape, ms, over IDLE_SCRAPES scrapes back to back after the measurements (no mail). */
+  idleCpuMsPerScrape: number;
+}
+
+/** Scrapes back to back at the end, for Postern's CPU per scrape (the 10 ms clock tick needs many). */
+const IDLE_SCRAPES = quick ? 5 : 200;
+
+/**
+ * Scrapes `/metrics` every SCRAPE_MS as Prometheus would (one keep-alive connection, one request
+ * at a time: a scrape still running when the next is due is not doubled).
+ */
+function startScraper(port: number): { tally: Scrapes; started(): number; scrape(): Promise<string | null>; stop(): Promise<void> } {
+  const tally: Scrapes = { ok: 0, failed: 0, lastBytes: 0, maxMs: 0, relayed: null, sent: 0, idleCpuMsPerScrape: NaN };
+  let started = 0;
+  let inflight: Promise<string | null> | null = null;
+  const scrape = (): Promise<string | null> => {
+    started++;
+    const t0 = performance.now();
+    return fetch(`http://127.0.0.1:${port}/metrics`)
+      .then(async (r) => {
+        const text = await r.text();
+        if (r.status !== 200 || !text) throw new Error(`status ${r.status}, ${text.length} bytes`);
+        tally.ok++;
+        tally.lastBytes = Buffer.byteLength(text);
+        return text;
+      })
+      .catch((err: unknown) => {
+        tally.failed++;
+        console.error(`scrape of postern-metrics failed: ${String(err)}`);
+        return null;
+      })
+      .finally(() => {
+        tally.maxMs = Math.max(tally.maxMs, performance.now() - t0);
+      });
+  };
+  const tick = (): void => {
+    if (inflight) return;
+    inflight = scrape().finally(() => (inflight = null));
+  };
+  // The first at once, as Prometheus scrapes a target it has just found.
+  tick();
+  const timer = setInterval(tick, SCRAPE_MS);
+  return {
+    tally,
+    started: () => started,
+    scrape,
+    async stop() {
+      clearInterval(timer);
+      await inflight;
+    },
+  };
+}
+
+/** The sum of a counter's samples whose labels include `match` (Prometheus text format). */
+function counterSum(text: string, name: string, match: string): number {
+  let sum = 0;
+  for (const line of text.split('\n')) if (line.startsWith(`${name}{`) && line.includes(match)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  return sum;
 }
 
 /** Per target, over the warm-up and every round: what smtp-source sent and what reached the sink. */
@@ -141,6 +227,7 @@ async function main(): Promise<void> {
   const posterns: Partial<Record<Target, Proc & { log: string }>> = {};
   let nginx: Proc | null = null;
   let policy: Awaited<ReturnType<typeof startPolicyResponder>> | null = null;
+  let metricsPort = 0;
   try {
     const auth = TARGETS.some((t) => VIA_AUTH.includes(t)) ? await start(startAuthResponder(sink.port)) : null;
     if (has('nginx')) nginx = await start(startNginxMail(auth!.port, workers));
@@ -149,6 +236,10 @@ async function main(): Promise<void> {
     if (has('postern-checks')) {
       policy = await start(startPolicyResponder());
       posterns['postern-checks'] = await start(startPostern(viaAuth, workers, { name: 'postern-checks', proxyMode: 'session', checks: { policyPort: policy.port } }));
+    }
+    if (has('postern-metrics')) {
+      metricsPort = await freePort();
+      posterns['postern-metrics'] = await start(startPostern(viaAuth, workers, { name: 'postern-metrics', proxyMode: 'session', metricsPort }));
     }
     if (has('postern-tx')) posterns['postern-tx'] = await start(startPostern(viaAuth, workers, { name: 'postern-tx', proxyMode: 'transaction' }));
     if (has('postern-static')) posterns['postern-static'] = await start(startPostern({ kind: 'static', sinkPort: sink.port }, workers, { name: 'postern-static' }));
@@ -163,6 +254,8 @@ async function main(): Promise<void> {
   const results = new Map<string, Map<Target, Sample[]>>();
   const delivery = Object.fromEntries(TARGETS.map((t) => [t, { sent: 0, delivered: 0, sourceErrors: 0 }])) as Record<Target, Delivery>;
   let lost = 0;
+  // From here to the end of the measurements, as a Prometheus server would.
+  const scraper = metricsPort ? startScraper(metricsPort) : null;
 
   /**
    * One smtp-source run against a target, with its sink count and the CPU of the target's process
@@ -172,11 +265,13 @@ async function main(): Promise<void> {
     const before = sink.received();
     const pids = procs[t] ? pidsOf(procs[t]!) : [];
     const rpids = t === 'postern-checks' && policy ? pidsOf(policy) : [];
+    const scrapes0 = scraper?.started() ?? 0;
     const cpu0 = procStats(pids).cpuMs;
     const rcpu0 = procStats(rpids).cpuMs;
     const r = await runSource(ports[t]!, sc);
     const cpu1 = procStats(pids).cpuMs;
     const rcpu1 = procStats(rpids).cpuMs;
+    const scrapes = t === 'postern-metrics' ? (scraper?.started() ?? 0) - scrapes0 : 0;
     const got = (await sink.waitReceived(before + sc.messages, 10_000)) - before;
     const d = delivery[t];
     d.sent += sc.messages;
@@ -193,15 +288,16 @@ async function main(): Promise<void> {
       cpuMsPer1000: ((cpu1 - cpu0) / sc.messages) * 1000,
       msPerMsg: r.ms / sc.messages,
       responderCpuMsPer1000: ((rcpu1 - rcpu0) / sc.messages) * 1000,
+      scrapes,
     };
   };
 
   try {
     // Warm-up: JIT, pools and caches, so round 1 is not an outlier. Its deliveries are checked too.
-    for (const t of TARGETS) await measure(t, { name: 'warm-up', sessions: 10, messages: quick ? 10 : 300, size: 4096 });
+    for (const t of RUN_ORDER) await measure(t, { name: 'warm-up', sessions: 10, messages: quick ? 10 : 300, size: 4096 });
     for (let round = 0; round < rounds; round++) {
       for (const sc of SCENARIOS) {
-        const order = round % 2 === 0 ? TARGETS : [...TARGETS].reverse();
+        const order = round % 2 === 0 ? RUN_ORDER : [...RUN_ORDER].reverse();
         for (const t of order) {
           const s = await measure(t, sc);
           if (!results.has(sc.name)) results.set(sc.name, new Map());
@@ -223,21 +319,52 @@ async function main(): Promise<void> {
         console.error(`LOST: the policy responder answered ${c.requests} requests (${c.malformed} lines without '=') for ${policyCount.sent} messages sent to postern-checks`);
       }
     }
+    // Every session postern-metrics relayed is in its counters (sessions are counted as they end,
+    // a moment after the sink has the message: asked again for up to 5 s), and no scrape failed.
+    let scrapes: Scrapes | null = null;
+    if (scraper) {
+      await scraper.stop();
+      scrapes = scraper.tally;
+      scrapes.sent = delivery['postern-metrics'].sent;
+      for (const deadline = Date.now() + 5000; ; await new Promise((r) => setTimeout(r, 100))) {
+        const text = await scraper.scrape();
+        scrapes.relayed = text === null ? null : counterSum(text, 'postern_sessions_total', 'outcome="relayed"');
+        if (scrapes.relayed === scrapes.sent || Date.now() > deadline) break;
+      }
+      const pids = pidsOf(procs['postern-metrics']!);
+      const cpu0 = procStats(pids).cpuMs;
+      for (let i = 0; i < IDLE_SCRAPES; i++) await scraper.scrape();
+      scrapes.idleCpuMsPerScrape = (procStats(pids).cpuMs - cpu0) / IDLE_SCRAPES;
+      if (scrapes.relayed !== scrapes.sent || scrapes.failed > 0) {
+        lost += Math.abs(scrapes.sent - (scrapes.relayed ?? 0)) + scrapes.failed || 1;
+        console.error(`LOST: postern-metrics counted ${scrapes.relayed} relayed sessions for ${scrapes.sent} messages sent; ${scrapes.failed} scrape(s) failed`);
+      }
+    }
     let idle: Idle | null = null;
     if (process.env.BENCH_SKIP_IDLE !== '1' && PROXIES.length) {
       idle = {};
       for (const t of PROXIES) idle[t] = await holdIdle(procs[t]!, IDLE, IDLE_SETTLE_MS);
       for (const t of PROXIES) lost += idle[t]!.dropped;
     }
-    const report = render(results, delivery, idle, policyCount);
+    const report = render(results, delivery, idle, policyCount, scrapes);
     process.stdout.write(report);
     const file = path.join(root, 'bench', quick ? 'results.quick.md' : workers === 1 ? 'results.md' : `results-workers-${workers}.md`);
     if (complete || quick) writeFileSync(file, report);
-    else if (has('postern') && has('postern-checks')) {
-      spliceSection(file, CHECKS_HEADING, checksSection(results, policyCount, true));
-      process.stderr.write(`partial run: wrote its "${CHECKS_HEADING}" section into ${path.relative(root, file)}\n`);
-    } else process.stderr.write(`partial run: ${path.relative(root, file)} left as it is\n`);
+    else {
+      const written: string[] = [];
+      if (has('postern') && has('postern-checks')) {
+        spliceSection(file, CHECKS_HEADING, checksSection(results, policyCount, true));
+        written.push(CHECKS_HEADING);
+      }
+      if (has('postern') && has('postern-metrics')) {
+        spliceSection(file, METRICS_HEADING, metricsSection(results, scrapes, true));
+        written.push(METRICS_HEADING);
+      }
+      if (written.length) process.stderr.write(`partial run: wrote its ${written.map((h) => `"${h}"`).join(' and ')} section(s) into ${path.relative(root, file)}\n`);
+      else process.stderr.write(`partial run: ${path.relative(root, file)} left as it is\n`);
+    }
   } finally {
+    await scraper?.stop();
     for (const p of started.reverse()) await p.stop();
   }
   if (lost > 0) {
@@ -325,20 +452,81 @@ function checksSection(results: Map<string, Map<Target, Sample[]>>, policy: Poli
         `${pairCell(m, 'postern-checks', 'postern', (s) => s.responderCpuMsPer1000, cpu)} | ${pairCell(m, 'postern-checks', 'postern', (s) => s.cpuMsPer1000 + s.responderCpuMsPer1000, cpu)} |`,
     );
   }
-  // The per-round ratios' geometric mean and its 95 % interval (t ≈ 2), as bench/pool-ab.ts gives them.
-  const intervals: string[] = [];
-  for (const [name, m] of results) {
-    const as = m.get('postern-checks') ?? [];
-    const bs = m.get('postern') ?? [];
-    const logs = as.map((s, i) => Math.log(s.cpuMsPer1000 / (bs[i]?.cpuMsPer1000 ?? NaN))).filter(Number.isFinite);
-    if (logs.length < 3) continue;
-    const mean = logs.reduce((a, x) => a + x, 0) / logs.length;
-    const se = Math.sqrt(logs.reduce((a, x) => a + (x - mean) ** 2, 0) / (logs.length - 1) / logs.length);
-    intervals.push(`${name}: ${Math.exp(mean).toFixed(3)} (95 % interval ${Math.exp(mean - 2 * se).toFixed(3)}–${Math.exp(mean + 2 * se).toFixed(3)}, ${logs.length} rounds)`);
-  }
+  const intervals = cpuIntervals(results, 'postern-checks', 'postern');
   if (intervals.length) lines.push('', `CPU per message, postern-checks ÷ postern, geometric mean of the per-round ratios: ${intervals.join('; ')}.`);
   if (policy) {
     lines.push('', `Policy requests answered: ${policy.requests} for ${policy.sent} messages sent to postern-checks (one recipient each, warm-up included); request lines without \`=\`: ${policy.malformed}.`);
+  }
+  return lines;
+}
+
+/**
+ * CPU per message, a ÷ b: the per-round ratios' geometric mean and its 95 % interval (t ≈ 2), as
+ * bench/pool-ab.ts gives them, per scenario with at least 3 rounds.
+ */
+function cpuIntervals(results: Map<string, Map<Target, Sample[]>>, a: Target, b: Target): string[] {
+  const intervals: string[] = [];
+  for (const [name, m] of results) {
+    const as = m.get(a) ?? [];
+    const bs = m.get(b) ?? [];
+    const logs = as.map((s, i) => Math.log(s.cpuMsPer1000 / (bs[i]?.cpuMsPer1000 ?? NaN))).filter(Number.isFinite);
+    if (logs.length < 3) continue;
+    const mean = logs.reduce((acc, x) => acc + x, 0) / logs.length;
+    const se = Math.sqrt(logs.reduce((acc, x) => acc + (x - mean) ** 2, 0) / (logs.length - 1) / logs.length);
+    intervals.push(`${name}: ${Math.exp(mean).toFixed(3)} (95 % interval ${Math.exp(mean - 2 * se).toFixed(3)}–${Math.exp(mean + 2 * se).toFixed(3)}, ${logs.length} rounds)`);
+  }
+  return intervals;
+}
+
+const METRICS_HEADING = '## Metrics on (Prometheus listener, scraped every second)';
+
+/**
+ * postern-metrics against postern: what the metrics listener and a scrape every second cost per
+ * message, as a ratio. `standalone` as for checksSection.
+ */
+function metricsSection(results: Map<string, Map<Target, Sample[]>>, scrapes: Scrapes | null, standalone: boolean): string[] {
+  const lines: string[] = [METRICS_HEADING, ''];
+  lines.push(
+    `\`postern-metrics\` is \`postern\` (\`proxy_mode: session\`, the same auth responder and sink) plus \`metrics: { listen: 127.0.0.1:<port> }\`, whose \`/metrics\` the bench scrapes every ${SCRAPE_MS / 1000} s for the whole run, ` +
+      'as a Prometheus server would (a fetch loop in the bench process, one keep-alive connection, one request at a time; the bench\'s own CPU is not counted, Postern\'s serving of each scrape is). ' +
+      'The counters themselves are always on (src/observe/metrics.ts adds to plain numbers at every session record, listener or not), so this measures the listener and the scrapes: building the text from the tallies on each request. ' +
+      'The two run next to each other in every round.',
+    '',
+  );
+  if (standalone) {
+    const ts = TARGETS.map((t) => `\`${t}\``).join(', ');
+    lines.push(`Run: ${new Date().toISOString()}; ${source()}; ${ts} only, ${rounds} interleaved round(s), ${workers} worker process(es) each, medians shown; ${machine()}; load average ${os.loadavg().map((x) => x.toFixed(1)).join(', ')} at the end. The figures above this section come from the run named at the top of the file.`, '');
+    lines.push('| Scenario | Target | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | --- | ---: | ---: | ---: |');
+    for (const [name, m] of results) {
+      const med = medOf(m);
+      for (const t of TARGETS) lines.push(`| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} |`);
+    }
+    lines.push('');
+  }
+  lines.push(`postern-metrics ÷ postern. ${RATIO_NOTE} Scrapes per run: how many scrapes started during each measured run of postern-metrics (median, and the range).`, '');
+  lines.push('| Scenario | msg/s | CPU ms / 1000 msg | ms / msg | scrapes per run |', '| --- | ---: | ---: | ---: | ---: |');
+  for (const [name, m] of results) {
+    const n = (m.get('postern-metrics') ?? []).map((s) => s.scrapes);
+    const range = n.length > 1 ? ` (${Math.min(...n)}–${Math.max(...n)})` : '';
+    lines.push(`| ${name} | ${KEYS.map((k) => pairCell(m, 'postern-metrics', 'postern', (s) => s[k])).join(' | ')} | ${n.length ? median(n) + range : '–'} |`);
+  }
+  const intervals = cpuIntervals(results, 'postern-metrics', 'postern');
+  if (intervals.length) lines.push('', `CPU per message, postern-metrics ÷ postern, geometric mean of the per-round ratios: ${intervals.join('; ')}.`);
+  if (scrapes) {
+    // What one scrape a second should add, from the CPU per scrape measured apart: finer than
+    // the interleaved rounds can resolve.
+    const expected = [...results].map(([name, m]) => {
+      const med = medOf(m);
+      const perMsg = (scrapes.idleCpuMsPerScrape * (1000 / SCRAPE_MS) * 1000) / med('postern-metrics', 'msgsPerSec');
+      return `${name}: ${perMsg.toFixed(1)} CPU ms / 1000 msg at its median ${med('postern-metrics', 'msgsPerSec').toFixed(0)} msg/s, ${ratio(med('postern', 'cpuMsPer1000') + perMsg, med('postern', 'cpuMsPer1000'))}× postern's`;
+    });
+    lines.push(
+      '',
+      `Scrapes: ${scrapes.ok} answered, ${scrapes.failed} failed, the last ${(scrapes.lastBytes / 1024).toFixed(1)} KiB, the slowest ${scrapes.maxMs.toFixed(1)} ms; ` +
+        `the final scrape counts ${scrapes.relayed ?? '?'} relayed sessions for ${scrapes.sent} messages sent to postern-metrics (one session each, warm-up included). ` +
+        `Postern's CPU per scrape, ${IDLE_SCRAPES} back to back after the measurements (no mail; counted in "answered"): ${scrapes.idleCpuMsPerScrape.toFixed(2)} ms, ` +
+        `so one scrape a second should cost ${expected.join('; ')}.`,
+    );
   }
   return lines;
 }
@@ -366,7 +554,7 @@ function machine(): string {
   return `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.type()} ${os.release()}`;
 }
 
-function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Target, Delivery>, idle: Idle | null, policy: PolicyCount | null): string {
+function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Target, Delivery>, idle: Idle | null, policy: PolicyCount | null, scrapes: Scrapes | null): string {
   const lines: string[] = [];
   const has = (t: Target): boolean => TARGETS.includes(t);
   const v = (cmd: string, args: string[]): string => {
@@ -391,7 +579,8 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
   lines.push(`Setup: ${workers} worker process(es) each; smtp-source → proxy → smtp-sink; one nginx http{} auth responder; xclient off; ${rounds} interleaved round(s), medians shown.  `);
   lines.push(
     'Targets: `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-checks` is `postern` plus a Postfix policy server asked at every RCPT (bench/policy-responder.ts, answering DUNNO) and the per-client limits on (see its section); ' +
-      '`postern-tx` is `proxy_mode: transaction` (every command read, every RCPT routed, bodies relayed with end-of-data detection); all three ask the auth responder, as nginx does. ' +
+      '`postern-metrics` is `postern` plus the Prometheus metrics listener, scraped every second (see its section); ' +
+      '`postern-tx` is `proxy_mode: transaction` (every command read, every RCPT routed, bodies relayed with end-of-data detection); all four ask the auth responder, as nginx does. ' +
       '`postern-static` routes by `route.static: 127.0.0.1:<sink>`, `postern-pool` by `route.static: one`, a pool holding that one sink (`health.enabled: false`); the two run back to back in every round. ' +
       'CPU is each proxy\'s own process tree (the shared auth responder, the policy responder and the sink are not counted).',
     '',
@@ -409,7 +598,7 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
     }
     if (name.includes('latency') && has('direct')) {
       const LABEL: Partial<Record<Target, string>> = {
-        nginx: 'nginx', postern: 'Postern (session)', 'postern-checks': 'Postern (checks on)', 'postern-tx': 'Postern (transaction)', 'postern-static': 'Postern (static route)', 'postern-pool': 'Postern (pool)',
+        nginx: 'nginx', postern: 'Postern (session)', 'postern-checks': 'Postern (checks on)', 'postern-metrics': 'Postern (metrics on)', 'postern-tx': 'Postern (transaction)', 'postern-static': 'Postern (static route)', 'postern-pool': 'Postern (pool)',
       };
       const added = TARGETS.filter((t) => t !== 'direct').map((t) => `${LABEL[t]} ${(med(t, 'msPerMsg') - med('direct', 'msPerMsg')).toFixed(2)} ms`);
       lines.push('', `Added latency per message over direct delivery: ${added.join(', ')}.`, '');
@@ -430,8 +619,9 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
     lines.push('| Scenario | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | ---: | ---: | ---: |');
     lines.push(...pairRows(results, 'postern-pool', 'postern-static'));
   }
-  // Last of the comparisons, where a partial run puts it too (spliceSection).
+  // Last of the comparisons, where a partial run puts them too (spliceSection).
   if (has('postern') && has('postern-checks')) lines.push('', ...checksSection(results, policy, false));
+  if (has('postern') && has('postern-metrics')) lines.push('', ...metricsSection(results, scrapes, false));
 
   lines.push('', '## Delivery', '', 'Every message smtp-source sent (warm-up included), counted at smtp-sink.', '');
   lines.push('| Target | sent | delivered | smtp-source errors |', '| --- | ---: | ---: | ---: |');

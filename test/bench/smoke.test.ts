@@ -1,9 +1,10 @@
 /**
  * A smoke run of the benchmark harness (a handful of messages, 200 idle connections): it starts
- * every process (Postern five times: proxy_mode session and transaction through the auth
- * responder, session mode again with a policy server and the limits on, a static route and a
- * one-server pool; and the policy responder), counts delivered messages at the sink and policy
- * requests at the responder, and prints the tables. Speed itself is never asserted here; `npm run
+ * every process (Postern six times: proxy_mode session and transaction through the auth
+ * responder, session mode again with a policy server and the limits on and again with the
+ * metrics listener on (scraped by the bench), a static route and a one-server pool; and the
+ * policy responder), counts delivered messages at the sink, policy requests at the responder and
+ * relayed sessions in the metrics, and prints the tables. Speed itself is never asserted here; `npm run
  * bench` measures it.
  */
 import assert from 'node:assert/strict';
@@ -14,9 +15,9 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '../..');
-const TARGETS = ['direct', 'nginx', 'postern', 'postern-checks', 'postern-tx', 'postern-static', 'postern-pool'];
+const TARGETS = ['direct', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-static', 'postern-pool'];
 
-it('npm run bench (BENCH_QUICK=1) runs all seven targets and every one delivers every message', async () => {
+it('npm run bench (BENCH_QUICK=1) runs all eight targets and every one delivers every message', async () => {
   const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', path.join(root, 'bench/run.ts')], {
     cwd: root,
     env: { ...process.env, BENCH_QUICK: '1' },
@@ -27,12 +28,19 @@ it('npm run bench (BENCH_QUICK=1) runs all seven targets and every one delivers 
   assert.doesNotMatch(stderr, /LOST|FAIL/);
   for (const scenario of ['4 KiB × 5 sessions', '100 KiB × 2 sessions']) {
     for (const target of TARGETS) assert.match(stdout, new RegExp(`\\| ${scenario} \\| ${target} \\| \\d+`), `${target} measured in ${scenario}`);
-    // One ratio row per comparison section: transaction ÷ session, pool ÷ static, checks ÷ plain.
-    assert.equal(stdout.match(new RegExp(`^\\| ${scenario} \\| [\\d.–]`, 'gm'))?.length, 3, `ratio rows for ${scenario}`);
+    // One ratio row per comparison section: transaction ÷ session, pool ÷ static, checks ÷ plain, metrics ÷ plain.
+    assert.equal(stdout.match(new RegExp(`^\\| ${scenario} \\| [\\d.–]`, 'gm'))?.length, 4, `ratio rows for ${scenario}`);
   }
   assert.match(stdout, /## Transaction mode ÷ session mode/);
   assert.match(stdout, /## Pool ÷ static route \(postern-pool ÷ postern-static\)/);
   assert.match(stdout, /## Checks on \(policy server \+ limits\)/);
+  assert.match(stdout, /## Metrics on \(Prometheus listener, scraped every second\)/);
+  // Every scrape of postern-metrics' /metrics answered, and its counters hold every session it relayed.
+  const scrapes = /^Scrapes: (\d+) answered, (\d+) failed,.* the final scrape counts (\d+) relayed sessions for (\d+) messages sent to postern-metrics/m.exec(stdout);
+  assert.ok(scrapes, 'scrape tally');
+  assert.ok(Number(scrapes[1]) >= 2, 'scraped during the run and at its end');
+  assert.equal(scrapes[2], '0', 'no scrape failed');
+  assert.equal(scrapes[3], scrapes[4], 'one relayed session counted per message');
   // The policy server was asked once per message postern-checks relayed.
   const policy = /^Policy requests answered: (\d+) for (\d+) messages sent to postern-checks.*without `=`: (\d+)\.$/m.exec(stdout);
   assert.ok(policy, 'policy request count');
