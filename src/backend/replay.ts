@@ -82,6 +82,20 @@ export class Replay {
     this.secure = options.secure ?? false;
   }
 
+  /**
+   * A warm start on a connection kept from an earlier session (back-end session reuse, as
+   * Postfix's smtp_connection_cache_on_demand): the back-end already greeted and answered EHLO
+   * with `capabilities`, and its last transaction was reset. The replay goes on from after the
+   * EHLO: XCLIENT with this session's client (Postfix treats it as a new session, answers 220,
+   * and the client's EHLO follows), then MAIL and RCPT — or MAIL at once without XCLIENT.
+   */
+  warm(capabilities: ReadonlyMap<string, string>, secure: boolean): ReplayResult {
+    this.capabilities.clear();
+    for (const [k, v] of capabilities) this.capabilities.set(k, v);
+    this.secure = secure;
+    return this.#afterHello();
+  }
+
   /** The TLS handshake after STARTTLS succeeded: greet again, as RFC 3207 §4.2 requires. */
   tlsReady(): ReplayResult {
     this.secure = true;

@@ -338,3 +338,32 @@ describe('Replay: the RCPT reply belongs to the client', () => {
     assert.equal(show(rp.onReply(reply('250 extra\r\n'))), 'fail PST_BACKEND_INVALID_REPLY | unexpected reply after RCPT | 250 extra\r\n');
   });
 });
+
+describe('Replay.warm: a connection kept from an earlier session (back-end session reuse)', () => {
+  const CAPS = new Map([['PIPELINING', ''], ['XCLIENT', 'NAME ADDR PORT PROTO HELO LOGIN'], ['8BITMIME', '']]);
+
+  it('goes on after the EHLO: XCLIENT with this client, its 220, the client\'s EHLO, MAIL and RCPT pipelined', () => {
+    const rp = replay();
+    assert.equal(show(rp.warm(CAPS, false)), 'send XCLIENT ADDR=192.0.2.7 PORT=40123 NAME=[UNAVAILABLE] PROTO=ESMTP HELO=client.example\r\n');
+    assert.deepEqual(drive(rp, ['220 mx.backend.example ESMTP\r\n', POSTFIX_EHLO_AFTER_XCLIENT, '250 2.1.0 Ok\r\n', '250 2.1.5 Ok\r\n']), [
+      'send EHLO client.example\r\n',
+      `send ${ENVELOPE.mailLine}\r\n${ENVELOPE.rcptLine}\r\n`,
+      'wait',
+      'done 250 2.1.5 Ok\r\n',
+    ]);
+    assert.equal(rp.xclientDone, true);
+  });
+
+  it('without XCLIENT: MAIL at once; the TLS state is the kept connection\'s', () => {
+    const rp = replay({ xclient: false });
+    assert.equal(show(rp.warm(CAPS, true)), `send ${ENVELOPE.mailLine}\r\n${ENVELOPE.rcptLine}\r\n`);
+    assert.equal(rp.secure, true);
+    assert.equal(rp.step, 'mail');
+  });
+
+  it('a refused XCLIENT on the kept connection fails as a cold one would', () => {
+    const rp = replay();
+    rp.warm(CAPS, false);
+    assert.match(drive(rp, ['550 5.7.0 Error: insufficient authorization\r\n'])[0]!, /^fail PST_BACKEND_REJECTED \| XCLIENT refused/);
+  });
+});
