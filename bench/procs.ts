@@ -1,6 +1,6 @@
 /**
- * The processes of a benchmark run: smtp-sink, the nginx auth responder, nginx mail, the policy
- * responder, and Postern (once per proxy_mode, once with the policy check and the limits on, once
+ * The processes of a benchmark run: smtp-sink, the nginx auth responder, nginx mail, HAProxy in
+ * TCP mode, the policy responder, and Postern (once per proxy_mode, once with the policy check and the limits on, once
  * with the metrics listener on, and once each routed statically and through a pool).
  * Each is a separate process so its CPU and memory can be read from /proc.
  */
@@ -27,6 +27,7 @@ export function ensurePackages(): void {
   if (!existsSync('/usr/sbin/smtp-source') || !existsSync('/usr/sbin/smtp-sink')) need.push('postfix');
   if (!existsSync('/usr/sbin/nginx')) need.push('nginx-light');
   if (!existsSync('/usr/lib/nginx/modules/ngx_mail_module.so')) need.push('libnginx-mod-mail');
+  if (!existsSync('/usr/sbin/haproxy')) need.push('haproxy');
   if (need.length === 0) return;
   process.stderr.write(`installing ${need.join(' ')}\n`);
   execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit' });
@@ -150,6 +151,43 @@ mail {
   server { listen 127.0.0.1:${port} backlog=4096; protocol smtp; }
 }
 `, port);
+}
+
+/**
+ * HAProxy in TCP mode in front of the sink: the floor for any proxy (no SMTP, no auth, one
+ * connect per session). One thread (`nbthread 1`), as nginx runs one worker and Postern one
+ * worker by default; `threads` follows BENCH_WORKERS. No logging (nginx mail logs only errors
+ * too). `-db`: in the foreground, one process, so its CPU is this process's.
+ */
+export async function startHaproxy(sinkPort: number, threads: number): Promise<Proc> {
+  const port = await freePort();
+  const dir = path.join(work, 'haproxy');
+  execFileSync('mkdir', ['-p', dir]);
+  const file = path.join(dir, 'haproxy.cfg');
+  writeFileSync(file, `global
+  nbthread ${threads}
+  # Each connection holds two descriptors (client and sink): within a 20000-descriptor limit.
+  maxconn 9000
+
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+
+frontend smtp
+  bind 127.0.0.1:${port}
+  backlog 4096
+  default_backend sink
+
+backend sink
+  balance roundrobin
+  server s1 127.0.0.1:${sinkPort}
+`);
+  execFileSync('/usr/sbin/haproxy', ['-c', '-q', '-f', file]);
+  const child = spawn('/usr/sbin/haproxy', ['-db', '-f', file], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitPort(port);
+  return { port, pid: child.pid!, stop: stopper(child) };
 }
 
 /**

@@ -4,7 +4,8 @@
  * and one nginx http{} auth responder shared by all proxies. Prints ratios (Postern ÷ nginx,
  * Postern ÷ direct, transaction ÷ session) and writes bench/results.md.
  *
- * Targets: `direct` (smtp-source → smtp-sink), `nginx`, `postern` (`proxy_mode: session`, the
+ * Targets: `direct` (smtp-source → smtp-sink), `haproxy` (HAProxy in TCP mode in front of the
+ * sink, `nbthread` = BENCH_WORKERS: the floor for any proxy, no SMTP, no auth), `nginx`, `postern` (`proxy_mode: session`, the
  * default: nginx's blind relay after the first RCPT) and `postern-tx` (`proxy_mode: transaction`:
  * every command read, every RCPT routed, DATA bodies relayed with end-of-data detection) — these
  * three ask the one auth responder — `postern-checks` (`postern` plus `checks.policy`, one Postfix
@@ -22,17 +23,20 @@
  * Environment: BENCH_ROUNDS (default 5), BENCH_QUICK=1 (a few messages: a smoke run of the harness),
  * BENCH_WORKERS (Postern and nginx worker processes, default 1), BENCH_SKIP_IDLE=1,
  * BENCH_TARGETS (a comma-separated subset of the targets, e.g. `postern,postern-checks,nginx`;
- * default all), BENCH_SCENARIOS (a comma-separated subset of `4k`, `100k`, `latency`; default
- * all). A run of every target and scenario writes bench/results.md (results-workers-N.md with
+ * default all), BENCH_SCENARIOS (a comma-separated subset of `4k` (× 50 sessions), `4k200` (× 200
+ * sessions: saturation), `100k`, `latency`; default all). Every run also reads, per target, the CPU
+ * of the auth responder and of smtp-sink (the back-end) over the same runs (the targets run one
+ * at a time), reported in the "Proxies side by side" section. A run of every target and scenario writes bench/results.md (results-workers-N.md with
  * BENCH_WORKERS=N); a partial run prints its report and writes only its "Checks on" section, when
  * it measured `postern` and `postern-checks`, and its "Metrics on" section, when it measured
- * `postern` and `postern-metrics`, into that file in place of the ones there.
+ * `postern` and `postern-metrics`, and its "Proxies side by side" section, when it measured
+ * `nginx` and `haproxy`, into that file in place of the ones there.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ensurePackages, freePort, logTail, pidsOf, procStats, startAuthResponder, startNginxMail, startPolicyResponder, startPostern, startSink, type Proc } from './procs.js';
+import { ensurePackages, freePort, logTail, pidsOf, procStats, startAuthResponder, startHaproxy, startNginxMail, startPolicyResponder, startPostern, startSink, type Proc } from './procs.js';
 import { holdIdle, runSource } from './load.js';
 
 const quick = process.env.BENCH_QUICK === '1';
@@ -49,7 +53,7 @@ interface Scenario {
   size: number;
 }
 
-const SCENARIO_KEYS = ['4k', '100k', 'latency'] as const;
+const SCENARIO_KEYS = ['4k', '4k200', '100k', 'latency'] as const;
 type ScenarioKey = (typeof SCENARIO_KEYS)[number];
 
 const ALL_SCENARIOS: Scenario[] = quick
@@ -60,13 +64,15 @@ const ALL_SCENARIOS: Scenario[] = quick
     ]
   : [
       { key: '4k', name: '4 KiB × 50 sessions', sessions: 50, messages: 3000, size: 4096 },
+      // Saturation: more sessions than either proxy serves at once without queueing, both CPU-bound.
+      { key: '4k200', name: '4 KiB × 200 sessions (saturation)', sessions: 200, messages: 4000, size: 4096 },
       { key: '100k', name: '100 KiB × 50 sessions', sessions: 50, messages: 600, size: 102400 },
       { key: 'latency', name: '4 KiB × 1 session (latency)', sessions: 1, messages: 400, size: 4096 },
     ];
 const IDLE = quick ? 200 : 10_000;
 const IDLE_SETTLE_MS = quick ? 300 : 2000;
 
-const ALL_TARGETS = ['direct', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-static', 'postern-pool'] as const;
+const ALL_TARGETS = ['direct', 'haproxy', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-static', 'postern-pool'] as const;
 type Target = (typeof ALL_TARGETS)[number];
 /** The targets of this run, in ALL_TARGETS' order (the order of the tables). */
 const TARGETS: Target[] = pick('BENCH_TARGETS', ALL_TARGETS);
@@ -109,6 +115,10 @@ interface Sample {
   msPerMsg: number;
   /** postern-checks: the policy responder's CPU over the same run, per 1000 messages (0 for the others). */
   responderCpuMsPer1000: number;
+  /** The nginx http{} auth responder's CPU over the same run, per 1000 messages (about 0 for the targets that do not ask it). */
+  authCpuMsPer1000: number;
+  /** smtp-sink's (the back-end's) CPU over the same run, per 1000 messages. */
+  sinkCpuMsPer1000: number;
   /** postern-metrics: `/metrics` scrapes started during the run (0 for the others). */
   scrapes: number;
 }
@@ -226,10 +236,13 @@ async function main(): Promise<void> {
   const has = (t: Target): boolean => TARGETS.includes(t);
   const posterns: Partial<Record<Target, Proc & { log: string }>> = {};
   let nginx: Proc | null = null;
+  let haproxy: Proc | null = null;
+  let auth: Proc | null = null;
   let policy: Awaited<ReturnType<typeof startPolicyResponder>> | null = null;
   let metricsPort = 0;
   try {
-    const auth = TARGETS.some((t) => VIA_AUTH.includes(t)) ? await start(startAuthResponder(sink.port)) : null;
+    auth = TARGETS.some((t) => VIA_AUTH.includes(t)) ? await start(startAuthResponder(sink.port)) : null;
+    if (has('haproxy')) haproxy = await start(startHaproxy(sink.port, workers));
     if (has('nginx')) nginx = await start(startNginxMail(auth!.port, workers));
     const viaAuth = { kind: 'auth_http', authPort: auth?.port ?? 0 } as const;
     if (has('postern')) posterns.postern = await start(startPostern(viaAuth, workers, { name: 'postern', proxyMode: 'session' }));
@@ -248,7 +261,7 @@ async function main(): Promise<void> {
     for (const p of started.reverse()) await p.stop();
     throw err;
   }
-  const procs: Partial<Record<Target, Proc>> = { ...(nginx ? { nginx } : {}), ...posterns };
+  const procs: Partial<Record<Target, Proc>> = { ...(haproxy ? { haproxy } : {}), ...(nginx ? { nginx } : {}), ...posterns };
   const ports: Partial<Record<Target, number>> = { direct: sink.port, ...mapValues(procs as Record<string, Proc>, (p) => p.port) };
   const logs: Partial<Record<Target, string>> = mapValues(posterns as Record<string, Proc & { log: string }>, (p) => p.log);
   const results = new Map<string, Map<Target, Sample[]>>();
@@ -265,14 +278,21 @@ async function main(): Promise<void> {
     const before = sink.received();
     const pids = procs[t] ? pidsOf(procs[t]!) : [];
     const rpids = t === 'postern-checks' && policy ? pidsOf(policy) : [];
+    const apids = auth ? pidsOf(auth) : [];
+    const spids = pidsOf(sink);
     const scrapes0 = scraper?.started() ?? 0;
     const cpu0 = procStats(pids).cpuMs;
     const rcpu0 = procStats(rpids).cpuMs;
+    const acpu0 = procStats(apids).cpuMs;
+    const scpu0 = procStats(spids).cpuMs;
     const r = await runSource(ports[t]!, sc);
     const cpu1 = procStats(pids).cpuMs;
     const rcpu1 = procStats(rpids).cpuMs;
+    const acpu1 = procStats(apids).cpuMs;
     const scrapes = t === 'postern-metrics' ? (scraper?.started() ?? 0) - scrapes0 : 0;
     const got = (await sink.waitReceived(before + sc.messages, 10_000)) - before;
+    // After the sink has counted them all: its last sessions' QUITs may still be on their way.
+    const scpu1 = procStats(spids).cpuMs;
     const d = delivery[t];
     d.sent += sc.messages;
     d.delivered += got;
@@ -288,6 +308,8 @@ async function main(): Promise<void> {
       cpuMsPer1000: ((cpu1 - cpu0) / sc.messages) * 1000,
       msPerMsg: r.ms / sc.messages,
       responderCpuMsPer1000: ((rcpu1 - rcpu0) / sc.messages) * 1000,
+      authCpuMsPer1000: ((acpu1 - acpu0) / sc.messages) * 1000,
+      sinkCpuMsPer1000: ((scpu1 - scpu0) / sc.messages) * 1000,
       scrapes,
     };
   };
@@ -359,6 +381,10 @@ async function main(): Promise<void> {
       if (has('postern') && has('postern-metrics')) {
         spliceSection(file, METRICS_HEADING, metricsSection(results, scrapes, true));
         written.push(METRICS_HEADING);
+      }
+      if (has('nginx') && has('haproxy')) {
+        spliceSection(file, CAPACITY_HEADING, capacitySection(results, true));
+        written.push(CAPACITY_HEADING);
       }
       if (written.length) process.stderr.write(`partial run: wrote its ${written.map((h) => `"${h}"`).join(' and ')} section(s) into ${path.relative(root, file)}\n`);
       else process.stderr.write(`partial run: ${path.relative(root, file)} left as it is\n`);
@@ -478,6 +504,49 @@ function cpuIntervals(results: Map<string, Map<Target, Sample[]>>, a: Target, b:
   return intervals;
 }
 
+const CAPACITY_HEADING = '## Proxies side by side: CPU per message of the proxy, the auth responder and the back-end';
+
+/**
+ * Every target against nginx, with the CPU the shared processes spend on its messages: the nginx
+ * http{} auth responder's and smtp-sink's, each its own process tree, read over the same runs
+ * (the targets run one at a time). `standalone` as for checksSection. A partial run writes it
+ * when it measured nginx and haproxy.
+ */
+function capacitySection(results: Map<string, Map<Target, Sample[]>>, standalone: boolean): string[] {
+  const lines: string[] = [CAPACITY_HEADING, ''];
+  lines.push(
+    '`haproxy` is HAProxy in TCP mode (`mode tcp`, `balance roundrobin`, one server: the sink; `nbthread` = the worker count; no logging): the floor for any proxy, no SMTP and no auth. ' +
+      'CPU per 1000 messages, each its own process tree over the same runs: the proxy\'s; the nginx http{} auth responder\'s (nginx and the Postern targets that ask it; about 0 for the others); smtp-sink\'s, the back-end. ' +
+      '"proxy + responder" is what issue 13\'s CPU targets compare. The ÷ nginx columns are ratios of the medians; in brackets the lowest and highest per-round ratio (each round runs every target once, interleaved).',
+    '',
+  );
+  if (standalone) {
+    const ts = TARGETS.map((t) => `\`${t}\``).join(', ');
+    lines.push(`Run: ${new Date().toISOString()}; ${source()}; ${ts} only; scenarios ${SCENARIOS.map((sc) => `\`${sc.key}\``).join(', ')}; ${rounds} interleaved round(s), ${workers} worker process(es) (or HAProxy thread(s)) each, medians shown; ${machine()}; load average ${os.loadavg().map((x) => x.toFixed(1)).join(', ')} at the end. The figures above this section come from the run named at the top of the file.`, '');
+  }
+  lines.push(
+    '| Scenario | Target | msg/s | proxy CPU ms / 1000 msg | auth responder CPU | back-end CPU | proxy + responder CPU | ÷ nginx (msg/s) | ÷ nginx (proxy CPU) | ÷ nginx (proxy + responder CPU) | ÷ nginx (back-end CPU) |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  );
+  const both = (s: Sample): number => s.cpuMsPer1000 + s.authCpuMsPer1000;
+  for (const [name, m] of results) {
+    const med = medOf(m);
+    for (const t of TARGETS) {
+      const proxy = t !== 'direct';
+      const vs = (f: (s: Sample) => number): string => (TARGETS.includes('nginx') && t !== 'nginx' ? pairCell(m, t, 'nginx', f) : '');
+      lines.push(
+        `| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${proxy ? med(t, 'cpuMsPer1000').toFixed(0) : '–'} | ${med(t, 'authCpuMsPer1000').toFixed(0)} | ${med(t, 'sinkCpuMsPer1000').toFixed(0)} | ` +
+          `${proxy ? median((m.get(t) ?? []).map(both)).toFixed(0) : '–'} | ${vs((s) => s.msgsPerSec)} | ${proxy ? vs((s) => s.cpuMsPer1000) : ''} | ${proxy ? vs(both) : ''} | ${vs((s) => s.sinkCpuMsPer1000)} |`,
+      );
+    }
+  }
+  if (TARGETS.includes('nginx')) {
+    const intervals = TARGETS.filter((t) => t !== 'direct' && t !== 'nginx').flatMap((t) => cpuIntervals(results, t, 'nginx').map((x) => `${t} ${x}`));
+    if (intervals.length) lines.push('', `Proxy CPU per message ÷ nginx's, geometric mean of the per-round ratios: ${intervals.join('; ')}.`);
+  }
+  return lines;
+}
+
 const METRICS_HEADING = '## Metrics on (Prometheus listener, scraped every second)';
 
 /**
@@ -567,7 +636,7 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
     }
   };
   const HEAD = [
-    '| Scenario | Target | msg/s | CPU ms / 1000 msg | ms / msg | Postern ÷ nginx (msg/s) | Postern ÷ nginx (CPU) | Postern ÷ direct (msg/s) |',
+    '| Scenario | Target | msg/s | CPU ms / 1000 msg | ms / msg | ÷ nginx (msg/s) | ÷ nginx (CPU) | ÷ direct (msg/s) |',
     '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   lines.push('# Postern benchmark results', '');
@@ -578,27 +647,27 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
   if (!complete) lines.push(`Partial run: targets ${TARGETS.join(', ')}; scenarios ${SCENARIOS.map((sc) => sc.key).join(', ')}.  `);
   lines.push(`Setup: ${workers} worker process(es) each; smtp-source → proxy → smtp-sink; one nginx http{} auth responder; xclient off; ${rounds} interleaved round(s), medians shown.  `);
   lines.push(
-    'Targets: `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-checks` is `postern` plus a Postfix policy server asked at every RCPT (bench/policy-responder.ts, answering DUNNO) and the per-client limits on (see its section); ' +
+    'Targets: `haproxy` is HAProxy in TCP mode in front of the sink (`mode tcp`, `balance roundrobin`, one server, `nbthread` = the worker count): the floor for any proxy. `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-checks` is `postern` plus a Postfix policy server asked at every RCPT (bench/policy-responder.ts, answering DUNNO) and the per-client limits on (see its section); ' +
       '`postern-metrics` is `postern` plus the Prometheus metrics listener, scraped every second (see its section); ' +
       '`postern-tx` is `proxy_mode: transaction` (every command read, every RCPT routed, bodies relayed with end-of-data detection); all four ask the auth responder, as nginx does. ' +
       '`postern-static` routes by `route.static: 127.0.0.1:<sink>`, `postern-pool` by `route.static: one`, a pool holding that one sink (`health.enabled: false`); the two run back to back in every round. ' +
-      'CPU is each proxy\'s own process tree (the shared auth responder, the policy responder and the sink are not counted).',
+      'CPU is each proxy\'s own process tree (the shared auth responder, the policy responder and the sink are not counted here; the auth responder\'s and the sink\'s are in their own columns in "Proxies side by side").',
     '',
   );
   lines.push(...HEAD);
-  const vsNginx = (t: Target, med: (t: Target, k: keyof Sample) => number, k: keyof Sample): string => (POSTERN_TARGETS.includes(t) && has('nginx') ? ratio(med(t, k), med('nginx', k)) : '');
+  const vsNginx = (t: Target, med: (t: Target, k: keyof Sample) => number, k: keyof Sample): string => ((POSTERN_TARGETS.includes(t) || t === 'haproxy') && has('nginx') ? ratio(med(t, k), med('nginx', k)) : '');
   for (const [name, m] of results) {
     const med = medOf(m);
     for (const t of TARGETS) {
       lines.push(
         `| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} | ` +
           `${vsNginx(t, med, 'msgsPerSec')} | ${vsNginx(t, med, 'cpuMsPer1000')} | ` +
-          `${POSTERN_TARGETS.includes(t) && has('direct') ? ratio(med(t, 'msgsPerSec'), med('direct', 'msgsPerSec')) : ''} |`,
+          `${(POSTERN_TARGETS.includes(t) || t === 'haproxy') && has('direct') ? ratio(med(t, 'msgsPerSec'), med('direct', 'msgsPerSec')) : ''} |`,
       );
     }
     if (name.includes('latency') && has('direct')) {
       const LABEL: Partial<Record<Target, string>> = {
-        nginx: 'nginx', postern: 'Postern (session)', 'postern-checks': 'Postern (checks on)', 'postern-metrics': 'Postern (metrics on)', 'postern-tx': 'Postern (transaction)', 'postern-static': 'Postern (static route)', 'postern-pool': 'Postern (pool)',
+        haproxy: 'HAProxy (TCP)', nginx: 'nginx', postern: 'Postern (session)', 'postern-checks': 'Postern (checks on)', 'postern-metrics': 'Postern (metrics on)', 'postern-tx': 'Postern (transaction)', 'postern-static': 'Postern (static route)', 'postern-pool': 'Postern (pool)',
       };
       const added = TARGETS.filter((t) => t !== 'direct').map((t) => `${LABEL[t]} ${(med(t, 'msPerMsg') - med('direct', 'msPerMsg')).toFixed(2)} ms`);
       lines.push('', `Added latency per message over direct delivery: ${added.join(', ')}.`, '');
@@ -622,6 +691,7 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
   // Last of the comparisons, where a partial run puts them too (spliceSection).
   if (has('postern') && has('postern-checks')) lines.push('', ...checksSection(results, policy, false));
   if (has('postern') && has('postern-metrics')) lines.push('', ...metricsSection(results, scrapes, false));
+  lines.push('', ...capacitySection(results, false));
 
   lines.push('', '## Delivery', '', 'Every message smtp-source sent (warm-up included), counted at smtp-sink.', '');
   lines.push('| Target | sent | delivered | smtp-source errors |', '| --- | ---: | ---: | ---: |');

@@ -15,9 +15,9 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '../..');
-const TARGETS = ['direct', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-static', 'postern-pool'];
+const TARGETS = ['direct', 'haproxy', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-static', 'postern-pool'];
 
-it('npm run bench (BENCH_QUICK=1) runs all eight targets and every one delivers every message', async () => {
+it('npm run bench (BENCH_QUICK=1) runs all nine targets and every one delivers every message', async () => {
   const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', path.join(root, 'bench/run.ts')], {
     cwd: root,
     env: { ...process.env, BENCH_QUICK: '1' },
