@@ -69,3 +69,28 @@ export async function holdIdle(proxy: Proc, n: number, settleMs = 2000): Promise
   await new Promise((r) => setTimeout(r, settleMs / 2));
   return { bytesPerConn: (after - before) / Math.max(greeted, 1), dropped: dropped + (n - greeted) };
 }
+
+/**
+ * The STARTTLS-at-the-front load (bench/tls-load.ts, its own process): smtp-source's dialog with
+ * STARTTLS and a full TLS handshake after the first EHLO. `ms` is the generator's own clock,
+ * from its first connect to its last reply (not its start-up).
+ */
+export function runTlsSource(port: number, o: { sessions: number; messages: number; size: number }): Promise<SourceResult> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', new URL('./tls-load.ts', import.meta.url).pathname, String(port), String(o.sessions), String(o.messages), String(o.size)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('exit', (code) => {
+      try {
+        const r = JSON.parse(stdout) as { ms: number; sent: number; failed: number; errors: string[] };
+        resolve({ ms: r.ms, code, failed: code !== 0 || r.failed > 0, stderr: `${r.failed} session(s) failed: ${r.errors.join('; ')}${stderr}` });
+      } catch {
+        resolve({ ms: NaN, code, failed: true, stderr: stdout + stderr });
+      }
+    });
+  });
+}

@@ -18,8 +18,14 @@ export interface Proc {
   port: number;
   /** The process whose CPU and memory are measured (with its children). */
   pid: number;
+  /** The listener with STARTTLS on (the test certificate), when the run has the STARTTLS scenario. */
+  tlsPort?: number;
   stop(): Promise<void>;
 }
+
+/** The test server certificate (proxy.test, 127.0.0.1; signed by test/fixtures/tls/ca.pem). */
+const CERT = path.join(root, 'test/fixtures/tls/server.pem');
+const KEY = path.join(root, 'test/fixtures/tls/server.key');
 
 /** Installs the Debian packages the benchmark needs, when one is missing (never by hand). */
 export function ensurePackages(): void {
@@ -132,10 +138,18 @@ http {
 `, port);
 }
 
-/** nginx's mail proxy as the seed setup has it: smtp_auth none, xclient off. */
-export async function startNginxMail(authPort: number, workers: number): Promise<Proc> {
+/**
+ * nginx's mail proxy as the seed setup has it: smtp_auth none, xclient off. `tls`: a second
+ * server block, the same but `starttls on` with the test certificate (nginx's defaults otherwise:
+ * no session cache, as Postern's listener).
+ */
+export async function startNginxMail(authPort: number, workers: number, tls = false): Promise<Proc> {
   const port = await freePort();
-  return nginx('mail', `
+  const tlsPort = tls ? await freePort() : 0;
+  const tlsServer = tls
+    ? `server { listen 127.0.0.1:${tlsPort} backlog=4096; protocol smtp; starttls on; ssl_certificate ${CERT}; ssl_certificate_key ${KEY}; }`
+    : '';
+  const proc = await nginx('mail', `
 load_module /usr/lib/nginx/modules/ngx_mail_module.so;
 daemon off;
 worker_processes ${workers};
@@ -149,8 +163,11 @@ mail {
   smtp_auth none;
   smtp_capabilities PIPELINING 8BITMIME "SIZE 10485760" ENHANCEDSTATUSCODES;
   server { listen 127.0.0.1:${port} backlog=4096; protocol smtp; }
+  ${tlsServer}
 }
 `, port);
+  if (tls) await waitPort(tlsPort);
+  return tls ? { ...proc, tlsPort } : proc;
 }
 
 /**
@@ -288,15 +305,24 @@ limits:
 export async function startPostern(
   route: PosternRoute,
   workers: number,
-  o: { name?: string; proxyMode?: ProxyMode; checks?: PosternChecks; /** `metrics: { listen: 127.0.0.1:<port> }` (postern-metrics). */ metricsPort?: number } = {},
+  o: {
+    name?: string;
+    proxyMode?: ProxyMode;
+    checks?: PosternChecks;
+    /** `metrics: { listen: 127.0.0.1:<port> }` (postern-metrics). */
+    metricsPort?: number;
+    /** A second listener with `starttls: on` and the test certificate (the STARTTLS scenario). */
+    tls?: boolean;
+  } = {},
 ): Promise<Proc & { log: string }> {
   const name = o.name ?? 'postern';
   const port = await freePort();
+  const tlsPort = o.tls ? await freePort() : 0;
   const file = path.join(work, `${name}.yaml`);
   const log = path.join(work, `${name}.log`);
   writeFileSync(file, `server_name: proxy.test
-listen: ["127.0.0.1:${port}"]
-workers: ${workers}
+listen: ["127.0.0.1:${port}"${o.tls ? `, { address: "127.0.0.1:${tlsPort}", starttls: on }` : ''}]
+${o.tls ? `tls:\n  certificates: [{ cert: ${CERT}, key: ${KEY} }]\n` : ''}workers: ${workers}
 ${routeYaml(route)}xclient: false
 proxy_mode: ${o.proxyMode ?? 'session'}
 log: { level: warn, access: ${process.env.BENCH_ACCESS_LOG === '1'} }
@@ -306,7 +332,8 @@ ${checksYaml(o.checks)}${o.metricsPort ? `metrics:\n  listen: 127.0.0.1:${o.metr
   closeSync(out);
   await waitPort(port);
   if (o.metricsPort) await waitPort(o.metricsPort);
-  return { port, pid: child.pid!, stop: stopper(child), log };
+  if (o.tls) await waitPort(tlsPort);
+  return { port, pid: child.pid!, stop: stopper(child), log, ...(o.tls ? { tlsPort } : {}) };
 }
 
 /** The last `n` lines of a log file ('' when there is none). */

@@ -37,7 +37,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ensurePackages, freePort, logTail, pidsOf, procStats, startAuthResponder, startHaproxy, startNginxMail, startPolicyResponder, startPostern, startSink, type Proc } from './procs.js';
-import { holdIdle, runSource } from './load.js';
+import { holdIdle, runSource, runTlsSource } from './load.js';
 
 const quick = process.env.BENCH_QUICK === '1';
 const rounds = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 5));
@@ -51,9 +51,11 @@ interface Scenario {
   sessions: number;
   messages: number;
   size: number;
+  /** STARTTLS at the front (bench/tls-load.ts instead of smtp-source; TLS_TARGETS only). */
+  tls?: boolean;
 }
 
-const SCENARIO_KEYS = ['4k', '4k200', '100k', 'latency'] as const;
+const SCENARIO_KEYS = ['4k', '4k200', '100k', 'latency', 'tls'] as const;
 type ScenarioKey = (typeof SCENARIO_KEYS)[number];
 
 const ALL_SCENARIOS: Scenario[] = quick
@@ -68,6 +70,7 @@ const ALL_SCENARIOS: Scenario[] = quick
       { key: '4k200', name: '4 KiB × 200 sessions (saturation)', sessions: 200, messages: 4000, size: 4096 },
       { key: '100k', name: '100 KiB × 50 sessions', sessions: 50, messages: 600, size: 102400 },
       { key: 'latency', name: '4 KiB × 1 session (latency)', sessions: 1, messages: 400, size: 4096 },
+      { key: 'tls', name: '4 KiB × 50 sessions, STARTTLS at the front', sessions: 50, messages: 1000, size: 4096, tls: true },
     ];
 const IDLE = quick ? 200 : 10_000;
 const IDLE_SETTLE_MS = quick ? 300 : 2000;
@@ -87,6 +90,9 @@ const RUN_ORDER: Target[] = TARGETS.includes('postern')
 const SCENARIOS: Scenario[] = ((keys) => ALL_SCENARIOS.filter((sc) => keys.includes(sc.key!)))(pick('BENCH_SCENARIOS', SCENARIO_KEYS));
 /** Every target and every scenario: the run that writes a whole results file. */
 const complete = TARGETS.length === ALL_TARGETS.length && SCENARIOS.length === ALL_SCENARIOS.length;
+/** The targets the STARTTLS scenario runs against (a second listener each, `starttls on`, the test certificate). */
+const TLS_TARGETS: readonly Target[] = ['nginx', 'postern'];
+const TLS_RUN = SCENARIOS.some((sc) => sc.tls);
 const POSTERN_TARGETS: readonly Target[] = ['postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-static', 'postern-pool'];
 /** The targets that ask the auth responder. */
 const VIA_AUTH: readonly Target[] = ['nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx'];
@@ -243,9 +249,9 @@ async function main(): Promise<void> {
   try {
     auth = TARGETS.some((t) => VIA_AUTH.includes(t)) ? await start(startAuthResponder(sink.port)) : null;
     if (has('haproxy')) haproxy = await start(startHaproxy(sink.port, workers));
-    if (has('nginx')) nginx = await start(startNginxMail(auth!.port, workers));
+    if (has('nginx')) nginx = await start(startNginxMail(auth!.port, workers, TLS_RUN));
     const viaAuth = { kind: 'auth_http', authPort: auth?.port ?? 0 } as const;
-    if (has('postern')) posterns.postern = await start(startPostern(viaAuth, workers, { name: 'postern', proxyMode: 'session' }));
+    if (has('postern')) posterns.postern = await start(startPostern(viaAuth, workers, { name: 'postern', proxyMode: 'session', tls: TLS_RUN }));
     if (has('postern-checks')) {
       policy = await start(startPolicyResponder());
       posterns['postern-checks'] = await start(startPostern(viaAuth, workers, { name: 'postern-checks', proxyMode: 'session', checks: { policyPort: policy.port } }));
@@ -285,7 +291,7 @@ async function main(): Promise<void> {
     const rcpu0 = procStats(rpids).cpuMs;
     const acpu0 = procStats(apids).cpuMs;
     const scpu0 = procStats(spids).cpuMs;
-    const r = await runSource(ports[t]!, sc);
+    const r = sc.tls ? await runTlsSource(procs[t]!.tlsPort!, sc) : await runSource(ports[t]!, sc);
     const cpu1 = procStats(pids).cpuMs;
     const rcpu1 = procStats(rpids).cpuMs;
     const acpu1 = procStats(apids).cpuMs;
@@ -321,6 +327,7 @@ async function main(): Promise<void> {
       for (const sc of SCENARIOS) {
         const order = round % 2 === 0 ? RUN_ORDER : [...RUN_ORDER].reverse();
         for (const t of order) {
+          if (sc.tls && !TLS_TARGETS.includes(t)) continue;
           const s = await measure(t, sc);
           if (!results.has(sc.name)) results.set(sc.name, new Map());
           const m = results.get(sc.name)!;
@@ -375,11 +382,11 @@ async function main(): Promise<void> {
     else {
       const written: string[] = [];
       if (has('postern') && has('postern-checks')) {
-        spliceSection(file, CHECKS_HEADING, checksSection(results, policyCount, true));
+        spliceSection(file, CHECKS_HEADING, checksSection(withBoth(results, 'postern-checks', 'postern'), policyCount, true));
         written.push(CHECKS_HEADING);
       }
       if (has('postern') && has('postern-metrics')) {
-        spliceSection(file, METRICS_HEADING, metricsSection(results, scrapes, true));
+        spliceSection(file, METRICS_HEADING, metricsSection(withBoth(results, 'postern-metrics', 'postern'), scrapes, true));
         written.push(METRICS_HEADING);
       }
       if (has('nginx') && has('haproxy')) {
@@ -435,9 +442,14 @@ function pairCell(m: Map<Target, Sample[]>, a: Target, b: Target, f: (s: Sample)
   return r === '–' ? r : r + spread;
 }
 
+/** The scenarios in which both a and b ran (the STARTTLS one runs only TLS_TARGETS). */
+function withBoth(results: Map<string, Map<Target, Sample[]>>, a: Target, b: Target): Map<string, Map<Target, Sample[]>> {
+  return new Map([...results].filter(([, m]) => m.has(a) && m.has(b)));
+}
+
 /** Pairs that ran next to each other in every round: one row per scenario. */
 function pairRows(results: Map<string, Map<Target, Sample[]>>, a: Target, b: Target): string[] {
-  return [...results].map(([name, m]) => `| ${name} | ${KEYS.map((k) => pairCell(m, a, b, (s) => s[k])).join(' | ')} |`);
+  return [...results].filter(([, m]) => m.has(a) && m.has(b)).map(([name, m]) => `| ${name} | ${KEYS.map((k) => pairCell(m, a, b, (s) => s[k])).join(' | ')} |`);
 }
 
 /**
@@ -461,7 +473,7 @@ function checksSection(results: Map<string, Map<Target, Sample[]>>, policy: Poli
     lines.push('| Scenario | Target | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | --- | ---: | ---: | ---: |');
     for (const [name, m] of results) {
       const med = medOf(m);
-      for (const t of TARGETS) lines.push(`| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} |`);
+      for (const t of TARGETS.filter((x) => m.has(x))) lines.push(`| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} |`);
       lines.push(`| ${name} | policy responder (during postern-checks) | – | ${med('postern-checks', 'responderCpuMsPer1000').toFixed(0)} | – |`);
     }
     lines.push('');
@@ -531,7 +543,7 @@ function capacitySection(results: Map<string, Map<Target, Sample[]>>, standalone
   const both = (s: Sample): number => s.cpuMsPer1000 + s.authCpuMsPer1000;
   for (const [name, m] of results) {
     const med = medOf(m);
-    for (const t of TARGETS) {
+    for (const t of TARGETS.filter((x) => m.has(x))) {
       const proxy = t !== 'direct';
       const vs = (f: (s: Sample) => number): string => (TARGETS.includes('nginx') && t !== 'nginx' ? pairCell(m, t, 'nginx', f) : '');
       lines.push(
@@ -568,7 +580,7 @@ function metricsSection(results: Map<string, Map<Target, Sample[]>>, scrapes: Sc
     lines.push('| Scenario | Target | msg/s | CPU ms / 1000 msg | ms / msg |', '| --- | --- | ---: | ---: | ---: |');
     for (const [name, m] of results) {
       const med = medOf(m);
-      for (const t of TARGETS) lines.push(`| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} |`);
+      for (const t of TARGETS.filter((x) => m.has(x))) lines.push(`| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} |`);
     }
     lines.push('');
   }
@@ -658,7 +670,7 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
   const vsNginx = (t: Target, med: (t: Target, k: keyof Sample) => number, k: keyof Sample): string => ((POSTERN_TARGETS.includes(t) || t === 'haproxy') && has('nginx') ? ratio(med(t, k), med('nginx', k)) : '');
   for (const [name, m] of results) {
     const med = medOf(m);
-    for (const t of TARGETS) {
+    for (const t of TARGETS.filter((x) => m.has(x))) {
       lines.push(
         `| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} | ` +
           `${vsNginx(t, med, 'msgsPerSec')} | ${vsNginx(t, med, 'cpuMsPer1000')} | ` +
@@ -689,8 +701,8 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
     lines.push(...pairRows(results, 'postern-pool', 'postern-static'));
   }
   // Last of the comparisons, where a partial run puts them too (spliceSection).
-  if (has('postern') && has('postern-checks')) lines.push('', ...checksSection(results, policy, false));
-  if (has('postern') && has('postern-metrics')) lines.push('', ...metricsSection(results, scrapes, false));
+  if (has('postern') && has('postern-checks')) lines.push('', ...checksSection(withBoth(results, 'postern-checks', 'postern'), policy, false));
+  if (has('postern') && has('postern-metrics')) lines.push('', ...metricsSection(withBoth(results, 'postern-metrics', 'postern'), scrapes, false));
   lines.push('', ...capacitySection(results, false));
 
   lines.push('', '## Delivery', '', 'Every message smtp-source sent (warm-up included), counted at smtp-sink.', '');
