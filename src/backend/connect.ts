@@ -7,7 +7,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { PosternError } from '../errors.js';
 import { ReplyError, ReplyReader, type Reply } from '../smtp/reply-reader.js';
-import { Replay, type ReplayOptions } from './replay.js';
+import { Replay, type ReplayOptions, type ReplayResult } from './replay.js';
 
 export interface BackendReady {
   socket: net.Socket;
@@ -21,6 +21,10 @@ export interface BackendReady {
   tls: string | null;
   /** The back-end offers PIPELINING (RFC 2920) in its last EHLO reply. */
   pipelining: boolean;
+  /** Its last EHLO reply's keywords (what a later warm start needs). */
+  capabilities: ReadonlyMap<string, string>;
+  /** The session went on a kept connection instead of a new one. */
+  warm: boolean;
 }
 
 export type BackendCallback = (err: PosternError | null, ready?: BackendReady) => void;
@@ -48,6 +52,8 @@ export function connectBackend(
   tlsOptions: BackendTlsOptions,
   timeoutMs: number,
   done: BackendCallback,
+  /** A connection kept from an earlier session (./cache.ts) to go on with instead of connecting. */
+  warm?: { socket: net.Socket; capabilities: ReadonlyMap<string, string>; secure: boolean },
 ): () => void {
   const implicit = tlsOptions.mode === 'implicit';
   const secureOpts = (): tls.ConnectionOptions => ({
@@ -60,7 +66,10 @@ export function connectBackend(
   });
   let socket: net.Socket;
   let tcp: net.Socket;
-  if (replayOptions.proxyHeader) {
+  if (warm) {
+    socket = warm.socket;
+    tcp = socket;
+  } else if (replayOptions.proxyHeader) {
     // The PROXY header goes first, as one write, before a TLS ClientHello or any SMTP (Postfix reads it with one recv).
     tcp = net.connect({ host, port, noDelay: true });
     tcp.write(replayOptions.proxyHeader);
@@ -76,10 +85,12 @@ export function connectBackend(
   const reader = new ReplyReader();
   const where = `${host}:${port}`;
   let finished = false;
-  let connected = false;
-  let handshaken = !implicit;
-  tcp.once('connect', () => (connected = true));
-  if (implicit) socket.once('secureConnect', () => (handshaken = true));
+  let connected = warm !== undefined;
+  let handshaken = !implicit || warm !== undefined;
+  if (!warm) {
+    tcp.once('connect', () => (connected = true));
+    if (implicit) socket.once('secureConnect', () => (handshaken = true));
+  }
 
   const listen = (s: net.Socket): void => {
     s.on('data', onData);
@@ -109,7 +120,7 @@ export function connectBackend(
       done(err);
       return;
     }
-    done(null, { socket, reply: reply ?? null, xclient: replay.xclientDone, loginDropped: replay.loginDropped, tls: socket instanceof tls.TLSSocket ? socket.getProtocol() : null, pipelining: replay.capabilities.has('PIPELINING') });
+    done(null, { socket, reply: reply ?? null, xclient: replay.xclientDone, loginDropped: replay.loginDropped, tls: socket instanceof tls.TLSSocket ? socket.getProtocol() : null, pipelining: replay.capabilities.has('PIPELINING'), capabilities: replay.capabilities, warm: warm !== undefined });
   };
 
   /** STARTTLS accepted: the handshake runs over the same TCP connection, then the replay goes on. */
@@ -128,35 +139,40 @@ export function connectBackend(
     });
   };
 
+  /** Carries out one step of the replay; false when the replay is over (done, failed, or TLS next). */
+  const apply = (step: ReplayResult): boolean => {
+    switch (step.kind) {
+      case 'send':
+        socket.write(step.data);
+        return true;
+      case 'wait':
+        return true;
+      case 'fail': {
+        // The back-end's own refusal is kept for proxy_pass_error_message.
+        const text = step.reply && step.reply.code >= 400 ? step.reply.raw.toString('latin1') : undefined;
+        finish(new PosternError(step.code, step.detail, text));
+        return false;
+      }
+      case 'starttls':
+        // RFC 3207 §4.2: nothing the server sent before the handshake may be kept.
+        if (reader.rest().length > 0) finish(new PosternError('PST_BACKEND_INVALID_REPLY', 'bytes after the STARTTLS reply'));
+        else startTls();
+        return false;
+      case 'ready':
+      case 'done':
+        if (reader.rest().length > 0) finish(new PosternError('PST_BACKEND_INVALID_REPLY', 'back-end sent bytes nobody asked for at the end of the replay'));
+        else finish(null, step.kind === 'done' ? step.reply : undefined);
+        return false;
+    }
+  };
+
   const onData = (chunk: Buffer): void => {
     reader.push(chunk);
     for (;;) {
       const r = reader.next();
       if (r === null) return;
       if (r instanceof ReplyError) return finish(new PosternError('PST_BACKEND_INVALID_REPLY', `${replay.step}: ${r.reason}`));
-      const step = replay.onReply(r);
-      switch (step.kind) {
-        case 'send':
-          socket.write(step.data);
-          continue;
-        case 'wait':
-          continue;
-        case 'fail': {
-          // The back-end's own refusal is kept for proxy_pass_error_message.
-          const text = step.reply && step.reply.code >= 400 ? step.reply.raw.toString('latin1') : undefined;
-          return finish(new PosternError(step.code, step.detail, text));
-        }
-        case 'starttls':
-          // RFC 3207 §4.2: nothing the server sent before the handshake may be kept.
-          if (reader.rest().length > 0) return finish(new PosternError('PST_BACKEND_INVALID_REPLY', 'bytes after the STARTTLS reply'));
-          return startTls();
-        case 'ready':
-        case 'done':
-          if (reader.rest().length > 0) {
-            return finish(new PosternError('PST_BACKEND_INVALID_REPLY', 'back-end sent bytes nobody asked for at the end of the replay'));
-          }
-          return finish(null, step.kind === 'done' ? step.reply : undefined);
-      }
+      if (!apply(replay.onReply(r))) return;
     }
   };
   const onError = (err: NodeJS.ErrnoException): void => {
@@ -169,6 +185,11 @@ export function connectBackend(
   const timer = setTimeout(() => finish(new PosternError('PST_BACKEND_TIMEOUT', `${where} at ${replay.step} after ${timeoutMs} ms`)), timeoutMs);
 
   listen(socket);
+  if (warm) {
+    // A kept connection: greeted and EHLO'd in an earlier session; go on from there (replay.ts `warm`).
+    apply(replay.warm(warm.capabilities, warm.secure));
+    socket.resume();
+  }
   return () => finish(new PosternError('PST_CLIENT_LOST', 'aborted'));
 }
 

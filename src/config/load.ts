@@ -143,6 +143,7 @@ function crossCheck(c: ServerConfig, at: string): string[] {
     // An open PROXY listener would let any client claim any address (beyond-nginx.md §3.3, AWS NLB).
     if (l.proxy_protocol && c.set_real_ip_from.length === 0) problems.push(`listen.${i}.proxy_protocol: needs set_real_ip_from, the load balancers allowed to send the header`);
   });
+  if (c.backend_reuse.enabled && c.proxy_mode !== 'transaction') problems.push('backend_reuse.enabled: needs proxy_mode: transaction (in session mode the client\'s own QUIT ends the back-end connection)');
   c.set_real_ip_from.forEach((n, i) => {
     const parsed = parseNetwork(n);
     if (typeof parsed === 'string') problems.push(`set_real_ip_from.${i}: ${parsed}`);

@@ -226,6 +226,23 @@ const serverShape = {
   xclient: z.boolean().default(true),
   /** Authenticate to the back-end with the session's credentials instead of XCLIENT LOGIN= (nginx `proxy_smtp_auth`, which can only send PLAIN; Exchange needs LOGIN). */
   proxy_smtp_auth: z.enum(['off', 'plain', 'login']).default('off'),
+  /**
+   * Keep back-end connections between sessions (transaction mode): a finished session's connection
+   * is reset and the next session to that back-end goes on with it (XCLIENT for its client), as
+   * Postfix's smtp_connection_cache_on_demand; bounds as Postfix's smtp_connection_cache_time_limit,
+   * smtp_connection_reuse_count_limit and smtp_connection_reuse_time_limit.
+   */
+  backend_reuse: z.strictObject({
+    enabled: z.boolean().default(false),
+    /** An idle kept connection is closed after this. */
+    idle: duration('2s'),
+    /** Sessions one connection carries at most. */
+    max_sessions: z.int().min(1).max(100_000).default(100),
+    /** A connection older than this is not kept again. */
+    max_age: duration('300s'),
+    /** Kept connections per back-end server and worker. */
+    per_backend: z.int().min(1).max(10_000).default(16),
+  }).prefault({}),
   /** Peers allowed to send a PROXY protocol header on `proxy_protocol` listeners (nginx `set_real_ip_from`; CIDR or address). */
   set_real_ip_from: z.array(cidr).default([]),
   /** Send a PROXY protocol header to the back-end first (nginx `proxy_protocol on|v2`), for Postfix's `smtpd_upstream_proxy_protocol = haproxy` or postscreen. */

@@ -232,6 +232,7 @@ export class PosternServer {
         for (const c of this.#connections) c.destroy();
       }
       await Promise.all(this.#contexts.map((c) => c.router.close()));
+      for (const c of this.#contexts) c.protocol.close?.();
       this.#limits.close();
     })();
     return this.#stopping;

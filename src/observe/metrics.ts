@@ -15,6 +15,7 @@
  * histograms are summed, so are gauges of connections; a server's usability takes the minimum
  * (0 when any worker holds it out); what only the primary reports passes through (`first`).
  */
+import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Router } from '../auth/router.js';
@@ -183,6 +184,9 @@ export class SessionMetrics {
           },
           refusal: (code) => p.refusal(code),
           replyCode: (data) => p.replyCode(data),
+          // The optional parts of the seam go through unchanged (kept back-end connections).
+          ...(p.release ? { release: (socket: Socket) => p.release!(socket) } : {}),
+          ...(p.close ? { close: () => p.close!() } : {}),
         };
       },
     };

@@ -6,12 +6,13 @@
  */
 import { randomInt } from 'node:crypto';
 import dns from 'node:dns';
-import net from 'node:net';
+import net, { type Socket } from 'node:net';
 import type { BackendTlsOptions } from '../backend/connect.js';
 import { connectBackend } from '../backend/connect.js';
 import { backendAuthFor, backendTlsFor, backendTlsOptions } from '../backend/route-options.js';
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
 import { proxyV1, proxyV2 } from '../proxy/writer.js';
+import { SmtpReuse } from './smtp-reuse.js';
 import { backendName, type CheckStage, type ClientIdentity, type Envelope, type RouteTarget } from '../domain.js';
 import { PosternError, WARNINGS, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log/logger.js';
@@ -46,6 +47,8 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
 
   readonly #pools: PoolRegistry | null;
   readonly #lookup: Lookup;
+  /** Kept back-end connections (backend_reuse), or null. */
+  readonly #reuse: SmtpReuse | null;
 
   /** `lookup` resolves a back-end's host name to every address (tests give their own). */
   constructor(config: ServerConfig, logger: Logger, pools: PoolRegistry | null = null, lookup: Lookup = lookupAll) {
@@ -53,6 +56,7 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
     this.#logger = logger;
     this.#pools = pools;
     this.#lookup = lookup;
+    this.#reuse = config.backend_reuse.enabled && config.proxy_mode === 'transaction' ? new SmtpReuse(config.backend_reuse, logger) : null;
     this.#backendTls = backendTlsOptions(config);
     this.#capabilities = config.capabilities.map((c) =>
       c.toUpperCase() === 'SIZE' && config.max_message_size > 0 ? `SIZE ${config.max_message_size}` : c,
@@ -160,46 +164,77 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
     return () => abort();
   }
 
-  /** One connect-and-replay on one candidate. */
+  /** A kept connection the driver hands back: parked for the next session, if the module keeps it. */
+  release(socket: Socket): boolean {
+    return this.#reuse?.release(socket) ?? false;
+  }
+
+  close(): void {
+    this.#reuse?.close();
+  }
+
+  /** One connect-and-replay on one candidate: on a kept connection when there is one, else a new one. */
   #attempt(client: ClientIdentity, target: RouteTarget, envelope: Envelope, cand: Candidate & { release?(): void }, timeoutMs: number, cb: (err: PosternError | null, r?: BackendSession<BackendReadyInfo>) => void): () => void {
     const c = this.#config;
     const auth = envelope.auth;
-    const tlsOptions = backendTlsFor(this.#backendTls, target.tls);
+    const baseTls = backendTlsFor(this.#backendTls, target.tls);
     // Connecting by address, the certificate is still checked against the route's name.
     const named = target.host !== '' && !net.isIP(target.host) && cand.host !== target.host;
-    return connectBackend(
-      cand.host,
-      cand.port,
-      {
-        serverName: c.server_name,
-        envelope,
-        client,
-        xclient: c.xclient,
-        // nginx: Auth-User in the answer replaces the login the client gave.
-        ...(auth ? { login: target.user ?? auth.user } : {}),
-        ...backendAuthFor(auth, target, c.proxy_smtp_auth),
-        ...(c.proxy_protocol !== 'off' ? { proxyHeader: proxyHeaderFor(c.proxy_protocol, client) } : {}),
-      },
-      named && !tlsOptions.serverName ? { ...tlsOptions, serverName: target.host } : tlsOptions,
-      timeoutMs,
-      (err, ready) => {
-        if (err) {
-          cand.release?.();
-          return cb(err);
-        }
-        const r = ready!;
-        // RFC 5321 §3.8: a 421 to the replayed RCPT means the back-end is going away; nothing was accepted.
-        if (r.reply?.code === 421 && target.pool !== undefined) {
-          cand.release?.();
-          r.socket.destroy();
-          return cb(new PosternError('PST_BACKEND_REJECTED', `${cand.id} rcpt: 421 ${r.reply.lines.join(' / ')}`));
-        }
-        if (cand.release) r.socket.once('close', cand.release);
-        this.#warnings(cand.id, r.xclient, r.loginDropped);
-        cb(null, { socket: r.socket, tls: r.tls, name: cand.id, ready: { reply: r.reply, pipelining: r.pipelining, server: cand.id } });
-      },
-    );
+    const tlsOptions = named && !baseTls.serverName ? { ...baseTls, serverName: target.host } : baseTls;
+    const backendAuth = backendAuthFor(auth, target, c.proxy_smtp_auth);
+    const login = auth ? target.user ?? auth.user : undefined;
+    const key = this.#reuse?.key(cand.host, cand.port, tlsOptions);
+    const warm = key !== undefined ? this.#reuse!.take(key) : null;
+    let abort = (): void => {};
+    const go = (kept: typeof warm): void => {
+      abort = connectBackend(
+        cand.host,
+        cand.port,
+        {
+          serverName: c.server_name,
+          envelope,
+          client,
+          xclient: c.xclient,
+          // nginx: Auth-User in the answer replaces the login the client gave.
+          ...(login !== undefined ? { login } : {}),
+          ...backendAuth,
+          ...(c.proxy_protocol !== 'off' && !kept ? { proxyHeader: proxyHeaderFor(c.proxy_protocol, client) } : {}),
+        },
+        tlsOptions,
+        timeoutMs,
+        (err, ready) => {
+          // A kept connection that failed before its client saw a byte: a new connection instead, unseen.
+          if (err && kept && smtpRetryable(err)) return go(null);
+          if (err) {
+            cand.release?.();
+            return cb(err);
+          }
+          const r = ready!;
+          // RFC 5321 §3.8: a 421 to the replayed RCPT means the back-end is going away; nothing was accepted.
+          if (r.reply?.code === 421 && target.pool !== undefined) {
+            cand.release?.();
+            r.socket.destroy();
+            return cb(new PosternError('PST_BACKEND_REJECTED', `${cand.id} rcpt: 421 ${r.reply.lines.join(' / ')}`));
+          }
+          if (cand.release) r.socket.once('close', cand.release);
+          if (key !== undefined) {
+            // An AUTH to the back-end, or a LOGIN= in XCLIENT, would outlive the session: such a connection is not kept.
+            // With xclient on, the next session must be able to say who its client is (Postfix advertises XCLIENT
+            // again after an XCLIENT only to a proxy it still trusts); otherwise it would inherit this client.
+            const keepable = !('backendAuth' in backendAuth) && !(login !== undefined && r.xclient) && (!c.xclient || r.capabilities.has('XCLIENT'));
+            this.#reuse!.remember(r.socket, { key, capabilities: r.capabilities, tls: r.tls, name: cand.id, sessions: kept?.sessions ?? 1, since: kept?.since ?? Date.now() }, keepable);
+            if (!keepable) this.#logger.debug({ backend: cand.id, xclient: r.xclient, offers_xclient: r.capabilities.has('XCLIENT') }, 'back-end connection not kept: its session would leak into the next');
+          }
+          this.#warnings(cand.id, r.xclient, r.loginDropped);
+          cb(null, { socket: r.socket, tls: r.tls, name: cand.id, ready: { reply: r.reply, pipelining: r.pipelining, server: cand.id } });
+        },
+        kept ? { socket: kept.socket, capabilities: kept.capabilities, secure: kept.secure } : undefined,
+      );
+    };
+    go(warm);
+    return () => abort();
   }
+
 
   #warnings(backend: string, xclient: boolean, loginDropped: boolean): void {
     if (this.#config.xclient && !xclient) {

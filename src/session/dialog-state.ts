@@ -137,7 +137,8 @@ export abstract class DialogState {
   /** Ends an idle session: 421 for a stop, a quiet close for EOF; the back-end gets its QUIT. */
   protected end(out: Action[], code: 'PST_SHUTDOWN' | 'PST_CLIENT_EOF'): void {
     this.stage = 'closed';
-    if (this.tx) out.push({ type: 'backend-close', abort: false });
+    // Idle between commands: the link owes nothing, so it may be kept for another session (not when stopping).
+    if (this.tx) out.push({ type: 'backend-close', abort: false, reuse: code === 'PST_CLIENT_EOF' });
     this.tx = null;
     if (code === 'PST_SHUTDOWN') out.push({ type: 'error', code });
     else out.push({ type: 'log', code }, { type: 'close' });
