@@ -78,7 +78,7 @@ function stopper(child: ChildProcess): () => Promise<void> {
 }
 
 /** smtp-sink with running counters (-c) so delivered messages can be counted. */
-export async function startSink(): Promise<Proc & { received(): number; waitReceived(n: number, timeoutMs: number): Promise<number> }> {
+export async function startSink(): Promise<Proc & { received(): number; sessions(): number; waitReceived(n: number, timeoutMs: number): Promise<number> }> {
   const port = await freePort();
   // -m: more simultaneous sessions than the default 256; -c: counters on stdout.
   const child = spawn('/usr/sbin/smtp-sink', ['-u', 'nobody', '-m', '20000', '-c', `127.0.0.1:${port}`, '4096'], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -92,11 +92,17 @@ export async function startSink(): Promise<Proc & { received(): number; waitRece
     const all = [...last.matchAll(/mesg=(\d+)/g)];
     return all.length ? Number(all.at(-1)![1]) : 0;
   };
+  /** Sessions (connections) smtp-sink has counted so far. */
+  const sessions = (): number => {
+    const all = [...last.matchAll(/sess=(\d+)/g)];
+    return all.length ? Number(all.at(-1)![1]) : 0;
+  };
   return {
     port,
     pid: child.pid!,
     stop: stopper(child),
     received,
+    sessions,
     async waitReceived(n, timeoutMs) {
       const deadline = Date.now() + timeoutMs;
       while (received() < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
@@ -313,6 +319,8 @@ export async function startPostern(
     metricsPort?: number;
     /** A second listener with `starttls: on` and the test certificate (the STARTTLS scenario). */
     tls?: boolean;
+    /** `backend_reuse: { enabled: true }` (postern-reuse; transaction mode only). */
+    backendReuse?: boolean;
   } = {},
 ): Promise<Proc & { log: string }> {
   const name = o.name ?? 'postern';
@@ -326,7 +334,7 @@ ${o.tls ? `tls:\n  certificates: [{ cert: ${CERT}, key: ${KEY} }]\n` : ''}worker
 ${routeYaml(route)}xclient: false
 proxy_mode: ${o.proxyMode ?? 'session'}
 log: { level: warn, access: ${process.env.BENCH_ACCESS_LOG === '1'} }
-${checksYaml(o.checks)}${o.metricsPort ? `metrics:\n  listen: 127.0.0.1:${o.metricsPort}\n` : ''}`);
+${o.backendReuse ? 'backend_reuse: { enabled: true }\n' : ''}${checksYaml(o.checks)}${o.metricsPort ? `metrics:\n  listen: 127.0.0.1:${o.metricsPort}\n` : ''}`);
   const out = openSync(log, 'a');
   const child = spawn(process.execPath, [path.join(root, 'dist/cli.js'), '--config', file], { stdio: ['ignore', out, 'inherit'] });
   closeSync(out);

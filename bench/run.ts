@@ -18,7 +18,10 @@
  * would; this process's CPU is not charged to Postern), run next to `postern` in every round for
  * the metrics ÷ plain ratios, and `postern-static` (`route.static: host:port`) and
  * `postern-pool` (`route.static: one`, a pool of that one sink, no active checks), which run back
- * to back in every round for the pool ÷ static ratios (the cost of the pool path).
+ * to back in every round for the pool ÷ static ratios (the cost of the pool path), and
+ * `postern-reuse` (`postern-tx` plus `backend_reuse: { enabled: true }`: back-end connections kept
+ * between client sessions, RSET and straight on with MAIL; xclient off as for every target), run
+ * next to `postern-tx` in every round for the reuse ÷ transaction ratios, back-end CPU included.
  *
  * Environment: BENCH_ROUNDS (default 5), BENCH_QUICK=1 (a few messages: a smoke run of the harness),
  * BENCH_WORKERS (Postern and nginx worker processes, default 1), BENCH_SKIP_IDLE=1,
@@ -29,8 +32,9 @@
  * at a time), reported in the "Proxies side by side" section. A run of every target and scenario writes bench/results.md (results-workers-N.md with
  * BENCH_WORKERS=N); a partial run prints its report and writes only its "Checks on" section, when
  * it measured `postern` and `postern-checks`, and its "Metrics on" section, when it measured
- * `postern` and `postern-metrics`, and its "Proxies side by side" section, when it measured
- * `nginx` and `haproxy`, into that file in place of the ones there.
+ * `postern` and `postern-metrics`, its "Proxies side by side" section, when it measured
+ * `nginx` and `haproxy`, and its "Back-end reuse" section, when it measured `nginx`, `postern-tx`
+ * and `postern-reuse`, into that file in place of the ones there.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -75,7 +79,7 @@ const ALL_SCENARIOS: Scenario[] = quick
 const IDLE = quick ? 200 : 10_000;
 const IDLE_SETTLE_MS = quick ? 300 : 2000;
 
-const ALL_TARGETS = ['direct', 'haproxy', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-static', 'postern-pool'] as const;
+const ALL_TARGETS = ['direct', 'haproxy', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-reuse', 'postern-static', 'postern-pool'] as const;
 type Target = (typeof ALL_TARGETS)[number];
 /** The targets of this run, in ALL_TARGETS' order (the order of the tables). */
 const TARGETS: Target[] = pick('BENCH_TARGETS', ALL_TARGETS);
@@ -93,9 +97,9 @@ const complete = TARGETS.length === ALL_TARGETS.length && SCENARIOS.length === A
 /** The targets the STARTTLS scenario runs against (a second listener each, `starttls on`, the test certificate). */
 const TLS_TARGETS: readonly Target[] = ['nginx', 'postern'];
 const TLS_RUN = SCENARIOS.some((sc) => sc.tls);
-const POSTERN_TARGETS: readonly Target[] = ['postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-static', 'postern-pool'];
+const POSTERN_TARGETS: readonly Target[] = ['postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-reuse', 'postern-static', 'postern-pool'];
 /** The targets that ask the auth responder. */
-const VIA_AUTH: readonly Target[] = ['nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx'];
+const VIA_AUTH: readonly Target[] = ['nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-reuse'];
 /** How often the bench scrapes postern-metrics' `/metrics` (Prometheus' common scrape_interval is 15 s; 1 s is a busy one). */
 const SCRAPE_MS = 1000;
 /**
@@ -261,6 +265,7 @@ async function main(): Promise<void> {
       posterns['postern-metrics'] = await start(startPostern(viaAuth, workers, { name: 'postern-metrics', proxyMode: 'session', metricsPort }));
     }
     if (has('postern-tx')) posterns['postern-tx'] = await start(startPostern(viaAuth, workers, { name: 'postern-tx', proxyMode: 'transaction' }));
+    if (has('postern-reuse')) posterns['postern-reuse'] = await start(startPostern(viaAuth, workers, { name: 'postern-reuse', proxyMode: 'transaction', backendReuse: true }));
     if (has('postern-static')) posterns['postern-static'] = await start(startPostern({ kind: 'static', sinkPort: sink.port }, workers, { name: 'postern-static' }));
     if (has('postern-pool')) posterns['postern-pool'] = await start(startPostern({ kind: 'pool', sinkPort: sink.port }, workers, { name: 'postern-pool' }));
   } catch (err) {
@@ -369,13 +374,19 @@ async function main(): Promise<void> {
         console.error(`LOST: postern-metrics counted ${scrapes.relayed} relayed sessions for ${scrapes.sent} messages sent; ${scrapes.failed} scrape(s) failed`);
       }
     }
+    // smtp-sink counts a session when it ends: past backend_reuse's idle time (2 s) every kept connection has.
+    let sinkSessions = 0;
+    if (has('postern-reuse')) {
+      await new Promise((r) => setTimeout(r, 3000));
+      sinkSessions = sink.sessions();
+    }
     let idle: Idle | null = null;
     if (process.env.BENCH_SKIP_IDLE !== '1' && PROXIES.length) {
       idle = {};
       for (const t of PROXIES) idle[t] = await holdIdle(procs[t]!, IDLE, IDLE_SETTLE_MS);
       for (const t of PROXIES) lost += idle[t]!.dropped;
     }
-    const report = render(results, delivery, idle, policyCount, scrapes);
+    const report = render(results, delivery, idle, policyCount, scrapes, sinkSessions);
     process.stdout.write(report);
     const file = path.join(root, 'bench', quick ? 'results.quick.md' : workers === 1 ? 'results.md' : `results-workers-${workers}.md`);
     if (complete || quick) writeFileSync(file, report);
@@ -392,6 +403,10 @@ async function main(): Promise<void> {
       if (has('nginx') && has('haproxy')) {
         spliceSection(file, CAPACITY_HEADING, capacitySection(results, true));
         written.push(CAPACITY_HEADING);
+      }
+      if (has('nginx') && has('postern-tx') && has('postern-reuse')) {
+        spliceSection(file, REUSE_HEADING, reuseSection(results, true, delivery, sinkSessions));
+        written.push(REUSE_HEADING);
       }
       if (written.length) process.stderr.write(`partial run: wrote its ${written.map((h) => `"${h}"`).join(' and ')} section(s) into ${path.relative(root, file)}\n`);
       else process.stderr.write(`partial run: ${path.relative(root, file)} left as it is\n`);
@@ -559,6 +574,65 @@ function capacitySection(results: Map<string, Map<Target, Sample[]>>, standalone
   return lines;
 }
 
+const REUSE_HEADING = '## Back-end reuse (postern-reuse ÷ nginx and ÷ postern-tx)';
+
+/**
+ * postern-reuse against nginx and against postern-tx (the same configuration without
+ * backend_reuse): messages/s, CPU per message of the proxy, of the proxy and the auth responder,
+ * and of the back-end (which reuse should lower: no connect, greeting, EHLO and QUIT per session).
+ * `standalone` as for checksSection; a partial run writes it when it measured nginx, postern-tx
+ * and postern-reuse.
+ */
+function reuseSection(results: Map<string, Map<Target, Sample[]>>, standalone: boolean, delivery: Record<Target, Delivery>, sinkSessions: number): string[] {
+  const lines: string[] = [REUSE_HEADING, ''];
+  lines.push(
+    '`postern-reuse` is `postern-tx` (`proxy_mode: transaction`, the same auth responder and sink, `xclient: false`) plus `backend_reuse: { enabled: true }` (the defaults: idle 2 s, max_sessions 100, max_age 300 s, per_backend 16): ' +
+      'a session that ends with QUIT leaves its back-end connection, after RSET, to the next session, which goes on with MAIL at once. smtp-source still opens a new session per message at the front, so the proxy\'s work per session stays; ' +
+      'the back-end sees fewer connections, greetings, EHLOs and QUITs. CPU per 1000 messages, each its own process tree over the same runs, as in "Proxies side by side". ' +
+      `${RATIO_NOTE} The sink count holds for it as for every target (Delivery: no message lost or doubled).`,
+    '',
+  );
+  const both = (s: Sample): number => s.cpuMsPer1000 + s.authCpuMsPer1000;
+  if (standalone) {
+    const ts = TARGETS.map((t) => `\`${t}\``).join(', ');
+    lines.push(`Run: ${new Date().toISOString()}; ${source()}; ${ts} only; scenarios ${SCENARIOS.map((sc) => `\`${sc.key}\``).join(', ')}; ${rounds} interleaved round(s), ${workers} worker process(es) each, medians shown; ${machine()}; load average ${os.loadavg().map((x) => x.toFixed(1)).join(', ')} at the end. The figures above this section come from the run named at the top of the file.`, '');
+    lines.push(
+      '| Scenario | Target | msg/s | proxy CPU ms / 1000 msg | auth responder CPU | back-end CPU | proxy + responder CPU | ms / msg |',
+      '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    );
+    for (const [name, m] of results) {
+      const med = medOf(m);
+      for (const t of (['nginx', 'postern-tx', 'postern-reuse'] as const).filter((x) => m.has(x))) {
+        lines.push(
+          `| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'authCpuMsPer1000').toFixed(0)} | ${med(t, 'sinkCpuMsPer1000').toFixed(0)} | ${median((m.get(t) ?? []).map(both)).toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} |`,
+        );
+      }
+    }
+    lines.push('');
+  }
+  lines.push(
+    '| Scenario | postern-reuse ÷ | msg/s | proxy CPU | proxy + responder CPU | back-end CPU | ms / msg |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: |',
+  );
+  for (const [name, m] of withBoth(results, 'postern-reuse', 'postern-tx')) {
+    for (const b of (['nginx', 'postern-tx'] as const).filter((x) => m.has(x))) {
+      const cell = (f: (s: Sample) => number): string => pairCell(m, 'postern-reuse', b, f);
+      lines.push(`| ${name} | ${b} | ${cell((s) => s.msgsPerSec)} | ${cell((s) => s.cpuMsPer1000)} | ${cell(both)} | ${cell((s) => s.sinkCpuMsPer1000)} | ${cell((s) => s.msPerMsg)} |`);
+    }
+  }
+  const intervals = (['nginx', 'postern-tx'] as const).filter((b) => TARGETS.includes(b)).flatMap((b) => cpuIntervals(results, 'postern-reuse', b).map((x) => `÷ ${b} ${x}`));
+  if (intervals.length) lines.push('', `Proxy CPU per message, postern-reuse ÷ the other, geometric mean of the per-round ratios: ${intervals.join('; ')}.`);
+  // Every other target opens one back-end session per message (smtp-source sends one per session).
+  const others = TARGETS.filter((t) => t !== 'postern-reuse').reduce((n, t) => n + delivery[t].delivered, 0);
+  const reused = sinkSessions - others;
+  lines.push(
+    '',
+    `Back-end sessions: smtp-sink counted ${sinkSessions} over the whole run (warm-up included, counted as they end, read 3 s after the last measurement); ` +
+      `the other targets' ${others} messages took one each, which leaves ${reused} for postern-reuse's ${delivery['postern-reuse'].delivered} messages (${ratio(delivery['postern-reuse'].delivered, reused)} messages per back-end connection).`,
+  );
+  return lines;
+}
+
 const METRICS_HEADING = '## Metrics on (Prometheus listener, scraped every second)';
 
 /**
@@ -635,7 +709,7 @@ function machine(): string {
   return `${os.cpus().length} × ${os.cpus()[0]?.model ?? '?'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.type()} ${os.release()}`;
 }
 
-function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Target, Delivery>, idle: Idle | null, policy: PolicyCount | null, scrapes: Scrapes | null): string {
+function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Target, Delivery>, idle: Idle | null, policy: PolicyCount | null, scrapes: Scrapes | null, sinkSessions: number): string {
   const lines: string[] = [];
   const has = (t: Target): boolean => TARGETS.includes(t);
   const v = (cmd: string, args: string[]): string => {
@@ -661,7 +735,7 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
   lines.push(
     'Targets: `haproxy` is HAProxy in TCP mode in front of the sink (`mode tcp`, `balance roundrobin`, one server, `nbthread` = the worker count): the floor for any proxy. `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-checks` is `postern` plus a Postfix policy server asked at every RCPT (bench/policy-responder.ts, answering DUNNO) and the per-client limits on (see its section); ' +
       '`postern-metrics` is `postern` plus the Prometheus metrics listener, scraped every second (see its section); ' +
-      '`postern-tx` is `proxy_mode: transaction` (every command read, every RCPT routed, bodies relayed with end-of-data detection); all four ask the auth responder, as nginx does. ' +
+      '`postern-tx` is `proxy_mode: transaction` (every command read, every RCPT routed, bodies relayed with end-of-data detection); `postern-reuse` is `postern-tx` plus `backend_reuse: { enabled: true }` (see its section); all five ask the auth responder, as nginx does. ' +
       '`postern-static` routes by `route.static: 127.0.0.1:<sink>`, `postern-pool` by `route.static: one`, a pool holding that one sink (`health.enabled: false`); the two run back to back in every round. ' +
       'CPU is each proxy\'s own process tree (the shared auth responder, the policy responder and the sink are not counted here; the auth responder\'s and the sink\'s are in their own columns in "Proxies side by side").',
     '',
@@ -679,7 +753,7 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
     }
     if (name.includes('latency') && has('direct')) {
       const LABEL: Partial<Record<Target, string>> = {
-        haproxy: 'HAProxy (TCP)', nginx: 'nginx', postern: 'Postern (session)', 'postern-checks': 'Postern (checks on)', 'postern-metrics': 'Postern (metrics on)', 'postern-tx': 'Postern (transaction)', 'postern-static': 'Postern (static route)', 'postern-pool': 'Postern (pool)',
+        haproxy: 'HAProxy (TCP)', nginx: 'nginx', postern: 'Postern (session)', 'postern-checks': 'Postern (checks on)', 'postern-metrics': 'Postern (metrics on)', 'postern-tx': 'Postern (transaction)', 'postern-reuse': 'Postern (back-end reuse)', 'postern-static': 'Postern (static route)', 'postern-pool': 'Postern (pool)',
       };
       const added = TARGETS.filter((t) => t !== 'direct').map((t) => `${LABEL[t]} ${(med(t, 'msPerMsg') - med('direct', 'msPerMsg')).toFixed(2)} ms`);
       lines.push('', `Added latency per message over direct delivery: ${added.join(', ')}.`, '');
@@ -704,6 +778,7 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
   if (has('postern') && has('postern-checks')) lines.push('', ...checksSection(withBoth(results, 'postern-checks', 'postern'), policy, false));
   if (has('postern') && has('postern-metrics')) lines.push('', ...metricsSection(withBoth(results, 'postern-metrics', 'postern'), scrapes, false));
   lines.push('', ...capacitySection(results, false));
+  if (has('nginx') && has('postern-tx') && has('postern-reuse')) lines.push('', ...reuseSection(results, false, delivery, sinkSessions));
 
   lines.push('', '## Delivery', '', 'Every message smtp-source sent (warm-up included), counted at smtp-sink.', '');
   lines.push('| Target | sent | delivered | smtp-source errors |', '| --- | ---: | ---: | ---: |');

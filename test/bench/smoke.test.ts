@@ -1,7 +1,7 @@
 /**
  * A smoke run of the benchmark harness (a handful of messages, 200 idle connections): it starts
- * every process (Postern six times: proxy_mode session and transaction through the auth
- * responder, session mode again with a policy server and the limits on and again with the
+ * every process (Postern seven times: proxy_mode session and transaction through the auth
+ * responder, transaction again with backend_reuse on, session mode again with a policy server and the limits on and again with the
  * metrics listener on (scraped by the bench), a static route and a one-server pool; and the
  * policy responder), counts delivered messages at the sink, policy requests at the responder and
  * relayed sessions in the metrics, and prints the tables. Speed itself is never asserted here; `npm run
@@ -15,9 +15,9 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '../..');
-const TARGETS = ['direct', 'haproxy', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-static', 'postern-pool'];
+const TARGETS = ['direct', 'haproxy', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-reuse', 'postern-static', 'postern-pool'];
 
-it('npm run bench (BENCH_QUICK=1) runs all nine targets and every one delivers every message', async () => {
+it('npm run bench (BENCH_QUICK=1) runs all ten targets and every one delivers every message', async () => {
   const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', path.join(root, 'bench/run.ts')], {
     cwd: root,
     env: { ...process.env, BENCH_QUICK: '1' },
@@ -35,6 +35,14 @@ it('npm run bench (BENCH_QUICK=1) runs all nine targets and every one delivers e
   assert.match(stdout, /## Pool ÷ static route \(postern-pool ÷ postern-static\)/);
   assert.match(stdout, /## Checks on \(policy server \+ limits\)/);
   assert.match(stdout, /## Metrics on \(Prometheus listener, scraped every second\)/);
+  // Back-end reuse: its ratios to nginx and to postern-tx, and fewer back-end sessions than messages.
+  assert.match(stdout, /## Back-end reuse \(postern-reuse ÷ nginx and ÷ postern-tx\)/);
+  for (const scenario of ['4 KiB × 5 sessions', '100 KiB × 2 sessions']) {
+    for (const b of ['nginx', 'postern-tx']) assert.match(stdout, new RegExp(`^\\| ${scenario} \\| ${b} \\| [\\d.–]`, 'm'), `postern-reuse ÷ ${b} in ${scenario}`);
+  }
+  const reuse = /which leaves (-?\d+) for postern-reuse's (\d+) messages/.exec(stdout);
+  assert.ok(reuse, 'back-end session count');
+  assert.ok(Number(reuse[1]) >= 1 && Number(reuse[1]) < Number(reuse[2]), `postern-reuse: fewer back-end sessions (${reuse[1]}) than messages (${reuse[2]})`);
   // Every scrape of postern-metrics' /metrics answered, and its counters hold every session it relayed.
   const scrapes = /^Scrapes: (\d+) answered, (\d+) failed,.* the final scrape counts (\d+) relayed sessions for (\d+) messages sent to postern-metrics/m.exec(stdout);
   assert.ok(scrapes, 'scrape tally');
