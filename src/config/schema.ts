@@ -241,7 +241,7 @@ const serverShape = {
     /** A connection older than this is not kept again. */
     max_age: duration('300s'),
     /** Kept connections per back-end server and worker. */
-    per_backend: z.int().min(1).max(10_000).default(16),
+    per_backend: z.int().min(1).max(10_000).default(64),
   }).prefault({}),
   /** Peers allowed to send a PROXY protocol header on `proxy_protocol` listeners (nginx `set_real_ip_from`; CIDR or address). */
   set_real_ip_from: z.array(cidr).default([]),

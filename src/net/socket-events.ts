@@ -103,5 +103,6 @@ export function attachBackend(socket: Socket, conn: SocketOwner): void {
 /** The back-end session is over: its events are nobody's any more (a late error is ignored). */
 export function detachBackend(socket: Socket): void {
   off(socket, BACKEND);
-  socket.on('error', noop);
+  // Once per socket: a kept back-end connection (backend_reuse) is detached after every session.
+  if (!socket.listeners('error').includes(noop)) socket.on('error', noop);
 }

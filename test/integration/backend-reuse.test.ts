@@ -111,3 +111,25 @@ describe('backend_reuse', () => {
     assert.throws(() => parseConfig('backend_reuse: { enabled: true }\n'), (e: unknown) => e instanceof ConfigError && /backend_reuse\.enabled: needs proxy_mode: transaction/.test(e.message));
   });
 });
+
+describe('backend_reuse: a connection carried through many sessions', () => {
+  it('gathers no listeners session after session (a detach per session adds nothing)', async () => {
+    const b = await FakeBackend.start({});
+    const p = await startPostern({ proxy_mode: 'transaction', route: { static: `127.0.0.1:${b.port}` }, backend_reuse: { enabled: true } });
+    const warnings: string[] = [];
+    const onWarn = (w: Error): void => void warnings.push(w.name);
+    process.on('warning', onWarn);
+    try {
+      for (let i = 1; i <= 15; i++) {
+        await session(p.port, '127.0.0.1', i);
+        await sleep(10);
+      }
+      assert.equal(b.sessions.length, 1);
+      assert.deepEqual(warnings.filter((w) => w === 'MaxListenersExceededWarning'), []);
+    } finally {
+      process.removeListener('warning', onWarn);
+      await p.stop();
+      await b.stop();
+    }
+  });
+});

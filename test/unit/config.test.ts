@@ -45,7 +45,7 @@ describe('parseConfig defaults', () => {
       proxy_pass_error_message: false,
       proxy_protocol: 'off',
       set_real_ip_from: [],
-      backend_reuse: { enabled: false, idle: 2000, max_sessions: 100, max_age: 300_000, per_backend: 16 },
+      backend_reuse: { enabled: false, idle: 2000, max_sessions: 100, max_age: 300_000, per_backend: 64 },
       capabilities: ['PIPELINING', '8BITMIME', 'SIZE', 'ENHANCEDSTATUSCODES'],
       max_message_size: 10 * 1024 * 1024,
       max_line_length: 4096,
