@@ -586,7 +586,7 @@ const REUSE_HEADING = '## Back-end reuse (postern-reuse ÷ nginx and ÷ postern-
 function reuseSection(results: Map<string, Map<Target, Sample[]>>, standalone: boolean, delivery: Record<Target, Delivery>, sinkSessions: number): string[] {
   const lines: string[] = [REUSE_HEADING, ''];
   lines.push(
-    '`postern-reuse` is `postern-tx` (`proxy_mode: transaction`, the same auth responder and sink, `xclient: false`) plus `backend_reuse: { enabled: true }` (the defaults: idle 2 s, max_sessions 100, max_age 300 s, per_backend 16): ' +
+    '`postern-reuse` is `postern-tx` (`proxy_mode: transaction`, the same auth responder and sink, `xclient: false`) plus `backend_reuse: { enabled: true }` (the defaults: idle 2 s, max_sessions 100, max_age 300 s, per_backend 64): ' +
       'a session that ends with QUIT leaves its back-end connection, after RSET, to the next session, which goes on with MAIL at once. smtp-source still opens a new session per message at the front, so the proxy\'s work per session stays; ' +
       'the back-end sees fewer connections, greetings, EHLOs and QUITs. CPU per 1000 messages, each its own process tree over the same runs, as in "Proxies side by side". ' +
       `${RATIO_NOTE} The sink count holds for it as for every target (Delivery: no message lost or doubled).`,
