@@ -22,6 +22,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { stringify } from 'yaml';
 import { statusFilePath } from '../../src/pools/status.js';
 import { startPosternProcess, type PosternProcess } from '../helpers/postern-process.js';
+import { greetingLine } from '../helpers/smtp-client.js';
 
 const root = path.resolve(import.meta.dirname, '../..');
 const NOBODY = 65534;
@@ -77,17 +78,6 @@ async function privilegedPorts(count: number): Promise<number[]> {
   return free;
 }
 
-function greeting(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.setTimeout(5000, () => s.destroy(new Error('no greeting')));
-    s.once('data', (d: Buffer) => {
-      resolve(d.toString('latin1').split('\r\n')[0]!);
-      s.end('QUIT\r\n');
-    });
-    s.once('error', reject);
-  });
-}
 
 /** The pids whose parent is `pid` (field 4 of /proc/<pid>/stat, after the command in parentheses). */
 function childrenOf(pid: number): number[] {
@@ -144,7 +134,7 @@ for (const workers of [1, 2]) {
         assert.ok(primaryDrop, 'the primary dropped');
         assert.deepEqual([primaryDrop.user, primaryDrop.group, primaryDrop.uid, primaryDrop.gid], ['nobody', group, NOBODY, gid]);
 
-        assert.equal(await greeting(port), '220 proxy.test ESMTP ready');
+        assert.equal(await greetingLine(port), '220 proxy.test ESMTP ready');
 
         const children = childrenOf(p.pid);
         const pids = [p.pid, ...children];
@@ -170,8 +160,8 @@ for (const workers of [1, 2]) {
           assert.match((r.problems as string[]).join('\n'), new RegExp(`EACCES.*127\\.0\\.0\\.1:${added}`));
         }
         assert.equal(p.logs.slice(mark).filter((r) => r.code === 'PSW_RELOADED').length, 0);
-        assert.equal(await greeting(port), '220 proxy.test ESMTP ready');
-        await assert.rejects(greeting(added));
+        assert.equal(await greetingLine(port), '220 proxy.test ESMTP ready');
+        await assert.rejects(greetingLine(added));
 
         assert.equal(await p.stop(), 0);
         stopped = true;

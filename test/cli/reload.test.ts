@@ -18,6 +18,7 @@ import { stringify } from 'yaml';
 import { startPosternProcess, type PosternProcess } from '../helpers/postern-process.js';
 import { freePort, requireBinary } from '../helpers/postfix.js';
 import { startSmtpSink } from '../helpers/smtp-sink.js';
+import { greetingLine } from '../helpers/smtp-client.js';
 
 const SMTP_SOURCE = '/usr/sbin/smtp-source';
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'postern-reload-'));
@@ -37,18 +38,6 @@ function smtpSource(port: number, sessions: number, messages: number): Promise<{
   });
 }
 
-/** The first line a new connection gets. */
-function greeting(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.setTimeout(5000, () => s.destroy(new Error('no greeting')));
-    s.once('data', (d: Buffer) => {
-      resolve(d.toString('latin1').split('\r\n')[0]!);
-      s.end('QUIT\r\n');
-    });
-    s.once('error', reject);
-  });
-}
 
 const reloaded = (p: PosternProcess, after: number): number => p.logs.slice(after).filter((r) => r.code === 'PSW_RELOADED').length;
 
@@ -84,9 +73,9 @@ for (const workers of [1, 2]) {
           process.kill(p.pid, 'SIGHUP');
           await waitFor(() => reloaded(p, mark) >= workers, 20_000, `reload ${i + 1}`);
           // New connections get the new configuration; the added listener answers, the removed one is gone.
-          assert.equal(await greeting(p1), `220 ${next.server_name} ESMTP ready`);
-          if (next === configB) assert.equal(await greeting(p2), '220 b.proxy.test ESMTP ready');
-          else await assert.rejects(greeting(p2));
+          assert.equal(await greetingLine(p1), `220 ${next.server_name} ESMTP ready`);
+          if (next === configB) assert.equal(await greetingLine(p2), '220 b.proxy.test ESMTP ready');
+          else await assert.rejects(greetingLine(p2));
         }
         // The reloads happened while the load ran (else this test would prove nothing).
         assert.equal(loadEnded, false, 'smtp-source ended before the fifth reload');
@@ -116,7 +105,7 @@ describe('reload with a broken file', () => {
       const problems = (refused.problems as string[]).join('\n');
       assert.match(problems, /timeouts\.idle/);
       assert.match(problems, /max_errors/);
-      assert.equal(await greeting(port), '220 proxy.test ESMTP ready');
+      assert.equal(await greetingLine(port), '220 proxy.test ESMTP ready');
       // A listener that cannot be bound (its port is taken) refuses the reload too, and nothing changes.
       const taken = net.createServer().listen(0, '127.0.0.1');
       await new Promise((r) => taken.once('listening', r));
@@ -126,7 +115,7 @@ describe('reload with a broken file', () => {
       process.kill(p.pid, 'SIGHUP');
       await waitFor(() => p.logs.slice(mark).some((r) => r.code === 'PSW_RELOAD_REFUSED'), 10_000, 'the refusal');
       taken.close();
-      assert.equal(await greeting(port), '220 proxy.test ESMTP ready');
+      assert.equal(await greetingLine(port), '220 proxy.test ESMTP ready');
     } finally {
       await p.stop();
     }
@@ -161,7 +150,7 @@ describe('postern reload / reopen', () => {
       await p.waitForLog((r) => r.code === 'PSW_RELOADED', 10_000);
       const partial = await p.waitForLog((r) => r.code === 'PSW_RELOAD_PARTIAL', 5_000);
       assert.deepEqual(partial.keys, ['log']);
-      assert.equal(await greeting(port), '220 again.test ESMTP ready');
+      assert.equal(await greetingLine(port), '220 again.test ESMTP ready');
       const reopen = await cli(['reopen', '-c', p.configFile]);
       assert.equal(reopen.code, 0, reopen.err);
       const none = await cli(['reload', '-c', await (async () => {

@@ -10,7 +10,6 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it, type TestContext } from 'node:test';
@@ -19,6 +18,7 @@ import { promisify } from 'node:util';
 import { parseConfig } from '../../src/config/load.js';
 import { startPosternProcess, type PosternProcess } from '../helpers/postern-process.js';
 import { freePort, requireBinary } from '../helpers/postfix.js';
+import { greetingLine } from '../helpers/smtp-client.js';
 
 const root = path.resolve(import.meta.dirname, '../..');
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'postern-systemd-'));
@@ -114,17 +114,6 @@ function withNotifySocket(socket: string | undefined, overrides: Record<string, 
   }
 }
 
-function greeting(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.setTimeout(5000, () => s.destroy(new Error('no greeting')));
-    s.once('data', (d: Buffer) => {
-      resolve(d.toString('latin1').split('\r\n')[0]!);
-      s.end('QUIT\r\n');
-    });
-    s.once('error', reject);
-  });
-}
 
 async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
   const deadline = Date.now() + ms;
@@ -151,7 +140,7 @@ describe('readiness: READY=1 on NOTIFY_SOCKET', () => {
         assert.equal(listening.length, ports.length * workers, JSON.stringify(listening));
         const readyAt = notes.messages.find((m) => m.text.split('\n').includes('READY=1'))!.at;
         for (const r of listening) assert.ok(Date.parse(String(r.time)) <= readyAt, `${String(r.time)} ≤ READY=1 at ${new Date(readyAt).toISOString()}`);
-        for (const port of ports) assert.match(await greeting(port), /^220 /);
+        for (const port of ports) assert.match(await greetingLine(port), /^220 /);
         await p.waitForLog((r) => r.msg === 'systemd told: ready');
         await sleep(300);
         assert.equal(notes.messages.filter((m) => m.text.split('\n').includes('READY=1')).length, 1, JSON.stringify(notes.messages));

@@ -137,3 +137,16 @@ export class SmtpClient {
 export function replyText(r: Reply): string {
   return `${r.code} ${r.lines[r.lines.length - 1]}`;
 }
+
+/** The first line a new connection to `port` gets (its greeting), then QUIT; rejects when none comes within 5 s. */
+export function greetingLine(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.setTimeout(5000, () => s.destroy(new Error('no greeting')));
+    s.once('data', (d: Buffer) => {
+      resolve(d.toString('latin1').split('\r\n')[0]!);
+      s.end('QUIT\r\n');
+    });
+    s.once('error', reject);
+  });
+}
