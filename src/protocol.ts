@@ -110,6 +110,8 @@ export interface BackendSession<Ready = unknown> {
   name?: string;
   /** TLS protocol of the back-end connection, if any. */
   tls: string | null;
+  /** The connection was kept from earlier sessions (backend_reuse): this is its `session`-th session. */
+  session?: number;
   ready: Ready;
 }
 

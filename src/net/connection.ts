@@ -52,6 +52,8 @@ export class Connection implements SocketOwner, AskOwner {
   readonly #asks: Asks;
   #tls: TlsInfo | null = null;
   #backendTls: string | null = null;
+  /** The last back-end connection was a kept one: its session number on it (backend_reuse). */
+  #backendSession = 0;
   #backend: string | null = null;
   #backendSocket: Socket | null = null;
   #abortBackend: (() => void) | null = null;
@@ -369,6 +371,7 @@ export class Connection implements SocketOwner, AskOwner {
     }
     this.#backendTls = b.tls;
     this.#backendSocket = b.socket;
+    if (b.session !== undefined) this.#backendSession = b.session;
     if (b.name) this.#backend = b.name;
     this.#backendTimer = 'none';
     this.#outcome = 'relayed';
@@ -430,6 +433,7 @@ export class Connection implements SocketOwner, AskOwner {
       backend: this.#backend ?? undefined,
       tls: this.#tls?.protocol,
       backend_tls: this.#backendTls ?? undefined,
+      ...(this.#backendSession > 0 ? { backend_session: this.#backendSession } : {}),
       bytes_in: this.#raw.bytesRead,
       bytes_out: this.#raw.bytesWritten,
       duration_ms: Date.now() - this.#started,

@@ -226,7 +226,7 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
             if (!keepable) this.#logger.debug({ backend: cand.id, xclient: r.xclient, offers_xclient: r.capabilities.has('XCLIENT') }, 'back-end connection not kept: its session would leak into the next');
           }
           this.#warnings(cand.id, r.xclient, r.loginDropped);
-          cb(null, { socket: r.socket, tls: r.tls, name: cand.id, ready: { reply: r.reply, pipelining: r.pipelining, server: cand.id } });
+          cb(null, { socket: r.socket, tls: r.tls, name: cand.id, ...(kept ? { session: kept.sessions } : {}), ready: { reply: r.reply, pipelining: r.pipelining, server: cand.id } });
         },
         kept ? { socket: kept.socket, capabilities: kept.capabilities, secure: kept.secure } : undefined,
       );

@@ -50,6 +50,9 @@ describe('backend_reuse', () => {
       const i = cmds.indexOf('RSET');
       assert.ok(i > 0 && cmds[i + 1]!.startsWith('XCLIENT ') && cmds[i + 2] === 'EHLO c2.test', JSON.stringify(cmds));
       assert.equal(cmds.filter((l) => l.startsWith('EHLO proxy.test')).length, 1, 'Postern\'s own EHLO only once');
+      // The access records say which session on the kept connection each was.
+      const records = r.p.logs.filter((l) => l.type === 'access' && l.msg === 'session');
+      assert.deepEqual(records.map((l) => l.backend_session ?? 1), [1, 2, 3, 4, 5]);
     } finally {
       await r.stop();
     }
