@@ -48,6 +48,8 @@ export interface Tally {
   ended: number;
   bytesIn: number;
   bytesOut: number;
+  /** Sessions that went on a kept back-end connection (backend_reuse). */
+  reused: number;
   readonly outcomes: Map<string, number>;
   readonly messages: Map<string, number>;
   readonly recipients: Map<string, number>;
@@ -100,6 +102,7 @@ export class SessionMetrics {
     counter('postern_messages_total', 'Messages in transaction mode, by the back-end\'s reply to the end of data (accepted 2xx, deferred 4xx, rejected 5xx).', ['result'], byKey(['result'], (t) => t.messages));
     counter('postern_recipients_total', 'Recipients of those messages, by the reply the client got for each RCPT.', ['result'], byKey(['result'], (t) => t.recipients));
     counter('postern_bytes_in_total', 'Bytes received from clients (on the wire, TLS included), counted when the session ends.', [], (t, set) => set({}, t.bytesIn));
+    counter('postern_backend_reused_sessions_total', 'Sessions that went on a back-end connection kept from an earlier session (backend_reuse) instead of a new one.', [], (t, set) => set({}, t.reused));
     counter('postern_bytes_out_total', 'Bytes sent to clients (on the wire, TLS included), counted when the session ends.', [], (t, set) => set({}, t.bytesOut));
     counter('postern_check_refusals_total', 'Refusals by the checks and limits (connection caps and rates, DNS blocklists, policy servers, rate rules, the AUTH guard), by error code.', ['code'], byKey(['code'], (t) => t.refusals));
     counter('postern_tls_handshakes_total', 'Client TLS handshakes (implicit TLS and STARTTLS), by protocol and result (ok, failed, timeout, refused: client certificate).', ['protocol', 'result'], byKey(['protocol', 'result'], (t) => t.tls));
@@ -147,7 +150,7 @@ export class SessionMetrics {
   tally(listener: string): Tally {
     let t = this.#tallies.get(listener);
     if (!t) {
-      t = { started: 0, ended: 0, bytesIn: 0, bytesOut: 0, outcomes: new Map(), messages: new Map(), recipients: new Map(), refusals: new Map(), tls: new Map() };
+      t = { started: 0, ended: 0, bytesIn: 0, bytesOut: 0, reused: 0, outcomes: new Map(), messages: new Map(), recipients: new Map(), refusals: new Map(), tls: new Map() };
       this.#tallies.set(listener, t);
     }
     return t;
@@ -218,6 +221,7 @@ export function tallyObserver(t: Tally): SessionObserver {
       t.ended++;
       t.bytesIn += r.bytes_in;
       t.bytesOut += r.bytes_out;
+      if (r.backend_session !== undefined) t.reused++;
       bump(t.outcomes, r.outcome);
       const failed = TLS_FAILURES[r.outcome];
       if (r.tls !== undefined || failed !== undefined) bump(t.tls, `${r.tls ?? 'unknown'} ${failed ?? 'ok'}`);

@@ -11,6 +11,8 @@ export interface SessionRecord extends SessionSummary {
   /** The client's TLS protocol, if any. */
   tls?: string;
   backend_tls?: string;
+  /** The session went on a kept back-end connection (backend_reuse): its session number on it. */
+  backend_session?: number;
   bytes_in: number;
   bytes_out: number;
   duration_ms: number;

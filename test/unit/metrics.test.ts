@@ -38,7 +38,7 @@ describe('metrics: an observer fed records', () => {
     const m = new SessionMetrics(new Registry());
     const o = m.forServer(server, null).observer;
     o.sessionEnd!(session({ outcome: 'relayed', tls: 'TLSv1.3', bytes_in: 1000, bytes_out: 200 }));
-    o.sessionEnd!(session({ outcome: 'quit' }));
+    o.sessionEnd!(session({ outcome: 'quit', backend_session: 3 }));
     o.sessionEnd!(session({ outcome: 'PST_TLS_HANDSHAKE' }));
     o.sessionEnd!(session({ outcome: 'PST_TLS_CLIENT_CERT_MISSING', tls: 'TLSv1.2' }));
     o.sessionEnd!(session({ outcome: 'PST_DNSBL_LISTED', checks: { dnsbl: { score: 2 }, refused: ['PST_DNSBL_LISTED: 554'] } }));
@@ -50,6 +50,7 @@ describe('metrics: an observer fed records', () => {
     assert.equal(metric(t, 'postern_sessions_total', L), 6, 'a refused connection is not a session');
     assert.equal(metric(t, 'postern_bytes_in_total', L), 1500);
     assert.equal(metric(t, 'postern_bytes_out_total', L), 450);
+    assert.equal(metric(t, 'postern_backend_reused_sessions_total', L), 1, 'one session went on a kept back-end connection');
     assert.match(t, /^postern_tls_handshakes_total\{listener="127\.0\.0\.1:2525",protocol="TLSv1\.3",result="ok"\} 1$/m);
     assert.equal(metric(t, 'postern_tls_handshakes_total', { protocol: 'unknown', result: 'failed' }), 1);
     assert.equal(metric(t, 'postern_tls_handshakes_total', { protocol: 'TLSv1.2', result: 'refused' }), 1);
