@@ -49,6 +49,8 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
   readonly #lookup: Lookup;
   /** Kept back-end connections (backend_reuse), or null. */
   readonly #reuse: SmtpReuse | null;
+  /** A pool member's connection count to give back when its connection is kept instead of closed. */
+  readonly #poolCount = new WeakMap<Socket, () => void>();
 
   /** `lookup` resolves a back-end's host name to every address (tests give their own). */
   constructor(config: ServerConfig, logger: Logger, pools: PoolRegistry | null = null, lookup: Lookup = lookupAll) {
@@ -166,7 +168,15 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
 
   /** A kept connection the driver hands back: parked for the next session, if the module keeps it. */
   release(socket: Socket): boolean {
-    return this.#reuse?.release(socket) ?? false;
+    if (!this.#reuse?.release(socket)) return false;
+    // Kept, it is nobody's connection: the pool's count for it goes back until a session takes it again.
+    const giveBack = this.#poolCount.get(socket);
+    if (giveBack) {
+      this.#poolCount.delete(socket);
+      socket.removeListener('close', giveBack);
+      giveBack();
+    }
+    return true;
   }
 
   close(): void {
@@ -216,7 +226,11 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
             r.socket.destroy();
             return cb(new PosternError('PST_BACKEND_REJECTED', `${cand.id} rcpt: 421 ${r.reply.lines.join(' / ')}`));
           }
-          if (cand.release) r.socket.once('close', cand.release);
+          // A pool counts the connection while a session holds it: until it closes, or until it is kept (release).
+          if (cand.release) {
+            r.socket.once('close', cand.release);
+            this.#poolCount.set(r.socket, cand.release);
+          }
           if (key !== undefined) {
             // An AUTH to the back-end, or a LOGIN= in XCLIENT, would outlive the session: such a connection is not kept.
             // With xclient on, the next session must be able to say who its client is (Postfix advertises XCLIENT

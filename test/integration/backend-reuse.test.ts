@@ -136,3 +136,26 @@ describe('backend_reuse: a connection carried through many sessions', () => {
     }
   });
 });
+
+describe('backend_reuse with a pool', () => {
+  it('a kept connection counts once against max_connections: sessions one after another all go through', async () => {
+    const b = await FakeBackend.start({});
+    const p = await startPostern({
+      proxy_mode: 'transaction',
+      pools: { mx: { servers: [{ address: `127.0.0.1:${b.port}`, max_connections: 1 }], health: { enabled: false } } },
+      route: { static: 'mx' },
+      backend_reuse: { enabled: true },
+    });
+    try {
+      for (let i = 1; i <= 4; i++) {
+        await session(p.port, '127.0.0.1', i);
+        await sleep(20);
+      }
+      assert.equal(b.sessions.length, 1);
+      assert.equal(b.accepted.length, 4);
+    } finally {
+      await p.stop();
+      await b.stop();
+    }
+  });
+});
