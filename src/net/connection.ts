@@ -20,7 +20,7 @@ import type { ListenerContext, ServerContext } from './context.js';
 
 /** Connections accepted by this process, for RouteRequest.session. */
 let accepted = 0;
-import { attach, attachBackend, detach, detachBackend, stopReading, unmapIPv4, type SocketOwner } from './socket-events.js';
+import { attach, attachBackend, detach, detachBackend, stopReading, type SocketOwner } from './socket-events.js';
 
 /** Grace period for the client to close after our final reply, before the socket is destroyed. */
 const LINGER_MS = 2000;

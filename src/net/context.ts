@@ -50,7 +50,6 @@ export interface ServerContext {
 export function createRouter(
   config: ServerConfig,
   pools: PoolRegistry = new PoolRegistry({}, noLogger),
-  logger: Logger = noLogger,
   extra: readonly RouterLayer[] = [],
   authFailures: Limiter = new WindowLimiter(config.auth.max_failures_per_client, config.auth.failure_window),
   /** The server's policy servers; the router closes them (every stage shares them). */
@@ -93,7 +92,7 @@ export function buildContext(config: ServerConfig, o: ContextOptions): ServerCon
   return {
     config,
     protocol,
-    router: o.router ?? createRouter(config, o.pools, o.logger, o.layers ?? [], o.authFailures, policy),
+    router: o.router ?? createRouter(config, o.pools, o.layers ?? [], o.authFailures, policy),
     logger: o.logger,
     tls: needsTls ? new TlsContexts(config.tls) : null,
     listeners,

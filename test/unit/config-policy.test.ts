@@ -11,18 +11,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { ConfigError, parseConfig } from '../../src/config/load.js';
+import { parseConfig } from '../../src/config/load.js';
+import { configProblems } from '../helpers/config.js';
 
-/** The problems of a config that must fail to load. */
-function problems(yaml: string): string[] {
-  try {
-    parseConfig(yaml, 'test.yaml');
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `expected ConfigError, got ${String(err)}`);
-    return err.problems;
-  }
-  assert.fail(`config was accepted:\n${yaml}`);
-}
+const problems = configProblems;
 
 const DATA_PROBLEM = 'stages: data needs proxy_mode: transaction (in session mode DATA goes to the back-end unseen)';
 const PREPEND_PROBLEM = 'prepend: adding headers needs proxy_mode: transaction (in session mode the message is relayed unseen)';

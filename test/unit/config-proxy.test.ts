@@ -11,20 +11,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { ConfigError, parseConfig } from '../../src/config/load.js';
+import { parseConfig } from '../../src/config/load.js';
+import { configProblems } from '../helpers/config.js';
 
 const root = path.resolve(import.meta.dirname, '../..');
 const NEEDS = 'needs set_real_ip_from, the load balancers allowed to send the header';
 
-function problems(yaml: string): string[] {
-  try {
-    parseConfig(yaml, 'test.yaml');
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `expected ConfigError, got ${String(err)}`);
-    return err.problems;
-  }
-  assert.fail(`config was accepted:\n${yaml}`);
-}
+const problems = configProblems;
 
 describe('config: PROXY protocol', () => {
   it('defaults: no listener expects a header, nothing is trusted, nothing is sent, 5 s to read one', () => {
