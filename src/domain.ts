@@ -7,16 +7,16 @@
 import type { ErrorCode } from './errors.js';
 
 /** The mail protocol a session speaks (nginx's `Auth-Protocol`). */
-export type ProtocolName = 'smtp';
+export type ProtocolName = 'smtp' | 'imap' | 'pop3';
 
 /** What the auth service is asked about (nginx's Auth-Method, Auth-User, Auth-Pass, Auth-Salt). */
 export interface Credentials {
-  /** nginx's value: `plain` for PLAIN and LOGIN, `cram-md5`, `external`; ours: `xoauth2`, `oauthbearer`. */
-  method: 'plain' | 'cram-md5' | 'external' | 'xoauth2' | 'oauthbearer';
+  /** nginx's value: `plain` for PLAIN, LOGIN and USER/PASS, `cram-md5`, `external`, `apop` (POP3); ours: `xoauth2`, `oauthbearer`. */
+  method: 'plain' | 'cram-md5' | 'external' | 'apop' | 'xoauth2' | 'oauthbearer';
   user: string;
-  /** Password, CRAM-MD5 digest or OAuth bearer token; empty for EXTERNAL. */
+  /** Password, CRAM-MD5 or APOP digest, or OAuth bearer token; empty for EXTERNAL. */
   pass: string;
-  /** The CRAM-MD5 challenge, as sent base64-encoded in the 334. */
+  /** The CRAM-MD5 challenge (as sent base64-encoded in the 334), or POP3's APOP timestamp (`<…>`). */
   salt?: string;
 }
 

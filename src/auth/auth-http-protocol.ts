@@ -30,7 +30,10 @@ export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): s
   const a = e.auth;
   const h = ['Host', opts.host, 'Auth-Method', a ? a.method : 'none', 'Auth-User', a ? escapeAuthValue(a.user) : '', 'Auth-Pass', a ? escapeAuthValue(a.pass) : ''];
   if (a?.salt !== undefined) h.push('Auth-Salt', a.salt);
-  h.push('Auth-Protocol', req.protocol ?? 'smtp', 'Auth-Login-Attempt', String(e.attempt), 'Client-IP', req.clientAddr, 'Client-Host', req.clientHost);
+  const smtp = (req.protocol ?? 'smtp') === 'smtp';
+  h.push('Auth-Protocol', req.protocol ?? 'smtp', 'Auth-Login-Attempt', String(e.attempt), 'Client-IP', req.clientAddr);
+  // nginx resolves the client's name for SMTP only (smtp_resolver): IMAP and POP3 send no Client-Host.
+  if (smtp) h.push('Client-Host', req.clientHost);
   const p = req.proxy;
   if (p) {
     // nginx 1.19.8's names and place; the TLVs nginx does not pass (authority, TLS to the load
@@ -41,7 +44,7 @@ export function buildAuthHeaders(req: RouteRequest, opts: AuthRequestOptions): s
     if (p.ssl?.cn !== undefined && p.ssl.verified) h.push('X-Postern-Proxy-SSL-CN', headerText(p.ssl.cn));
   }
   // nginx sends the envelope only for Auth-Method none; envelope_after_auth sends it always.
-  if (!a || opts.envelopeForAuth) h.push('Auth-SMTP-Helo', e.helo, 'Auth-SMTP-From', e.mailLine, 'Auth-SMTP-To', e.rcptLine);
+  if (smtp && (!a || opts.envelopeForAuth)) h.push('Auth-SMTP-Helo', e.helo, 'Auth-SMTP-From', e.mailLine, 'Auth-SMTP-To', e.rcptLine);
   // Transaction-aware proxying asks once per RCPT; nginx has no header for which one this is.
   if (e.recipient !== undefined) h.push('X-Postern-Recipient', String(e.recipient));
   const t = req.tls;

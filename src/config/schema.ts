@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { parseHostPort } from './units.js';
 import { duration, hostPort, listenAddress, size } from './fields.js';
 import { checks, rate, RATE_KEYS_OF, rateRule, resolver } from './schema-checks.js';
+import { imapSettings, pop3Settings } from './schema-mailbox.js';
 
 export { RATE_COUNTS, RATE_KEYS, RATE_KEYS_OF, type RateCount, type RateKey } from './schema-checks.js';
 import { logSchema } from '../log/schema.js';
@@ -220,9 +221,22 @@ const timeouts = z.strictObject({
 
 /** Every setting a server block may override; at top level they are the defaults of every server. */
 const serverShape = {
+  /**
+   * What the server's listeners speak (nginx's `protocol` in a mail `server {}`): `smtp`, or a
+   * mailbox protocol — `imap` or `pop3` — proxied to the user's back-end after login.
+   */
+  protocol: z.enum(['smtp', 'imap', 'pop3']).default('smtp'),
+  /** IMAP settings (protocol: imap). */
+  imap: imapSettings,
+  /** POP3 settings (protocol: pop3). */
+  pop3: pop3Settings,
   /** Name in the greeting, the HELO/EHLO reply and Postern's own EHLO to the back-end (nginx `server_name`). */
   server_name: z.string().regex(/^[A-Za-z0-9.-]+$/, 'a host name').default(() => os.hostname().replace(/[^A-Za-z0-9.-]/g, '') || 'localhost'),
-  /** Send Postfix XCLIENT (ADDR, PORT, NAME, HELO, PROTO as advertised) so the back-end sees the real client. */
+  /**
+   * Tell the back-end who the client is: SMTP with Postfix's XCLIENT (ADDR, PORT, NAME, HELO, PROTO
+   * as advertised); IMAP with `ID ("x-originating-ip" …)`; POP3 with XCLIENT where the greeting
+   * offers it (Dovecot, to peers in its login_trusted_networks).
+   */
   xclient: z.boolean().default(true),
   /** Authenticate to the back-end with the session's credentials instead of XCLIENT LOGIN= (nginx `proxy_smtp_auth`, which can only send PLAIN; Exchange needs LOGIN). */
   proxy_smtp_auth: z.enum(['off', 'plain', 'login']).default('off'),

@@ -13,7 +13,7 @@ import { accessLog } from '../observe/access-log.js';
 import { serverMetrics, timedAuthHttp } from '../observe/metrics.js';
 import type { SessionObserver } from '../observe/observer.js';
 import type { ProtocolModule, ProtocolSession } from '../protocol.js';
-import { SmtpProtocol } from '../protocols/smtp.js';
+import { protocolModule } from '../protocols/registry.js';
 import { NO_CONNECT_CHECKS, type ConnectChecks } from '../checks/connect.js';
 import { dnsConnectChecks } from '../checks/connect-dns.js';
 import { PolicyChecks } from '../checks/policy-checks.js';
@@ -85,7 +85,7 @@ export interface ContextOptions {
 export function buildContext(config: ServerConfig, o: ContextOptions): ServerContext {
   const needsTls = config.listen.some((l) => l.implicit_tls || l.starttls !== 'off');
   const metrics = serverMetrics(config, o.pools);
-  const protocol = metrics.protocol(new SmtpProtocol(config, o.logger, o.pools));
+  const protocol = metrics.protocol(protocolModule(config, o.logger, o.pools));
   const policy = config.checks.policy.length > 0 ? new PolicyChecks(config.checks.policy, config.proxy_mode, (level, fields, msg) => o.logger[level](fields, msg)) : null;
   const stageChecks = new StageChecks([...(o.stageChecks ?? []), ...(policy && policyAtStages(policy) ? [policy.stageCheck()] : [])]);
   const listeners = config.listen.map((l) => ({ config: l, name: `${l.address.host}:${l.address.port}`, newSession: protocol.sessions(l, stageChecks.stages) }));

@@ -101,6 +101,27 @@ describe('buildAuthHeaders (Auth-Method: none)', () => {
   });
 });
 
+describe('buildAuthHeaders (IMAP and POP3)', () => {
+  it('nginx\'s IMAP/POP3 request: the credentials, Auth-Salt for APOP, no Client-Host and no Auth-SMTP-*', () => {
+    const apop: RouteRequest = { ...REQUEST, protocol: 'pop3', envelope: { ...ENVELOPE, auth: { method: 'apop', user: 'alice', pass: '0123456789abcdef0123456789abcdef', salt: '<1.2@px.example>' } } };
+    assert.deepEqual(pairs(buildAuthHeaders(apop, { host: 'auth.example', extra: {}, envelopeForAuth: true })), [
+      ['Host', 'auth.example'],
+      ['Auth-Method', 'apop'],
+      ['Auth-User', 'alice'],
+      ['Auth-Pass', '0123456789abcdef0123456789abcdef'],
+      ['Auth-Salt', '<1.2@px.example>'],
+      ['Auth-Protocol', 'pop3'],
+      ['Auth-Login-Attempt', '1'],
+      ['Client-IP', '192.0.2.7'],
+    ]);
+    const imap = new Map(pairs(buildAuthHeaders({ ...REQUEST, protocol: 'imap', envelope: { ...ENVELOPE, auth: { method: 'plain', user: 'a b', pass: 'p%' } } }, { host: 'h', extra: {} })));
+    assert.equal(imap.get('Auth-Protocol'), 'imap');
+    assert.equal(imap.get('Auth-User'), 'a%20b');
+    assert.equal(imap.get('Auth-Pass'), 'p%25');
+    assert.equal(imap.has('Client-Host'), false);
+  });
+});
+
 describe('escapeAuthValue (ngx_escape_uri, NGX_ESCAPE_MAIL_AUTH)', () => {
   it('escapes exactly 0x00-0x20 and "%", upper-case hex', () => {
     for (let byte = 0; byte < 256; byte++) {

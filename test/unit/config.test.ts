@@ -38,6 +38,9 @@ describe('parseConfig defaults', () => {
     assert.deepEqual(servers, [serverPart]);
     assert.deepEqual(rest, {
       workers: 1,
+      protocol: 'smtp',
+      imap: { capabilities: ['IMAP4', 'IMAP4rev1', 'UIDPLUS'], auth: ['plain'], backend_login: 'login' },
+      pop3: { capabilities: ['TOP', 'USER', 'UIDL'], auth: ['plain'], backend_login: 'user' },
       listen: [{ address: { host: '127.0.0.1', port: 2525 }, starttls: 'off', implicit_tls: false, smtp_auth: ['none'], auth_plaintext: false, proxy_protocol: false }],
       route: { static: { host: '127.0.0.1', port: 25 } },
       xclient: true,
