@@ -50,7 +50,14 @@ export type Action =
   /** Bytes for the back-end connection (transaction-aware proxying). */
   | { type: 'backend-write'; data: Buffer }
   /** End the back-end connection: say `quit` first (RFC 5321 §4.1.1.10), or cut it (`abort`) so an unfinished message is never completed. */
-  | { type: 'backend-close'; abort: boolean; /** The link owes no reply: the protocol may keep it for another session (ProtocolModule.release). */ reuse?: boolean }
+  | {
+      type: 'backend-close';
+      abort: boolean;
+      /** The link owes no reply: the protocol may keep it for another session (ProtocolModule.release). */
+      reuse?: boolean;
+      /** …and no transaction is open there either: it needs no reset before it is kept. */
+      clean?: boolean;
+    }
   /** Run {@link Session.timer} after `ms` (greeting delay, Auth-Wait). */
   | { type: 'timer'; ms: number }
   /** Log `code` without a reply (a failure that happens where no reply is possible). */
@@ -136,7 +143,7 @@ export interface ProtocolModule<Ready = unknown> {
    * later session (SMTP: RSET, then the back-end connection cache). False: not kept, the driver
    * ends it as usual.
    */
-  release?(socket: Socket): boolean;
+  release?(socket: Socket, clean: boolean): boolean;
   /** Shutdown or reload: let go of whatever the module keeps (kept back-end connections). */
   close?(): void;
 }

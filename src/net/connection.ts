@@ -247,7 +247,7 @@ export class Connection implements SocketOwner, AskOwner {
         this.#backendSocket?.write(a.data);
         break;
       case 'backend-close':
-        this.#dropBackend(a.abort, a.reuse === true);
+        this.#dropBackend(a.abort, a.reuse === true, a.clean === true);
         break;
       case 'timer':
         this.#clearTimer();
@@ -400,7 +400,7 @@ export class Connection implements SocketOwner, AskOwner {
   }
 
   /** Ends the back-end session: QUIT (RFC 5321 §4.1.1.10) and a grace period, or at once. */
-  #dropBackend(abort: boolean, reuse = false): void {
+  #dropBackend(abort: boolean, reuse = false, clean = false): void {
     const s = this.#backendSocket;
     if (!s || this.#relayStats) return;
     this.#backendSocket = null;
@@ -409,7 +409,7 @@ export class Connection implements SocketOwner, AskOwner {
       s.destroy();
       return;
     }
-    if (reuse && this.#ctx.protocol.release?.(s)) return;
+    if (reuse && this.#ctx.protocol.release?.(s, clean)) return;
     s.end('QUIT\r\n');
     s.setTimeout(5000, () => s.destroy());
     s.resume(); // its 221 is read and dropped

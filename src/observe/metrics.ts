@@ -188,7 +188,7 @@ export class SessionMetrics {
           refusal: (code) => p.refusal(code),
           replyCode: (data) => p.replyCode(data),
           // The optional parts of the seam go through unchanged (kept back-end connections).
-          ...(p.release ? { release: (socket: Socket) => p.release!(socket) } : {}),
+          ...(p.release ? { release: (socket: Socket, clean: boolean) => p.release!(socket, clean) } : {}),
           ...(p.close ? { close: () => p.close!() } : {}),
         };
       },

@@ -1,7 +1,7 @@
 /**
  * Back-end session reuse for SMTP (issue 13; `backend_reuse`): what the SMTP module adds to the
  * connection cache (../backend/cache.ts) — which connections may be kept, under which key, and
- * the RSET that makes one idle before it is parked.
+ * the RSET that makes one idle before it is parked, when its session left a transaction open.
  *
  * A connection is kept only when nothing of its session can leak into the next one: no AUTH to
  * the back-end (an AUTH cannot be undone) and no XCLIENT LOGIN= (Postfix keeps an attribute a
@@ -64,11 +64,21 @@ export class SmtpReuse {
     if (keepable) this.#meta.set(socket, m);
   }
 
-  /** The session is over and its link idle: RSET, and on its 250 the connection is parked. False: not kept. */
-  release(socket: Socket): boolean {
+  /**
+   * The session is over and its link owes nothing: parked at once when no transaction is open
+   * (`clean`), else after an RSET and its 250. False: not kept. Skipping the RSET saves a round
+   * trip per session; a kept connection that died meanwhile is caught when it is taken (the
+   * failed warm start falls back to a new connection before the client sees a byte).
+   */
+  release(socket: Socket, clean: boolean): boolean {
     const m = this.#meta.get(socket);
     if (!m || socket.destroyed) return false;
     this.#meta.delete(socket);
+    if (clean) {
+      socket.pause();
+      this.#cache.park(m.key, { socket, capabilities: m.capabilities, tls: m.tls, name: m.name, sessions: m.sessions, since: m.since });
+      return true;
+    }
     const reader = new ReplyReader();
     const done = (ok: boolean, why?: string): void => {
       clearTimeout(timer);

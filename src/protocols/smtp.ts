@@ -167,8 +167,8 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
   }
 
   /** A kept connection the driver hands back: parked for the next session, if the module keeps it. */
-  release(socket: Socket): boolean {
-    if (!this.#reuse?.release(socket)) return false;
+  release(socket: Socket, clean: boolean): boolean {
+    if (!this.#reuse?.release(socket, clean)) return false;
     // Kept, it is nobody's connection: the pool's count for it goes back until a session takes it again.
     const giveBack = this.#poolCount.get(socket);
     if (giveBack) {

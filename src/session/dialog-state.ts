@@ -138,7 +138,7 @@ export abstract class DialogState {
   protected end(out: Action[], code: 'PST_SHUTDOWN' | 'PST_CLIENT_EOF'): void {
     this.stage = 'closed';
     // Idle between commands: the link owes nothing, so it may be kept for another session (not when stopping).
-    if (this.tx) out.push({ type: 'backend-close', abort: false, reuse: code === 'PST_CLIENT_EOF' });
+    if (this.tx) out.push({ type: 'backend-close', abort: false, reuse: code === 'PST_CLIENT_EOF', clean: this.tx.idle });
     this.tx = null;
     if (code === 'PST_SHUTDOWN') out.push({ type: 'error', code });
     else out.push({ type: 'log', code }, { type: 'close' });

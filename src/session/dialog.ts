@@ -35,7 +35,7 @@ export abstract class SmtpDialog extends DialogState {
       case 'QUIT':
         this.stage = 'closed';
         reply(out, this.book.bye);
-        if (this.tx) out.push({ type: 'backend-close', abort: false, reuse: true });
+        if (this.tx) out.push({ type: 'backend-close', abort: false, reuse: true, clean: this.tx.idle });
         this.tx = null;
         out.push({ type: 'close' });
         return;

@@ -351,7 +351,7 @@ export class Session extends SmtpDialog implements ProtocolSession<BackendReadyI
       if (tx.accepted > 0) return this.recipientAnswered(env, 'PST_RCPT_OTHER_BACKEND', `${env.rcptTo} routes elsewhere than ${tx.name}`);
     }
     const out: Action[] = [];
-    if (tx) out.push({ type: 'backend-close', abort: false, reuse: true });
+    if (tx) out.push({ type: 'backend-close', abort: false, reuse: true, clean: tx.idle });
     this.tx = null;
     this.pendingTarget = target;
     out.push({ type: 'connect', target, envelope: env });

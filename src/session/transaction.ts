@@ -99,6 +99,15 @@ export class TransactionProxy {
     return this.#open;
   }
 
+  /**
+   * No transaction open and no reply owed: the back-end is where a new session starts (RFC 5321
+   * §4.1.1.4: the reply to the end of data, or to RSET, ends the transaction), so a kept
+   * connection needs no RSET before it is parked.
+   */
+  get idle(): boolean {
+    return !this.#open && this.#owed.length === 0;
+  }
+
   /** Recipients of the current transaction the back-end accepted. */
   get accepted(): number {
     return this.#accepted;

@@ -40,19 +40,42 @@ describe('backend_reuse', () => {
     try {
       for (let i = 1; i <= 5; i++) {
         await session(r.p.port, `127.0.0.${10 + i}`, i);
-        await sleep(30); // the RSET's 250 parks the connection
+        await sleep(30); // the QUIT parks the connection
       }
       assert.equal(r.b.sessions.length, 1, 'one back-end connection');
       assert.equal(r.b.accepted.length, 5);
       const cmds = r.b.sessions[0]!.commands;
       assert.deepEqual(cmds.filter((l) => l.startsWith('XCLIENT')).map((l) => /ADDR=(\S+)/.exec(l)![1]), ['127.0.0.11', '127.0.0.12', '127.0.0.13', '127.0.0.14', '127.0.0.15']);
-      // Between sessions: RSET (the reset), then XCLIENT (a new session for Postfix), then the client's EHLO.
-      const i = cmds.indexOf('RSET');
-      assert.ok(i > 0 && cmds[i + 1]!.startsWith('XCLIENT ') && cmds[i + 2] === 'EHLO c2.test', JSON.stringify(cmds));
+      // Between sessions: the message's end closed its transaction, so no RSET: XCLIENT (a new session for Postfix), then the client's EHLO.
+      assert.equal(cmds.includes('RSET'), false, JSON.stringify(cmds));
+      const i = cmds.findIndex((l) => l.startsWith('XCLIENT ADDR=127.0.0.12'));
+      assert.ok(i > 0 && cmds[i + 1] === 'EHLO c2.test', JSON.stringify(cmds));
       assert.equal(cmds.filter((l) => l.startsWith('EHLO proxy.test')).length, 1, 'Postern\'s own EHLO only once');
       // The access records say which session on the kept connection each was.
       const records = r.p.logs.filter((l) => l.type === 'access' && l.msg === 'session');
       assert.deepEqual(records.map((l) => l.backend_session ?? 1), [1, 2, 3, 4, 5]);
+    } finally {
+      await r.stop();
+    }
+  });
+
+  it('a session that leaves a transaction open is reset (RSET and its 250) before its connection is kept', async () => {
+    const r = await rig(true);
+    try {
+      const c = await SmtpClient.connect(r.p.port, '127.0.0.1', '127.0.0.31');
+      assert.equal((await c.reply()).code, 220);
+      assert.match(await c.cmd('EHLO open.test'), /^250 /);
+      assert.equal(await c.cmd('MAIL FROM:<s@x.test>'), '250 2.1.0 OK');
+      assert.equal(await c.cmd('RCPT TO:<r@y.test>'), '250 2.1.5 Ok');
+      assert.match(await c.cmd('QUIT'), /^221 /);
+      c.close();
+      await sleep(30);
+      await session(r.p.port, '127.0.0.32', 2);
+      assert.equal(r.b.sessions.length, 1, 'kept after the reset');
+      const cmds = r.b.sessions[0]!.commands;
+      const i = cmds.indexOf('RSET');
+      assert.ok(i > 0 && cmds[i - 1] === 'RCPT TO:<r@y.test>' && cmds[i + 1]!.startsWith('XCLIENT ADDR=127.0.0.32'), JSON.stringify(cmds));
+      assert.equal(r.b.accepted.length, 1, 'only the second session\'s message');
     } finally {
       await r.stop();
     }
