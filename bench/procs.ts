@@ -189,8 +189,9 @@ export async function startHaproxy(sinkPort: number, threads: number): Promise<P
   const file = path.join(dir, 'haproxy.cfg');
   writeFileSync(file, `global
   nbthread ${threads}
-  # Each connection holds two descriptors (client and sink): within a 20000-descriptor limit.
-  maxconn 9000
+  # The 10,000-idle scenario: each connection holds two descriptors (client and sink); started as
+  # root, HAProxy raises its own descriptor limit to what maxconn needs.
+  maxconn 12000
 
 defaults
   mode tcp

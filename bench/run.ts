@@ -104,9 +104,11 @@ const VIA_AUTH: readonly Target[] = ['nginx', 'postern', 'postern-checks', 'post
 const SCRAPE_MS = 1000;
 /**
  * The idle-connection figure: the static and pool targets hold connections as `postern` does
- * before routing (postern-checks too, plus its connection limits: not measured here).
+ * before routing (postern-checks too, plus its connection limits: not measured here). HAProxy in
+ * TCP mode connects to the sink for each one at once (the greeting is the sink's): its figure is
+ * what a proxy that keeps two sockets and no protocol state per client costs.
  */
-const PROXIES = (['nginx', 'postern', 'postern-tx'] as const).filter((t) => TARGETS.includes(t));
+const PROXIES = (['haproxy', 'nginx', 'postern', 'postern-tx'] as const).filter((t) => TARGETS.includes(t));
 const POSTERNS = (['postern', 'postern-tx'] as const).filter((t) => TARGETS.includes(t));
 
 /** A comma-separated subset of `all` from the environment, in `all`'s order (all of it when unset). */
@@ -789,6 +791,7 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
     lines.push('| Target | resident memory per connection | dropped |', '| --- | ---: | ---: |');
     for (const t of PROXIES) lines.push(`| ${t} | ${(idle[t]!.bytesPerConn / 1024).toFixed(2)} KiB | ${idle[t]!.dropped} |`);
     if (idle.nginx) for (const t of POSTERNS) lines.push(`| ${t} ÷ nginx | ${ratio(idle[t]!.bytesPerConn, idle.nginx.bytesPerConn)} | |`);
+    if (idle.haproxy) lines.push('', 'HAProxy (TCP mode) opens a sink connection for each client at once: its memory is for two sockets per client, the sink\'s is not counted.');
   }
   lines.push('', 'Reproduce: `npm run bench` (BENCH_ROUNDS, BENCH_WORKERS, BENCH_TARGETS, BENCH_SCENARIOS, BENCH_QUICK=1 for a smoke run).', '');
   return lines.join('\n');

@@ -139,6 +139,21 @@ export class BackendCache {
     return null;
   }
 
+  /** Closes the parked connections whose key starts with `prefix` (a server taken out of rotation). */
+  closeWhere(prefix: string): number {
+    let n = 0;
+    for (const [key, list] of this.#slots) {
+      if (!key.startsWith(prefix)) continue;
+      for (const slot of list) {
+        slot.drop();
+        this.#o.close(slot.socket);
+        n++;
+      }
+      this.#slots.delete(key);
+    }
+    return n;
+  }
+
   /** Closes every parked connection (shutdown, reload). */
   close(): void {
     for (const [key, list] of this.#slots) {

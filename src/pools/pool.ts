@@ -37,6 +37,8 @@ export class Pool {
   /** Per server: the active-check verdict (from the instance's checker) and passive detection. */
   readonly #health: ServerHealth[];
   readonly #logger: Logger;
+  /** Told when a server is taken out of rotation (kept back-end connections to it are let go). */
+  readonly #onOut: ((server: PoolServer) => void)[] = [];
 
   constructor(name: string, c: PoolConfig, logger: Logger, now: () => number = Date.now) {
     this.name = name;
@@ -105,7 +107,12 @@ export class Pool {
   /** Server `i` failed a session before the client saw a byte (passive detection). */
   failed(i: number, reason: string): void {
     this.#balancers[this.servers[i]!.backup ? 'backup' : 'primary'].failed(i);
-    this.#log(i, this.#health[i]!.failed(reason));
+    this.#changed(i, this.#health[i]!.failed(reason));
+  }
+
+  /** `cb` is called with each server the checks or passive detection take out of rotation. */
+  onOut(cb: (server: PoolServer) => void): void {
+    this.#onOut.push(cb);
   }
 
   /** Server `i` carried a session up to the client: its failure count is cleared. */
@@ -119,7 +126,12 @@ export class Pool {
   /** An active-check verdict (from this process's checker or the primary's); the checker logs it where it ran. */
   setUp(serverId: string, up: boolean, reason = up ? 'check passed' : 'check failed'): void {
     const i = this.servers.findIndex((s) => s.id === serverId);
-    if (i >= 0) this.#health[i]!.setActive(up, reason);
+    if (i >= 0) this.#changed(i, this.#health[i]!.setActive(up, reason));
+  }
+
+  #changed(i: number, t: HealthTransition | null): void {
+    this.#log(i, t);
+    if (t && !t.up) for (const cb of this.#onOut) cb(this.servers[i]!);
   }
 
   /** One log line per change that passive detection made (active changes are logged by the checker). */
@@ -156,6 +168,11 @@ export class Pool {
 /** Every pool of the configuration, by name (one registry per worker, shared by its server blocks). */
 export class PoolRegistry {
   readonly #pools = new Map<string, Pool>();
+
+  /** Every pool, for a module that watches their servers (back-end reuse). */
+  all(): IterableIterator<Pool> {
+    return this.#pools.values();
+  }
 
   constructor(pools: Readonly<Record<string, PoolConfig>>, logger: Logger, now?: () => number) {
     for (const [name, c] of Object.entries(pools)) this.#pools.set(name, new Pool(name, c, logger, now));

@@ -54,6 +54,17 @@ export class SmtpReuse {
     return `${host}|${port}|${tls.mode}|${tls.serverName ?? ''}|${tls.verify}`;
   }
 
+  /**
+   * A pool server was taken out of rotation (its health checks failed, or passive detection):
+   * the connections kept to it are closed now rather than at their idle time, so a server being
+   * drained or repaired sees them go with its checks. No session would take them meanwhile
+   * anyway: a kept connection is used only after the pool has picked its server.
+   */
+  serverOut(host: string, port: number, pool: string): void {
+    const n = this.#cache.closeWhere(`${host}|${port}|`);
+    if (n > 0) this.#logger.info({ pool, server: `${host}:${port}`, closed: n }, 'kept back-end connections closed: their server is out of rotation');
+  }
+
   take(key: string): { socket: Socket; capabilities: ReadonlyMap<string, string>; secure: boolean; sessions: number; since: number } | null {
     const p = this.#cache.take(key);
     return p ? { socket: p.socket, capabilities: p.capabilities, secure: p.tls !== null, sessions: p.sessions, since: p.since } : null;

@@ -59,6 +59,8 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
     this.#pools = pools;
     this.#lookup = lookup;
     this.#reuse = config.backend_reuse.enabled && config.proxy_mode === 'transaction' ? new SmtpReuse(config.backend_reuse, logger) : null;
+    const reuse = this.#reuse;
+    if (reuse && pools) for (const pool of pools.all()) pool.onOut((s) => reuse.serverOut(s.host, s.port, pool.name));
     this.#backendTls = backendTlsOptions(config);
     this.#capabilities = config.capabilities.map((c) =>
       c.toUpperCase() === 'SIZE' && config.max_message_size > 0 ? `SIZE ${config.max_message_size}` : c,

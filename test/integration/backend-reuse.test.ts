@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { HealthChecker } from '../../src/pools/checker.js';
 import { FakeBackend, type FakeBackendOptions } from '../helpers/fake-backend.js';
 import { startPostern, type RunningPostern } from '../helpers/postern.js';
 import { SmtpClient } from '../helpers/smtp-client.js';
@@ -177,6 +178,38 @@ describe('backend_reuse with a pool', () => {
       assert.equal(b.sessions.length, 1);
       assert.equal(b.accepted.length, 4);
     } finally {
+      await p.stop();
+      await b.stop();
+    }
+  });
+
+  it('a server the health checks take out of rotation has its kept connections closed at once, not at their idle time', async () => {
+    let failChecks = false;
+    // Health checks say EHLO proxy.test on their own connections; sessions on a kept one say XCLIENT.
+    const b = await FakeBackend.start({ onCommand: (line) => (failChecks && line === 'EHLO proxy.test' ? '421 4.3.2 going down' : undefined) });
+    const p = await startPostern({
+      proxy_mode: 'transaction',
+      server_name: 'proxy.test',
+      pools: { mx: { servers: [{ address: `127.0.0.1:${b.port}` }], health: { enabled: false } } },
+      route: { static: 'mx' },
+      backend_reuse: { enabled: true, idle: '60s' },
+    });
+    // The instance's checker (src/net/instance.ts applies its verdicts to the worker's pools the same way).
+    const checker = new HealthChecker({ pools: { mx: { servers: [{ id: `127.0.0.1:${b.port}`, host: '127.0.0.1', port: b.port, weight: 1, backup: false, maxConnections: 0 }], health: { enabled: true, interval: 50, timeout: 500, rise: 1, fall: 1, starttls: false } } }, ehloName: 'proxy.test' });
+    checker.on('change', (c) => p.server.pools.setUp(c.pool, c.server, c.up));
+    checker.start();
+    try {
+      await session(p.port, '127.0.0.1', 1);
+      await sleep(50);
+      const kept = b.sessions.find((s) => s.commands.some((l) => l.startsWith('MAIL FROM:')))!;
+      assert.ok(kept && !kept.socket.destroyed, 'the session\'s connection is kept');
+      failChecks = true;
+      for (let i = 0; i < 40 && !kept.socket.destroyed; i++) await sleep(50);
+      assert.equal(kept.socket.destroyed, true, 'closed when the server went down, long before idle: 60s');
+      assert.equal(kept.commands.at(-1), 'QUIT');
+      assert.ok(p.logs.some((l) => l.msg === 'kept back-end connections closed: their server is out of rotation' && l.closed === 1));
+    } finally {
+      checker.stop();
       await p.stop();
       await b.stop();
     }
