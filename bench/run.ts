@@ -23,7 +23,7 @@
  * between client sessions, RSET and straight on with MAIL; xclient off as for every target), run
  * next to `postern-tx` in every round for the reuse ÷ transaction ratios, back-end CPU included.
  *
- * Environment: BENCH_ROUNDS (default 5), BENCH_QUICK=1 (a few messages: a smoke run of the harness),
+ * Environment: BENCH_ROUNDS (default 5), BENCH_QUICK=1 (a few messages: a smoke run of the harness), BENCH_ACCESS_LOG=0 (Postern without its access log: on by default, as in production),
  * BENCH_WORKERS (Postern and nginx worker processes, default 1), BENCH_SKIP_IDLE=1,
  * BENCH_TARGETS (a comma-separated subset of the targets, e.g. `postern,postern-checks,nginx`;
  * default all), BENCH_SCENARIOS (a comma-separated subset of `4k` (× 50 sessions), `4k200` (× 200
@@ -733,7 +733,7 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
   lines.push(`Versions: Node ${process.version}; ${v('nginx', ['-v'])}; postfix ${v('postconf', ['-h', 'mail_version'])}  `);
   lines.push(`Source: ${source()}  `);
   if (!complete) lines.push(`Partial run: targets ${TARGETS.join(', ')}; scenarios ${SCENARIOS.map((sc) => sc.key).join(', ')}.  `);
-  lines.push(`Setup: ${workers} worker process(es) each; smtp-source → proxy → smtp-sink; one nginx http{} auth responder; xclient off; ${rounds} interleaved round(s), medians shown.  `);
+  lines.push(`Setup: ${workers} worker process(es) each; smtp-source → proxy → smtp-sink; one nginx http{} auth responder; xclient off; Postern's access log ${process.env.BENCH_ACCESS_LOG === '0' ? 'off (BENCH_ACCESS_LOG=0)' : 'on (one record per session, and per message in transaction mode, as in production)'}; ${rounds} interleaved round(s), medians shown.  `);
   lines.push(
     'Targets: `haproxy` is HAProxy in TCP mode in front of the sink (`mode tcp`, `balance roundrobin`, one server, `nbthread` = the worker count): the floor for any proxy. `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-checks` is `postern` plus a Postfix policy server asked at every RCPT (bench/policy-responder.ts, answering DUNNO) and the per-client limits on (see its section); ' +
       '`postern-metrics` is `postern` plus the Prometheus metrics listener, scraped every second (see its section); ' +
