@@ -64,8 +64,15 @@ export type Action =
   | { type: 'log'; code: ErrorCode | WarningCode; detail?: string }
   /** One message went through: the per-message access record. */
   | { type: 'message'; record: MessageRecord }
-  /** Close after the replies already queued have been written; `abort`: at once (no reply is possible). */
-  | { type: 'close'; abort?: boolean }
+  /**
+   * Close after the replies already queued have been written; `abort`: at once (no reply is
+   * possible). `goodbye`: the client ended the session (SMTP QUIT, IMAP LOGOUT, POP3 QUIT) and
+   * sent nothing after it — the socket is closed as soon as the replies are with the kernel, with
+   * no half-close and linger (nginx closes after its 221 the same way, ngx_close_connection): a
+   * client that resets the moment it reads the reply, as smtp-source does, then costs no failed
+   * shutdown(2) and no error.
+   */
+  | { type: 'close'; abort?: boolean; goodbye?: boolean }
   /** Start the server side of a TLS handshake once the queued replies are written. */
   | { type: 'starttls'; discarded: number };
 

@@ -261,7 +261,7 @@ export class Connection implements SocketOwner, AskOwner {
         break;
       case 'close':
         if (a.abort) this.socket.destroy();
-        else this.#close();
+        else this.#close(a.goodbye === true);
         break;
       case 'starttls':
         if (a.discarded > 0) this.#log('PSW_STARTTLS_DISCARDED', `${a.discarded} bytes`);
@@ -327,10 +327,13 @@ export class Connection implements SocketOwner, AskOwner {
     if (ERRORS[code].close) this.#close();
   }
 
-  #close(): void {
+  #close(goodbye = false): void {
     this.#outcome ??= 'quit';
     this.#clearTimer();
-    this.socket.end();
+    // Within #run's cork: the replies leave at its uncork; closed once the kernel has them. TLS
+    // ends with its close_notify (end), as nginx's ngx_ssl_shutdown does.
+    if (goodbye && !(this.socket instanceof TLSSocket)) queueMicrotask(() => closeWhenWritten(this.socket));
+    else this.socket.end();
     this.socket.setTimeout(LINGER_MS);
     this.#clientTimer = null;
   }
@@ -445,3 +448,9 @@ export class Connection implements SocketOwner, AskOwner {
   }
 }
 
+/** Closes `s` once everything written to it is with the kernel, which still sends it, then FIN. */
+function closeWhenWritten(s: Socket): void {
+  if (s.destroyed) return;
+  if (s.writableLength === 0) s.destroy();
+  else s.once('drain', () => s.destroy());
+}

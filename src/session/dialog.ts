@@ -14,6 +14,8 @@ import { MECHANISMS, type Mechanism } from '../smtp/sasl.js';
 import { DialogState, printable, type PendingCheck } from './dialog-state.js';
 import { SaslExchange } from './sasl-exchange.js';
 
+const GOODBYE: Action = Object.freeze({ type: 'close', goodbye: true });
+
 export { printable, type BackendReadyInfo, type Phase } from './dialog-state.js';
 
 export abstract class SmtpDialog extends DialogState {
@@ -37,7 +39,8 @@ export abstract class SmtpDialog extends DialogState {
         reply(out, this.book.bye);
         if (this.tx) out.push({ type: 'backend-close', abort: false, reuse: true, clean: this.tx.idle });
         this.tx = null;
-        out.push({ type: 'close' });
+        // Bytes after QUIT would turn a plain close into a reset that can take the 221 with it.
+        out.push(this.reader.buffered === 0 ? GOODBYE : { type: 'close' });
         return;
       case 'VRFY':
         return arg ? reply(out, this.book.vrfy) : this.fail(out, 'PST_INVALID_ARGUMENT');
