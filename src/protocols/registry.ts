@@ -6,12 +6,15 @@ import type { ServerConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { PoolRegistry } from '../pools/pool.js';
 import type { ProtocolModule } from '../protocol.js';
+import { Pop3Protocol } from './pop3.js';
 import { SmtpProtocol } from './smtp.js';
 
 export function protocolModule(config: ServerConfig, logger: Logger, pools: PoolRegistry | null): ProtocolModule {
   switch (config.protocol) {
     case 'smtp':
       return new SmtpProtocol(config, logger, pools);
+    case 'pop3':
+      return new Pop3Protocol(config, logger, pools);
     default:
       throw new Error(`protocol ${config.protocol} is not built yet`);
   }

@@ -1,0 +1,188 @@
+/**
+ * The POP3 protocol module (nginx's ngx_mail_pop3_module with the POP3 half of its proxy
+ * module): per listener, the replies and limits of the session machine (src/pop3/session.ts);
+ * per login, connect and log in to the routed back-end (src/pop3/connect.ts), failing over
+ * within a pool or a host name's addresses while the client has seen no back-end byte.
+ */
+import { randomBytes, randomInt } from 'node:crypto';
+import dns from 'node:dns';
+import net from 'node:net';
+import type { BackendTlsOptions } from '../backend/connect.js';
+import { backendTlsFor, backendTlsOptions } from '../backend/route-options.js';
+import type { ListenerConfig, ServerConfig } from '../config/schema.js';
+import { backendName, type ClientIdentity, type Envelope, type RouteTarget } from '../domain.js';
+import { PosternError, WARNINGS, type ErrorCode } from '../errors.js';
+import type { Logger } from '../log/logger.js';
+import { failover, type Attempt, type Candidate } from '../pools/failover.js';
+import { hashKeyOf } from '../pools/layer.js';
+import type { PoolRegistry } from '../pools/pool.js';
+import { connectPop3 } from '../pop3/connect.js';
+import type { Pop3Limits } from '../pop3/limits.js';
+import { pop3Retryable } from '../pop3/login.js';
+import { Pop3Book, pop3Mechanisms } from '../pop3/replies.js';
+import { Pop3Session, type Pop3Ready } from '../pop3/session.js';
+import type { BackendDone, BackendSession, ProtocolModule, ProtocolSession } from '../protocol.js';
+import { cramChallenge } from '../smtp/sasl.js';
+import { proxyHeaderFor, type Lookup } from './smtp.js';
+
+/** Dovecot's proxy loop guard starts at 5 hops (LOGIN_PROXY_TTL); Postern is the first. */
+const XCLIENT_TTL = 5;
+
+const lookupAll: Lookup = (host, cb) => dns.lookup(host, { all: true }, (err, addrs) => cb(err, addrs ?? []));
+
+export class Pop3Protocol implements ProtocolModule<Pop3Ready> {
+  readonly name = 'pop3' as const;
+  readonly #config: ServerConfig;
+  readonly #logger: Logger;
+  readonly #pools: PoolRegistry | null;
+  readonly #lookup: Lookup;
+  readonly #backendTls: BackendTlsOptions;
+  readonly #refusals: Pop3Book;
+  /** Back-ends already warned about (no XCLIENT while xclient is on): once each, not per session. */
+  readonly #warned = new Set<string>();
+
+  constructor(config: ServerConfig, logger: Logger, pools: PoolRegistry | null = null, lookup: Lookup = lookupAll) {
+    this.#config = config;
+    this.#logger = logger;
+    this.#pools = pools;
+    this.#lookup = lookup;
+    this.#backendTls = backendTlsOptions(config);
+    this.#refusals = new Pop3Book({ serverName: config.server_name, capabilities: [], mechanisms: [], starttls: 'off' });
+  }
+
+  sessions(l: ListenerConfig): () => ProtocolSession<Pop3Ready> {
+    const c = this.#config;
+    const p = c.pop3;
+    const mechanisms = pop3Mechanisms(p.auth);
+    const book = new Pop3Book({ serverName: c.server_name, capabilities: p.capabilities, mechanisms, starttls: l.starttls });
+    const stamped = p.auth.includes('apop') || p.auth.includes('cram-md5');
+    const limits: Pop3Limits = {
+      maxLineLength: c.max_line_length,
+      maxErrors: c.max_errors,
+      starttls: l.starttls,
+      implicitTls: l.implicit_tls,
+      userPass: p.auth.includes('plain'),
+      apop: p.auth.includes('apop'),
+      mechanisms,
+      maxAttempts: c.auth.max_attempts,
+      // nginx's salt: <random.unixtime@server_name> (ngx_mail_salt)
+      timestamp: stamped ? () => cramChallenge(randomInt(1e9), Math.floor(Date.now() / 1000), c.server_name) : null,
+      passErrorMessage: c.proxy_pass_error_message,
+    };
+    return () => new Pop3Session(book, limits);
+  }
+
+  /** POP3 replies carry no numeric code. */
+  replyCode(): number {
+    return 0;
+  }
+
+  refusal(code: ErrorCode): Buffer {
+    return this.#refusals.error(code);
+  }
+
+  /** Logs in on `target`: a pool's servers in the balancer's order, a name's addresses one by one, or the one address. */
+  connect(client: ClientIdentity, target: RouteTarget, envelope: Envelope, done: BackendDone<Pop3Ready>): () => void {
+    const pool = target.pool !== undefined ? this.#pools?.get(target.pool) : undefined;
+    if (target.pool !== undefined && !pool) {
+      queueMicrotask(() => done(new PosternError('PST_ROUTE_UNKNOWN_POOL', `no pool named ${JSON.stringify(target.pool)}`)));
+      return () => {};
+    }
+    // One session id for every try: the back-ends' logs of one client session agree.
+    const session = randomBytes(9).toString('base64url');
+    const attempt: Attempt<BackendSession<Pop3Ready>> = (cand, ms, cb) => this.#attempt(client, target, envelope, session, cand, ms, cb);
+    if (pool) {
+      const tried = new Set<number>();
+      const key = pool.hashKey === null ? null : hashKeyOf(pool.hashKey, envelope, client.addr);
+      const next = (): Candidate | null => {
+        const i = pool.pick(key, tried);
+        if (i < 0) return null;
+        tried.add(i);
+        const srv = pool.servers[i]!;
+        pool.acquire(i);
+        return {
+          id: srv.id,
+          host: srv.host,
+          port: srv.port,
+          failed: (err) => {
+            // A refused login is the user's problem, not the server's.
+            if (!pop3Retryable(err)) return;
+            pool.failed(i, `${err.code}${err.detail ? ` ${err.detail}` : ''}`);
+            this.#logger.info({ code: 'PSW_POOL_FAILOVER', pool: pool.name, server: srv.id, detail: err.detail, error: err.code }, WARNINGS.PSW_POOL_FAILOVER.message);
+          },
+          succeeded: () => pool.succeeded(i),
+          release: () => pool.release(i),
+        } as Candidate & { release(): void };
+      };
+      return failover(next, { maxTries: pool.maxTries, deadline: Date.now() + pool.tryTimeout, attemptTimeout: this.#config.timeouts.backend, exhausted: 'PST_POOL_EXHAUSTED', describe: () => pool.describe() }, attempt, pop3Retryable, done);
+    }
+    return this.#single(target, attempt, done);
+  }
+
+  /** A single back-end: an IP literal is one try, a host name's addresses are tried one by one. */
+  #single(target: RouteTarget, attempt: Attempt<BackendSession<Pop3Ready>>, done: BackendDone<Pop3Ready>): () => void {
+    const timeout = this.#config.timeouts.backend;
+    let aborted = false;
+    let abort: () => void = () => (aborted = true);
+    const run = (list: Candidate[]): void => {
+      let n = 0;
+      abort = failover(() => list[n++] ?? null, { maxTries: list.length, deadline: Date.now() + timeout, attemptTimeout: timeout, exhausted: null }, attempt, pop3Retryable, done);
+    };
+    if (net.isIP(target.host)) run([{ id: backendName(target), host: target.host, port: target.port }]);
+    else {
+      this.#lookup(target.host, (err, addrs) => {
+        if (aborted) return;
+        if (err || addrs.length === 0) return done(new PosternError('PST_ROUTE_RESOLVE', `${backendName(target)}: ${(err as NodeJS.ErrnoException | null)?.code ?? 'no address'}`));
+        run(addrs.map((a) => ({ id: `${target.host}[${a.address}]:${target.port}`, host: a.address, port: target.port })));
+      });
+    }
+    return () => abort();
+  }
+
+  /** One connect-and-login on one candidate. */
+  #attempt(client: ClientIdentity, target: RouteTarget, envelope: Envelope, session: string, cand: Candidate & { release?(): void }, timeoutMs: number, cb: (err: PosternError | null, r?: BackendSession<Pop3Ready>) => void): () => void {
+    const c = this.#config;
+    const creds = envelope.auth;
+    // nginx: Auth-User and Auth-Pass from the auth service replace what the client gave; a digest is no password.
+    const user = target.user ?? creds?.user ?? '';
+    const pass = target.pass ?? (creds?.method === 'plain' ? creds.pass : undefined);
+    if (pass === undefined) {
+      cand.release?.();
+      queueMicrotask(() => cb(new PosternError('PST_BACKEND_AUTH_FAILED', `no password available for ${creds?.method ?? 'no login'}`)));
+      return () => {};
+    }
+    const baseTls = backendTlsFor(this.#backendTls, target.tls);
+    // Connecting by address, the certificate is still checked against the route's name.
+    const named = target.host !== '' && !net.isIP(target.host) && cand.host !== target.host;
+    const tls = named && !baseTls.serverName ? { ...baseTls, serverName: target.host } : baseTls;
+    return connectPop3(
+      {
+        host: cand.host,
+        port: cand.port,
+        login: { user, pass, login: c.pop3.backend_login, xclient: c.xclient ? { addr: client.addr, port: client.port, session, ttl: XCLIENT_TTL } : null },
+        tls,
+        ...(c.proxy_protocol !== 'off' ? { proxyHeader: proxyHeaderFor(c.proxy_protocol, client) } : {}),
+        timeoutMs,
+      },
+      (err, r) => {
+        if (err) {
+          cand.release?.();
+          return cb(err);
+        }
+        const ready = r!;
+        // A pool counts the connection until it closes.
+        if (cand.release) ready.socket.once('close', cand.release);
+        if (c.xclient && !ready.offersXclient) this.#warnOnce(cand.id);
+        this.#logger.debug({ backend: cand.id, xclient: ready.xclient, session }, 'POP3 back-end login accepted');
+        cb(null, { socket: ready.socket, tls: ready.tls, name: cand.id, ready: { final: ready.final } });
+      },
+    );
+  }
+
+  /** Dovecot offers XCLIENT only to login_trusted_networks: without it the back-end sees Postern as the client. */
+  #warnOnce(backend: string): void {
+    if (this.#warned.has(backend)) return;
+    this.#warned.add(backend);
+    this.#logger[WARNINGS.PSW_NO_XCLIENT.level]({ code: 'PSW_NO_XCLIENT', backend }, 'xclient is on but the POP3 back-end\'s greeting has no [XCLIENT]: it sees Postern as the client (add Postern to Dovecot\'s login_trusted_networks); logged once per back-end');
+  }
+}
