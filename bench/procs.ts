@@ -189,9 +189,9 @@ export async function startHaproxy(sinkPort: number, threads: number): Promise<P
   const file = path.join(dir, 'haproxy.cfg');
   writeFileSync(file, `global
   nbthread ${threads}
-  # The 10,000-idle scenario: each connection holds two descriptors (client and sink); started as
-  # root, HAProxy raises its own descriptor limit to what maxconn needs.
-  maxconn 12000
+  # Each connection holds two descriptors (client and sink): within a 20000-descriptor hard limit
+  # (HAProxy raises its soft limit to what maxconn needs; the hard one needs CAP_SYS_RESOURCE).
+  maxconn 9000
 
 defaults
   mode tcp
@@ -210,6 +210,14 @@ backend sink
 `);
   execFileSync('/usr/sbin/haproxy', ['-c', '-q', '-f', file]);
   const child = spawn('/usr/sbin/haproxy', ['-db', '-f', file], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitPort(port);
+  return { port, pid: child.pid!, stop: stopper(child) };
+}
+
+/** bench/node-relay.mjs in front of the sink: what a proxy on Node's net streams costs at least. */
+export async function startNodeRelay(sinkPort: number): Promise<Proc> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [path.join(root, 'bench/node-relay.mjs'), String(port), String(sinkPort)], { stdio: ['ignore', 'ignore', 'inherit'] });
   await waitPort(port);
   return { port, pid: child.pid!, stop: stopper(child) };
 }
@@ -376,18 +384,20 @@ export function pidsOf(p: Proc): number[] {
   return out;
 }
 
-/** user+sys CPU (ms) and resident memory (bytes) summed over the processes. */
-export function procStats(pids: number[]): { cpuMs: number; rss: number } {
+/** user+sys CPU (ms), each apart, and resident memory (bytes) summed over the processes. */
+export function procStats(pids: number[]): { cpuMs: number; userMs: number; sysMs: number; rss: number } {
   let cpuMs = 0;
+  let userMs = 0;
   let rss = 0;
   for (const pid of pids) {
     try {
       const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       cpuMs += ((Number(f[11]) + Number(f[12])) * 1000) / CLK_TCK;
+      userMs += (Number(f[11]) * 1000) / CLK_TCK;
       const status = readFileSync(`/proc/${pid}/status`, 'utf8');
       rss += Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) * 1024;
     } catch {}
   }
-  return { cpuMs, rss };
+  return { cpuMs, userMs, sysMs: cpuMs - userMs, rss };
 }

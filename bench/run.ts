@@ -5,7 +5,9 @@
  * Postern ÷ direct, transaction ÷ session) and writes bench/results.md.
  *
  * Targets: `direct` (smtp-source → smtp-sink), `haproxy` (HAProxy in TCP mode in front of the
- * sink, `nbthread` = BENCH_WORKERS: the floor for any proxy, no SMTP, no auth), `nginx`, `postern` (`proxy_mode: session`, the
+ * sink, `nbthread` = BENCH_WORKERS: the floor for any proxy, no SMTP, no auth), `node-relay`
+ * (bench/node-relay.mjs: accept, connect, pipe, close on Node's net streams — the floor for any
+ * proxy written on Node's public APIs, one process whatever BENCH_WORKERS), `nginx`, `postern` (`proxy_mode: session`, the
  * default: nginx's blind relay after the first RCPT) and `postern-tx` (`proxy_mode: transaction`:
  * every command read, every RCPT routed, DATA bodies relayed with end-of-data detection) — these
  * three ask the one auth responder — `postern-checks` (`postern` plus `checks.policy`, one Postfix
@@ -40,7 +42,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ensurePackages, freePort, logTail, pidsOf, procStats, startAuthResponder, startHaproxy, startNginxMail, startPolicyResponder, startPostern, startSink, type Proc } from './procs.js';
+import { ensurePackages, freePort, logTail, pidsOf, procStats, startAuthResponder, startHaproxy, startNginxMail, startNodeRelay, startPolicyResponder, startPostern, startSink, type Proc } from './procs.js';
 import { holdIdle, runSource, runTlsSource } from './load.js';
 
 const quick = process.env.BENCH_QUICK === '1';
@@ -79,7 +81,7 @@ const ALL_SCENARIOS: Scenario[] = quick
 const IDLE = quick ? 200 : 10_000;
 const IDLE_SETTLE_MS = quick ? 300 : 2000;
 
-const ALL_TARGETS = ['direct', 'haproxy', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-reuse', 'postern-static', 'postern-pool'] as const;
+const ALL_TARGETS = ['direct', 'haproxy', 'node-relay', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-reuse', 'postern-static', 'postern-pool'] as const;
 type Target = (typeof ALL_TARGETS)[number];
 /** The targets of this run, in ALL_TARGETS' order (the order of the tables). */
 const TARGETS: Target[] = pick('BENCH_TARGETS', ALL_TARGETS);
@@ -109,6 +111,8 @@ const SCRAPE_MS = 1000;
  * what a proxy that keeps two sockets and no protocol state per client costs.
  */
 const PROXIES = (['haproxy', 'nginx', 'postern', 'postern-tx'] as const).filter((t) => TARGETS.includes(t));
+/** HAProxy's idle connections: two descriptors each (its maxconn 9000 within a 20,000-descriptor hard limit). */
+const HAPROXY_IDLE = 8500;
 const POSTERNS = (['postern', 'postern-tx'] as const).filter((t) => TARGETS.includes(t));
 
 /** A comma-separated subset of `all` from the environment, in `all`'s order (all of it when unset). */
@@ -124,6 +128,8 @@ function pick<T extends string>(env: string, all: readonly T[]): T[] {
 interface Sample {
   msgsPerSec: number;
   cpuMsPer1000: number;
+  /** The part of cpuMsPer1000 spent in user mode (the rest is the kernel's, on the proxy's behalf). */
+  userCpuMsPer1000: number;
   msPerMsg: number;
   /** postern-checks: the policy responder's CPU over the same run, per 1000 messages (0 for the others). */
   responderCpuMsPer1000: number;
@@ -249,12 +255,14 @@ async function main(): Promise<void> {
   const posterns: Partial<Record<Target, Proc & { log: string }>> = {};
   let nginx: Proc | null = null;
   let haproxy: Proc | null = null;
+  let nodeRelay: Proc | null = null;
   let auth: Proc | null = null;
   let policy: Awaited<ReturnType<typeof startPolicyResponder>> | null = null;
   let metricsPort = 0;
   try {
     auth = TARGETS.some((t) => VIA_AUTH.includes(t)) ? await start(startAuthResponder(sink.port)) : null;
     if (has('haproxy')) haproxy = await start(startHaproxy(sink.port, workers));
+    if (has('node-relay')) nodeRelay = await start(startNodeRelay(sink.port));
     if (has('nginx')) nginx = await start(startNginxMail(auth!.port, workers, TLS_RUN));
     const viaAuth = { kind: 'auth_http', authPort: auth?.port ?? 0 } as const;
     if (has('postern')) posterns.postern = await start(startPostern(viaAuth, workers, { name: 'postern', proxyMode: 'session', tls: TLS_RUN }));
@@ -274,7 +282,7 @@ async function main(): Promise<void> {
     for (const p of started.reverse()) await p.stop();
     throw err;
   }
-  const procs: Partial<Record<Target, Proc>> = { ...(haproxy ? { haproxy } : {}), ...(nginx ? { nginx } : {}), ...posterns };
+  const procs: Partial<Record<Target, Proc>> = { ...(haproxy ? { haproxy } : {}), ...(nodeRelay ? { 'node-relay': nodeRelay } : {}), ...(nginx ? { nginx } : {}), ...posterns };
   const ports: Partial<Record<Target, number>> = { direct: sink.port, ...mapValues(procs as Record<string, Proc>, (p) => p.port) };
   const logs: Partial<Record<Target, string>> = mapValues(posterns as Record<string, Proc & { log: string }>, (p) => p.log);
   const results = new Map<string, Map<Target, Sample[]>>();
@@ -294,12 +302,14 @@ async function main(): Promise<void> {
     const apids = auth ? pidsOf(auth) : [];
     const spids = pidsOf(sink);
     const scrapes0 = scraper?.started() ?? 0;
-    const cpu0 = procStats(pids).cpuMs;
+    const stats0 = procStats(pids);
+    const cpu0 = stats0.cpuMs;
     const rcpu0 = procStats(rpids).cpuMs;
     const acpu0 = procStats(apids).cpuMs;
     const scpu0 = procStats(spids).cpuMs;
     const r = sc.tls ? await runTlsSource(procs[t]!.tlsPort!, sc) : await runSource(ports[t]!, sc);
-    const cpu1 = procStats(pids).cpuMs;
+    const stats1 = procStats(pids);
+    const cpu1 = stats1.cpuMs;
     const rcpu1 = procStats(rpids).cpuMs;
     const acpu1 = procStats(apids).cpuMs;
     const scrapes = t === 'postern-metrics' ? (scraper?.started() ?? 0) - scrapes0 : 0;
@@ -319,6 +329,7 @@ async function main(): Promise<void> {
     return {
       msgsPerSec: sc.messages / (r.ms / 1000),
       cpuMsPer1000: ((cpu1 - cpu0) / sc.messages) * 1000,
+      userCpuMsPer1000: ((stats1.userMs - stats0.userMs) / sc.messages) * 1000,
       msPerMsg: r.ms / sc.messages,
       responderCpuMsPer1000: ((rcpu1 - rcpu0) / sc.messages) * 1000,
       authCpuMsPer1000: ((acpu1 - acpu0) / sc.messages) * 1000,
@@ -385,7 +396,7 @@ async function main(): Promise<void> {
     let idle: Idle | null = null;
     if (process.env.BENCH_SKIP_IDLE !== '1' && PROXIES.length) {
       idle = {};
-      for (const t of PROXIES) idle[t] = await holdIdle(procs[t]!, IDLE, IDLE_SETTLE_MS);
+      for (const t of PROXIES) idle[t] = await holdIdle(procs[t]!, t === 'haproxy' ? Math.min(IDLE, HAPROXY_IDLE) : IDLE, IDLE_SETTLE_MS);
       for (const t of PROXIES) lost += idle[t]!.dropped;
     }
     const report = render(results, delivery, idle, policyCount, scrapes, sinkSessions);
@@ -545,6 +556,7 @@ function capacitySection(results: Map<string, Map<Target, Sample[]>>, standalone
   const lines: string[] = [CAPACITY_HEADING, ''];
   lines.push(
     '`haproxy` is HAProxy in TCP mode (`mode tcp`, `balance roundrobin`, one server: the sink; `nbthread` = the worker count; no logging): the floor for any proxy, no SMTP and no auth. ' +
+      '`node-relay` is bench/node-relay.mjs, accept, connect, pipe and close on Node\'s net streams, nothing else: the floor for a proxy on Node\'s public APIs. "of it user" is the part of the proxy\'s CPU in user mode; the rest is the kernel\'s (system calls, loopback TCP), about the same for every proxy. ' +
       'CPU per 1000 messages, each its own process tree over the same runs: the proxy\'s; the nginx http{} auth responder\'s (nginx and the Postern targets that ask it; about 0 for the others); smtp-sink\'s, the back-end. ' +
       '"proxy + responder" is what issue 13\'s CPU targets compare. The ÷ nginx columns are ratios of the medians; in brackets the lowest and highest per-round ratio (each round runs every target once, interleaved).',
     '',
@@ -554,8 +566,8 @@ function capacitySection(results: Map<string, Map<Target, Sample[]>>, standalone
     lines.push(`Run: ${new Date().toISOString()}; ${source()}; ${ts} only; scenarios ${SCENARIOS.map((sc) => `\`${sc.key}\``).join(', ')}; ${rounds} interleaved round(s), ${workers} worker process(es) (or HAProxy thread(s)) each, medians shown; ${machine()}; load average ${os.loadavg().map((x) => x.toFixed(1)).join(', ')} at the end. The figures above this section come from the run named at the top of the file.`, '');
   }
   lines.push(
-    '| Scenario | Target | msg/s | proxy CPU ms / 1000 msg | auth responder CPU | back-end CPU | proxy + responder CPU | ÷ nginx (msg/s) | ÷ nginx (proxy CPU) | ÷ nginx (proxy + responder CPU) | ÷ nginx (back-end CPU) |',
-    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| Scenario | Target | msg/s | proxy CPU ms / 1000 msg | of it user | auth responder CPU | back-end CPU | proxy + responder CPU | ÷ nginx (msg/s) | ÷ nginx (proxy CPU) | ÷ nginx (proxy + responder CPU) | ÷ nginx (back-end CPU) |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   );
   const both = (s: Sample): number => s.cpuMsPer1000 + s.authCpuMsPer1000;
   for (const [name, m] of results) {
@@ -564,7 +576,7 @@ function capacitySection(results: Map<string, Map<Target, Sample[]>>, standalone
       const proxy = t !== 'direct';
       const vs = (f: (s: Sample) => number): string => (TARGETS.includes('nginx') && t !== 'nginx' ? pairCell(m, t, 'nginx', f) : '');
       lines.push(
-        `| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${proxy ? med(t, 'cpuMsPer1000').toFixed(0) : '–'} | ${med(t, 'authCpuMsPer1000').toFixed(0)} | ${med(t, 'sinkCpuMsPer1000').toFixed(0)} | ` +
+        `| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${proxy ? med(t, 'cpuMsPer1000').toFixed(0) : '–'} | ${proxy ? med(t, 'userCpuMsPer1000').toFixed(0) : '–'} | ${med(t, 'authCpuMsPer1000').toFixed(0)} | ${med(t, 'sinkCpuMsPer1000').toFixed(0)} | ` +
           `${proxy ? median((m.get(t) ?? []).map(both)).toFixed(0) : '–'} | ${vs((s) => s.msgsPerSec)} | ${proxy ? vs((s) => s.cpuMsPer1000) : ''} | ${proxy ? vs(both) : ''} | ${vs((s) => s.sinkCpuMsPer1000)} |`,
       );
     }
@@ -735,7 +747,7 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
   if (!complete) lines.push(`Partial run: targets ${TARGETS.join(', ')}; scenarios ${SCENARIOS.map((sc) => sc.key).join(', ')}.  `);
   lines.push(`Setup: ${workers} worker process(es) each; smtp-source → proxy → smtp-sink; one nginx http{} auth responder; xclient off; Postern's access log ${process.env.BENCH_ACCESS_LOG === '0' ? 'off (BENCH_ACCESS_LOG=0)' : 'on (one record per session, and per message in transaction mode, as in production)'}; ${rounds} interleaved round(s), medians shown.  `);
   lines.push(
-    'Targets: `haproxy` is HAProxy in TCP mode in front of the sink (`mode tcp`, `balance roundrobin`, one server, `nbthread` = the worker count): the floor for any proxy. `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-checks` is `postern` plus a Postfix policy server asked at every RCPT (bench/policy-responder.ts, answering DUNNO) and the per-client limits on (see its section); ' +
+    'Targets: `haproxy` is HAProxy in TCP mode in front of the sink (`mode tcp`, `balance roundrobin`, one server, `nbthread` = the worker count): the floor for any proxy. `node-relay` is bench/node-relay.mjs (accept, connect, pipe, close on Node\'s net streams; one process): the floor for a proxy on Node\'s public APIs. `postern` is `proxy_mode: session` (the default, nginx\'s blind relay after the first RCPT); `postern-checks` is `postern` plus a Postfix policy server asked at every RCPT (bench/policy-responder.ts, answering DUNNO) and the per-client limits on (see its section); ' +
       '`postern-metrics` is `postern` plus the Prometheus metrics listener, scraped every second (see its section); ' +
       '`postern-tx` is `proxy_mode: transaction` (every command read, every RCPT routed, bodies relayed with end-of-data detection); `postern-reuse` is `postern-tx` plus `backend_reuse: { enabled: true }` (see its section); all five ask the auth responder, as nginx does. ' +
       '`postern-static` routes by `route.static: 127.0.0.1:<sink>`, `postern-pool` by `route.static: one`, a pool holding that one sink (`health.enabled: false`); the two run back to back in every round. ' +
@@ -743,19 +755,19 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
     '',
   );
   lines.push(...HEAD);
-  const vsNginx = (t: Target, med: (t: Target, k: keyof Sample) => number, k: keyof Sample): string => ((POSTERN_TARGETS.includes(t) || t === 'haproxy') && has('nginx') ? ratio(med(t, k), med('nginx', k)) : '');
+  const vsNginx = (t: Target, med: (t: Target, k: keyof Sample) => number, k: keyof Sample): string => ((POSTERN_TARGETS.includes(t) || t === 'haproxy' || t === 'node-relay') && has('nginx') ? ratio(med(t, k), med('nginx', k)) : '');
   for (const [name, m] of results) {
     const med = medOf(m);
     for (const t of TARGETS.filter((x) => m.has(x))) {
       lines.push(
         `| ${name} | ${t} | ${med(t, 'msgsPerSec').toFixed(0)} | ${t === 'direct' ? '–' : med(t, 'cpuMsPer1000').toFixed(0)} | ${med(t, 'msPerMsg').toFixed(2)} | ` +
           `${vsNginx(t, med, 'msgsPerSec')} | ${vsNginx(t, med, 'cpuMsPer1000')} | ` +
-          `${(POSTERN_TARGETS.includes(t) || t === 'haproxy') && has('direct') ? ratio(med(t, 'msgsPerSec'), med('direct', 'msgsPerSec')) : ''} |`,
+          `${(POSTERN_TARGETS.includes(t) || t === 'haproxy' || t === 'node-relay') && has('direct') ? ratio(med(t, 'msgsPerSec'), med('direct', 'msgsPerSec')) : ''} |`,
       );
     }
     if (name.includes('latency') && has('direct')) {
       const LABEL: Partial<Record<Target, string>> = {
-        haproxy: 'HAProxy (TCP)', nginx: 'nginx', postern: 'Postern (session)', 'postern-checks': 'Postern (checks on)', 'postern-metrics': 'Postern (metrics on)', 'postern-tx': 'Postern (transaction)', 'postern-reuse': 'Postern (back-end reuse)', 'postern-static': 'Postern (static route)', 'postern-pool': 'Postern (pool)',
+        haproxy: 'HAProxy (TCP)', 'node-relay': 'Node relay (floor)', nginx: 'nginx', postern: 'Postern (session)', 'postern-checks': 'Postern (checks on)', 'postern-metrics': 'Postern (metrics on)', 'postern-tx': 'Postern (transaction)', 'postern-reuse': 'Postern (back-end reuse)', 'postern-static': 'Postern (static route)', 'postern-pool': 'Postern (pool)',
       };
       const added = TARGETS.filter((t) => t !== 'direct').map((t) => `${LABEL[t]} ${(med(t, 'msPerMsg') - med('direct', 'msPerMsg')).toFixed(2)} ms`);
       lines.push('', `Added latency per message over direct delivery: ${added.join(', ')}.`, '');
@@ -791,7 +803,7 @@ function render(results: Map<string, Map<Target, Sample[]>>, delivery: Record<Ta
     lines.push('| Target | resident memory per connection | dropped |', '| --- | ---: | ---: |');
     for (const t of PROXIES) lines.push(`| ${t} | ${(idle[t]!.bytesPerConn / 1024).toFixed(2)} KiB | ${idle[t]!.dropped} |`);
     if (idle.nginx) for (const t of POSTERNS) lines.push(`| ${t} ÷ nginx | ${ratio(idle[t]!.bytesPerConn, idle.nginx.bytesPerConn)} | |`);
-    if (idle.haproxy) lines.push('', 'HAProxy (TCP mode) opens a sink connection for each client at once: its memory is for two sockets per client, the sink\'s is not counted.');
+    if (idle.haproxy) lines.push('', `HAProxy (TCP mode) opens a sink connection for each client at once: its memory is for two sockets per client, the sink's is not counted; it holds ${Math.min(IDLE, HAPROXY_IDLE)} (two descriptors each, within the machine's hard limit of 20,000 per process).`);
   }
   lines.push('', 'Reproduce: `npm run bench` (BENCH_ROUNDS, BENCH_WORKERS, BENCH_TARGETS, BENCH_SCENARIOS, BENCH_QUICK=1 for a smoke run).', '');
   return lines.join('\n');
