@@ -4,7 +4,7 @@
  * compare the records of every cutting of one input.
  */
 import assert from 'node:assert/strict';
-import type { RouteDecision } from '../../src/domain.js';
+import type { RouteDecision, RouteTarget } from '../../src/domain.js';
 import type { ErrorCode } from '../../src/errors.js';
 import type { Action } from '../../src/protocol.js';
 import type { Pop3Limits } from '../../src/pop3/limits.js';
@@ -37,7 +37,7 @@ export function pop3Book(limits: Pop3Limits, capabilities: readonly string[] = [
 /** The router's answer to the n-th login (0-based): a decision, or 'pending' (no answer). */
 export type Decide = (n: number) => RouteDecision | 'pending';
 
-export const OK_ROUTE: RouteDecision = { kind: 'ok', host: '127.0.0.1', port: 110 };
+export const OK_ROUTE: RouteTarget = { kind: 'ok', host: '127.0.0.1', port: 110 };
 
 export interface Pop3Outcome {
   events: string[];
