@@ -73,7 +73,7 @@ export class Pop3Protocol implements ProtocolModule<Pop3Ready> {
   }
 
   /** POP3 replies carry no numeric code. */
-  replyCode(): number {
+  replyCode(_data: Buffer): number {
     return 0;
   }
 
