@@ -123,6 +123,31 @@ describe('POP3: the full path', () => {
     });
   });
 
+  it('Auth-Wait: the -ERR after the wait, then the session goes on (mail_pop3.t "apop error")', async () => {
+    await withBackend({}, {}, async (_b, p) => {
+      stub.answer = (req) => (req.get('Auth-Pass') === 'secret' ? okAnswer(_b.port) : { 'Auth-Status': 'Invalid login', 'Auth-Wait': '1' });
+      const c = await Pop3Client.connect(p.port);
+      await c.line();
+      c.socket.write('USER alice\r\nPASS wrong\r\nUSER alice\r\nPASS secret\r\n');
+      const t0 = Date.now();
+      assert.deepEqual([await c.line(), await c.line()], ['+OK', '-ERR Invalid login']);
+      assert.ok(Date.now() - t0 >= 900, 'the refusal waited for Auth-Wait');
+      assert.deepEqual([await c.line(), await c.line()], ['+OK', '+OK Logged in.']);
+      assert.equal(stub.requests.at(-1)!.get('Auth-Login-Attempt'), '2');
+      c.close();
+    });
+  });
+
+  it('the idle timeout closes without a reply (RFC 1939 §3)', async () => {
+    await withBackend({}, { timeouts: { idle: '300ms', backend: '400ms' } }, async (_b, p) => {
+      const c = await Pop3Client.connect(p.port);
+      await c.line();
+      assert.equal(await c.line(), '');
+      assert.ok(await c.ended());
+      await p.waitForLog((r) => r.code === 'PST_IDLE_TIMEOUT');
+    });
+  });
+
   it('an auth_http refusal is "-ERR <Auth-Status>"', async () => {
     await withBackend({}, {}, async (_b, p) => {
       const { c, reply } = await login(p.port);
