@@ -322,7 +322,7 @@ describe('POP3: TLS', () => {
     });
   });
 
-  it('TLS to the back-end: implicit, and STLS when required', async () => {
+  it('TLS to the back-end: implicit, STLS when offered (opportunistic), STLS or fail (required)', async () => {
     const backendTls = { ca: path.join(FIX, 'ca.pem'), server_name: 'backend.test' };
     await withBackend({ implicitTls: true }, { backend_tls: { mode: 'implicit', ...backendTls } }, async (b, p) => {
       const { c, reply } = await login(p.port);
@@ -336,6 +336,14 @@ describe('POP3: TLS', () => {
       assert.deepEqual(b.lines, ['STLS', 'USER alice', 'PASS secret']);
       c.close();
     });
+    for (const stls of [true, false]) {
+      await withBackend({ stls }, { backend_tls: { mode: 'opportunistic', ...backendTls } }, async (b, p) => {
+        const { c, reply } = await login(p.port);
+        assert.equal(reply, '+OK Logged in.');
+        assert.deepEqual(b.lines, stls ? ['CAPA', 'STLS', 'USER alice', 'PASS secret'] : ['CAPA', 'USER alice', 'PASS secret'], 'opportunistic: STLS when CAPA lists it');
+        c.close();
+      });
+    }
     await withBackend({}, { backend_tls: { mode: 'required', ...backendTls } }, async (b, p) => {
       const { reply } = await login(p.port);
       assert.equal(reply, ERR);
