@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import type { RouteDecision } from '../../src/domain.js';
+import { Pop3Login } from '../../src/pop3/login.js';
 import { OK_ROUTE, pop3Limits, runPop3, strip } from '../unit/pop3-harness.js';
 import { b, b64, bytes, chunking, latin1, lineSafe, split } from './arb.js';
 import { runs } from './runs.js';
@@ -60,6 +61,39 @@ describe('POP3 session fuzz', () => {
         for (const r of whole.wire.split('\r\n').slice(0, -1)) assert.match(r, REPLY_LINE);
       }),
       { numRuns: runs(400) },
+    );
+  });
+});
+
+const BACKEND_LINES = ['+OK Dovecot ready.', '+OK [XCLIENT] Dovecot ready.', '+OK [XCLIENT SASL] x', '+OK', '+OK Logged in.', '-ERR [AUTH] no', '-ERR [SYS/TEMP] later', '+ ', 'STLS', 'TOP', '.', '* OK IMAP', '220 smtp'];
+
+describe('POP3 back-end login fuzz', () => {
+  it('credentials only in order after +OK, XCLIENT only when offered, nothing after the end', () => {
+    const backendLine = fc.oneof({ weight: 4, arbitrary: fc.constantFrom(...BACKEND_LINES) }, { weight: 1, arbitrary: latin1(30) });
+    const options = fc.record({ login: fc.constantFrom('user' as const, 'plain' as const), tls: fc.constantFrom('off' as const, 'opportunistic' as const, 'required' as const), xclient: fc.boolean() });
+    fc.assert(
+      fc.property(options, fc.array(backendLine, { maxLength: 10 }), (o, lines) => {
+        const login = new Pop3Login({ user: 'alice', pass: 'secret', login: o.login, tls: o.tls, xclient: o.xclient ? { addr: '192.0.2.1', port: 1, session: 's', ttl: 5 } : null });
+        const sent: string[] = [];
+        let over = false;
+        for (const [i, l] of lines.entries()) {
+          const step = login.onLine(b(l), b(`${l}\r\n`));
+          const s = step.kind === 'starttls' ? login.tlsReady() : step;
+          if (s.kind === 'send') sent.push(s.data.toString('latin1'));
+          if (s.kind === 'fail' || s.kind === 'done') {
+            over = true;
+            if (s.kind === 'done') assert.ok(lines[i]!.startsWith('+OK'), 'the client\'s line is an +OK');
+            break;
+          }
+        }
+        assert.ok(over || sent.length <= lines.length + 1);
+        const pass = sent.findIndex((x) => x.startsWith('PASS '));
+        if (pass >= 0) assert.equal(sent[pass - 1], 'USER alice\r\n');
+        if (sent.some((x) => x.startsWith('XCLIENT'))) assert.ok(o.xclient && lines[0]!.startsWith('+OK [XCLIENT'));
+        if (o.tls === 'required') assert.ok(!sent.some((x) => /^(USER|PASS|AUTH)/.test(x)) || sent.includes('STLS\r\n'), 'no credentials in the clear');
+        for (const x of sent) assert.match(x, /^[^\r\n]*\r\n$/, 'one line per send');
+      }),
+      { numRuns: runs(2000) },
     );
   });
 });
