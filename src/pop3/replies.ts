@@ -59,11 +59,9 @@ const TEXTS: Partial<Record<ErrorCode, string | null>> = {
 };
 
 export interface Pop3BookOptions {
-  serverName: string;
   /** pop3.capabilities, as configured (nginx `pop3_capabilities`). */
   capabilities: readonly string[];
   mechanisms: readonly Pop3Mechanism[];
-  starttls: 'off' | 'on' | 'only';
 }
 
 export class Pop3Book {

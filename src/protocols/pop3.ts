@@ -47,14 +47,14 @@ export class Pop3Protocol implements ProtocolModule<Pop3Ready> {
     this.#pools = pools;
     this.#lookup = lookup;
     this.#backendTls = backendTlsOptions(config);
-    this.#refusals = new Pop3Book({ serverName: config.server_name, capabilities: [], mechanisms: [], starttls: 'off' });
+    this.#refusals = new Pop3Book({ capabilities: [], mechanisms: [] });
   }
 
   sessions(l: ListenerConfig): () => ProtocolSession<Pop3Ready> {
     const c = this.#config;
     const p = c.pop3;
     const mechanisms = pop3Mechanisms(p.auth);
-    const book = new Pop3Book({ serverName: c.server_name, capabilities: p.capabilities, mechanisms, starttls: l.starttls });
+    const book = new Pop3Book({ capabilities: p.capabilities, mechanisms });
     const stamped = p.auth.includes('apop') || p.auth.includes('cram-md5');
     const limits: Pop3Limits = {
       maxLineLength: c.max_line_length,

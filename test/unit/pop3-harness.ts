@@ -31,7 +31,7 @@ export function pop3Limits(auth: readonly string[] = ['plain', 'apop', 'cram-md5
 }
 
 export function pop3Book(limits: Pop3Limits, capabilities: readonly string[] = ['TOP', 'USER', 'UIDL']): Pop3Book {
-  return new Pop3Book({ serverName: 'px.example', capabilities, mechanisms: limits.mechanisms, starttls: limits.starttls });
+  return new Pop3Book({ capabilities, mechanisms: limits.mechanisms });
 }
 
 /** The router's answer to the n-th login (0-based): a decision, or 'pending' (no answer). */
