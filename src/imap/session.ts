@@ -12,9 +12,10 @@ import { ImapDialog } from './dialog.js';
 
 export { COMMANDS, type ImapLimits, type ImapPhase } from './dialog.js';
 
-/** What the back-end login reports: the lines for the client (untagged ones, then the tagged OK, with the client's tag). */
+/** What the back-end login reports: its untagged lines, and its OK to the login without the tag (the client's goes in front). */
 export interface ImapReady {
-  first: Buffer;
+  untagged: Buffer;
+  status: Buffer;
 }
 
 export class ImapSession extends ImapDialog implements ProtocolSession<ImapReady> {
@@ -126,13 +127,17 @@ export class ImapSession extends ImapDialog implements ProtocolSession<ImapReady
   backendReady(ready: ImapReady): Action[] {
     if (this.stage !== 'routing') return [];
     this.stage = 'handed-off';
-    return [{ type: 'splice', first: ready.first, rest: this.reader.rest() }];
+    const first = Buffer.concat([ready.untagged, Buffer.from(`${this.tag} `, 'latin1'), ready.status]);
+    return [{ type: 'splice', first, rest: this.reader.rest() }];
   }
 
-  /** The back-end could not be logged in to: `<tag> NO …` (or, with proxy_pass_error_message, its own NO), and close. */
+  /**
+   * The back-end could not be logged in to: `<tag> NO …`, and close. With proxy_pass_error_message
+   * its own answer to the login (`err.reply`: `NO …` without a tag) goes out under the client's tag.
+   */
   backendFailed(err: PosternError, reply?: Buffer): Action[] {
     if (this.stage !== 'routing') return [];
-    const own = !reply && this.limits.passErrorMessage && err.reply ? Buffer.from(err.reply, 'latin1') : undefined;
+    const own = !reply && this.limits.passErrorMessage && err.reply ? Buffer.from(`${this.tag} ${err.reply}`, 'latin1') : undefined;
     return this.#fail(err.code, err.detail, reply ?? own);
   }
 

@@ -6,6 +6,7 @@ import type { ServerConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { PoolRegistry } from '../pools/pool.js';
 import type { ProtocolModule } from '../protocol.js';
+import { ImapProtocol } from './imap.js';
 import { Pop3Protocol } from './pop3.js';
 import { SmtpProtocol } from './smtp.js';
 
@@ -13,6 +14,8 @@ export function protocolModule(config: ServerConfig, logger: Logger, pools: Pool
   switch (config.protocol) {
     case 'smtp':
       return new SmtpProtocol(config, logger, pools);
+    case 'imap':
+      return new ImapProtocol(config, logger, pools);
     case 'pop3':
       return new Pop3Protocol(config, logger, pools);
     default:
