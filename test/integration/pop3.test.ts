@@ -148,6 +148,17 @@ describe('POP3: the full path', () => {
     });
   });
 
+  it('a client that pipelines its whole session and half-closes gets every reply (mail_pop3.t "pipelined quit")', async () => {
+    await withBackend({}, {}, async (b, p) => {
+      const c = await Pop3Client.connect(p.port);
+      await c.line();
+      c.socket.end('USER alice\r\nPASS secret\r\nSTAT\r\nQUIT\r\n');
+      assert.deepEqual([await c.line(), await c.line(), await c.line(), await c.line()], ['+OK', '+OK Logged in.', '+OK 1 12', '+OK Logging out.']);
+      assert.ok(await c.ended());
+      assert.deepEqual(b.lines, ['USER alice', 'PASS secret', 'STAT', 'QUIT']);
+    });
+  });
+
   it('an auth_http refusal is "-ERR <Auth-Status>"', async () => {
     await withBackend({}, {}, async (_b, p) => {
       const { c, reply } = await login(p.port);
