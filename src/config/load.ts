@@ -143,6 +143,14 @@ function crossCheck(c: ServerConfig, at: string): string[] {
     // An open PROXY listener would let any client claim any address (beyond-nginx.md §3.3, AWS NLB).
     if (l.proxy_protocol && c.set_real_ip_from.length === 0) problems.push(`listen.${i}.proxy_protocol: needs set_real_ip_from, the load balancers allowed to send the header`);
   });
+  if (c.protocol !== 'smtp') {
+    // IMAP and POP3 are proxied as nginx does: one login, one back-end, then the byte relay.
+    if (c.proxy_mode === 'transaction') problems.push("proxy_mode: transaction is SMTP's (every recipient routed); IMAP and POP3 sessions are relayed after their login");
+    c.checks.policy.forEach((p, i) => {
+      const smtpOnly = p.stages.filter((st) => st !== 'connect');
+      if (smtpOnly.length) problems.push(`checks.policy.${i}.stages: ${smtpOnly.join(', ')} ${smtpOnly.length === 1 ? 'is an SMTP stage' : 'are SMTP stages'}; IMAP and POP3 servers ask policy servers at connect only`);
+    });
+  }
   if (c.backend_reuse.enabled && c.proxy_mode !== 'transaction') problems.push('backend_reuse.enabled: needs proxy_mode: transaction (in session mode the client\'s own QUIT ends the back-end connection)');
   c.set_real_ip_from.forEach((n, i) => {
     const parsed = parseNetwork(n);

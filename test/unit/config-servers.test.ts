@@ -71,6 +71,20 @@ describe('servers: nginx-style server blocks', () => {
     assert.deepEqual(problems('servers:\n  - listen: ["127.0.0.1:2525"]\n    workers: 2\n'), ['servers.0: unknown key "workers"']);
   });
 
+  it('protocol imap / pop3: SMTP-only settings are refused by key path; the mailbox settings load with nginx\'s defaults', () => {
+    assert.deepEqual(problems('servers:\n  - listen: ["127.0.0.1:2525"]\n  - listen: ["127.0.0.1:2143"]\n    protocol: imap\n    proxy_mode: transaction\n'), [
+      'servers.1.proxy_mode: transaction is SMTP\'s (every recipient routed); IMAP and POP3 sessions are relayed after their login',
+    ]);
+    assert.deepEqual(problems('protocol: pop3\nchecks: { policy: [{ server: "tcp:127.0.0.1:9", stages: [connect, rcpt] }] }\n'), [
+      'checks.policy.0.stages: rcpt is an SMTP stage; IMAP and POP3 servers ask policy servers at connect only',
+    ]);
+    const c = parseConfig('servers:\n  - listen: ["127.0.0.1:2143"]\n    protocol: imap\n    imap: { auth: [plain, login, plain] }\n  - listen: ["127.0.0.1:2110"]\n    protocol: pop3\n', 'test.yaml');
+    assert.deepEqual(c.servers.map((x) => x.protocol), ['imap', 'pop3']);
+    assert.deepEqual(c.servers[0]!.imap, { capabilities: ['IMAP4', 'IMAP4rev1', 'UIDPLUS'], auth: ['plain', 'login'], backend_login: 'login' });
+    assert.deepEqual(c.servers[1]!.pop3, { capabilities: ['TOP', 'USER', 'UIDL'], auth: ['plain'], backend_login: 'user' });
+    assert.deepEqual(problems('protocol: imap\nimap: { auth: [apop] }\n'), ['imap.auth.0: Invalid option: expected one of "plain"|"login"|"cram-md5"|"external"|"xoauth2"|"oauthbearer"']);
+  });
+
   it('an error in an inherited top-level key is reported once, at the top level', () => {
     const p = problems('timeouts: { idle: never }\nservers:\n  - listen: ["127.0.0.1:2525"]\n  - listen: ["127.0.0.1:2526"]\n');
     assert.deepEqual(p, ['timeouts.idle: not a duration: "never" (use e.g. 250ms, 30s, 5m, 1h)']);
