@@ -24,7 +24,8 @@
  *   about 0.5 s, Dovecot's flush interval) and no auth penalty (see the anvil service); auth_verbose logs refusals.
  * - Mail: maildir:~/Maildir with homes <dir>/home/<user>, created at start. place() writes a message into a
  *   user's INBOX (tmp/ then rename into new/, as a delivery agent does); Dovecot serves its bytes unchanged when
- *   the file has CRLF line ends (IMAP BODY[] and POP3 RETR, dot-stuffed on the wire).
+ *   the file has CRLF line ends (IMAP BODY[] and POP3 RETR, dot-stuffed on the wire); mail_save_crlf = yes keeps
+ *   an APPENDed message's bytes as sent.
  */
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, rmSync } from 'node:fs';
@@ -129,6 +130,8 @@ haproxy_trusted_networks = 127.0.0.0/8
 # Many sessions of one user from 127.0.0.1 in a test run (the default is 10).
 mail_max_userip_connections = 1000
 mail_location = maildir:~/Maildir
+# Store APPENDed mail with its CRLF line ends, so the file holds exactly the bytes the client sent.
+mail_save_crlf = yes
 passdb {
   driver = passwd-file
   args = ${dir}/users
