@@ -38,6 +38,7 @@ export function parseConfig(text: string, file = '<config>'): Readonly<Config> {
   problems.push(...listenersUnique(servers, blocks === undefined), ...poolProblems(top.pools));
   const poolNames = new Set(Object.keys(top.pools));
   servers.forEach((srv, i) => problems.push(...routeProblems(srv, poolNames, blocks === undefined ? '' : `servers.${i}.`)));
+  servers.forEach((srv, i) => problems.push(...checkProtocolProblems(srv, top.pools, blocks === undefined ? '' : `servers.${i}.`)));
   if (problems.length > 0) throw new ConfigError(file, [...new Set(problems)]);
   return deepFreeze({ ...top, servers, serverBlocks: blocks !== undefined });
 }
@@ -99,8 +100,22 @@ function poolProblems(pools: Config['pools']): string[] {
     });
     if (p.servers.every((s) => s.backup)) problems.push(`pools.${name}.servers: every server is a backup; backups are used only when no primary is usable`);
     if (p.hash !== undefined && p.balance !== 'hash') problems.push(`pools.${name}.hash: only used with balance: hash`);
+    if (p.health.starttls && p.health.protocol !== 'smtp') problems.push(`pools.${name}.health.starttls: the ${p.health.protocol} check has no STARTTLS; reach the servers with backend_tls.mode: implicit to check them over TLS`);
   }
   return problems;
+}
+
+/**
+ * A pool reached by a static route is checked in the protocol of the server that routes to it:
+ * SMTP checks would mark a pool of IMAP or POP3 servers down (and the reverse). Pools named by
+ * the auth service are not known here (docs/configuration.md, "health.protocol").
+ */
+function checkProtocolProblems(srv: ServerConfig, pools: Config['pools'], at: string): string[] {
+  const r = srv.route;
+  if (!('static' in r) || !('pool' in r.static)) return [];
+  const p = pools[r.static.pool];
+  if (!p || !p.health.enabled || p.health.protocol === srv.protocol) return [];
+  return [`${at}route.static: pool ${JSON.stringify(r.static.pool)} is checked with ${p.health.protocol} (health.protocol) but this server speaks ${srv.protocol}: set pools.${r.static.pool}.health.protocol: ${srv.protocol}`];
 }
 
 /** A route that names a pool names one that exists. */

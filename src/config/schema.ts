@@ -190,8 +190,13 @@ const pool = z.strictObject({
     rise: z.int().min(1).max(100).default(2),
     /** Failed checks in a row that take a server down (HAProxy `fall`). */
     fall: z.int().min(1).max(100).default(3),
-    /** Also STARTTLS and verify the certificate as backend_tls would. */
+    /** Also STARTTLS and verify the certificate as backend_tls would (SMTP checks only). */
     starttls: z.boolean().default(false),
+    /**
+     * What the check speaks: `smtp` (connect, EHLO, QUIT), or for a pool of IMAP or POP3 servers
+     * `imap` (greeting, LOGOUT) or `pop3` (greeting, QUIT).
+     */
+    protocol: z.enum(['smtp', 'imap', 'pop3']).default('smtp'),
   }).prefault({}),
   /** Failed sessions within fail_timeout that take a server out for fail_timeout (nginx `max_fails`, `fail_timeout`). */
   max_fails: z.int().min(0).max(1000).default(1),

@@ -20,6 +20,7 @@ import { backendTlsOptions } from '../backend/route-options.js';
 import { broadcastHealth, serveHealthSnapshots } from './ipc.js';
 import { ServerHealth } from './health.js';
 import { poolServers } from './pool.js';
+import { probeMailbox } from './mailbox-probe.js';
 import { probeSmtp, type ProbeOptions, type ProbeResult } from './probe.js';
 import { STATUS_REFRESH_MS, StatusWriter } from './status.js';
 import type { HealthChange, HealthSnapshotEntry, PoolServer } from './types.js';
@@ -157,7 +158,8 @@ export class HealthChecker extends EventEmitter<{ change: [HealthChange]; check:
     const tls = s.cfg.tls ?? this.#opts.defaultTls ?? DEFAULT_TLS;
     const abort = new AbortController();
     s.abort = abort;
-    const result = await this.#probe({
+    const probe = health.protocol === 'smtp' ? this.#probe : (o: ProbeOptions) => probeMailbox(health.protocol as 'imap' | 'pop3', o);
+    const result = await probe({
       host: s.server.host,
       port: s.server.port,
       ehloName: this.#opts.ehloName,

@@ -195,7 +195,7 @@ describe('backend_reuse with a pool', () => {
       backend_reuse: { enabled: true, idle: '60s' },
     });
     // The instance's checker (src/net/instance.ts applies its verdicts to the worker's pools the same way).
-    const checker = new HealthChecker({ pools: { mx: { servers: [{ id: `127.0.0.1:${b.port}`, host: '127.0.0.1', port: b.port, weight: 1, backup: false, maxConnections: 0 }], health: { enabled: true, interval: 50, timeout: 500, rise: 1, fall: 1, starttls: false } } }, ehloName: 'proxy.test' });
+    const checker = new HealthChecker({ pools: { mx: { servers: [{ id: `127.0.0.1:${b.port}`, host: '127.0.0.1', port: b.port, weight: 1, backup: false, maxConnections: 0 }], health: { enabled: true, interval: 50, timeout: 500, rise: 1, fall: 1, starttls: false, protocol: 'smtp' } } }, ehloName: 'proxy.test' });
     checker.on('change', (c) => p.server.pools.setUp(c.pool, c.server, c.up));
     checker.start();
     try {

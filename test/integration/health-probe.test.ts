@@ -319,7 +319,7 @@ describe('probeSmtp against real peers', () => {
   });
 });
 
-const HEALTH = { enabled: true, interval: 40, timeout: 500, rise: 2, fall: 2, starttls: false };
+const HEALTH = { enabled: true, interval: 40, timeout: 500, rise: 2, fall: 2, starttls: false, protocol: 'smtp' as const };
 const server = (port: number): PoolServer => ({ id: `127.0.0.1:${port}`, host: '127.0.0.1', port, weight: 1, backup: false, maxConnections: 0 });
 
 describe('HealthChecker on a short interval', () => {

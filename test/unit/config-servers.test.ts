@@ -82,6 +82,15 @@ describe('servers: nginx-style server blocks', () => {
     assert.deepEqual(c.servers.map((x) => x.protocol), ['imap', 'pop3']);
     assert.deepEqual(c.servers[0]!.imap, { capabilities: ['IMAP4', 'IMAP4rev1', 'UIDPLUS'], auth: ['plain', 'login'], backend_login: 'login' });
     assert.deepEqual(c.servers[1]!.pop3, { capabilities: ['TOP', 'USER', 'UIDL'], auth: ['plain'], backend_login: 'user' });
+    // A pool reached by a static route is checked in its server's protocol.
+    assert.deepEqual(problems('protocol: pop3\npools: { mb: { servers: ["127.0.0.1:110"] } }\nroute: { static: mb }\n'), [
+      'route.static: pool "mb" is checked with smtp (health.protocol) but this server speaks pop3: set pools.mb.health.protocol: pop3',
+    ]);
+    assert.deepEqual(problems('protocol: imap\npools: { mb: { servers: ["127.0.0.1:143"], health: { protocol: imap, starttls: true } } }\nroute: { static: mb }\n'), [
+      'pools.mb.health.starttls: the imap check has no STARTTLS; reach the servers with backend_tls.mode: implicit to check them over TLS',
+    ]);
+    assert.equal(parseConfig('protocol: imap\npools: { mb: { servers: ["127.0.0.1:143"], health: { protocol: imap } } }\nroute: { static: mb }\n', 't.yaml').pools.mb!.health.protocol, 'imap');
+    assert.equal(parseConfig('protocol: imap\npools: { mb: { servers: ["127.0.0.1:143"], health: { enabled: false } } }\nroute: { static: mb }\n', 't.yaml').servers[0]!.protocol, 'imap');
     assert.deepEqual(problems('protocol: imap\nimap: { auth: [apop] }\n'), ['imap.auth.0: Invalid option: expected one of "plain"|"login"|"cram-md5"|"external"|"xoauth2"|"oauthbearer"']);
   });
 
