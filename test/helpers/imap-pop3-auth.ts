@@ -28,6 +28,8 @@ export interface MailboxAuthOptions {
   port: (req: RecordedRequest) => number;
   /** Skip the password check (so that the back-end is the one to refuse). Default false. */
   trustAll?: () => boolean;
+  /** An Auth-Wait (seconds) for refusals: the proxy waits, says the refusal and lets the client try again. */
+  wait?: () => number | undefined;
 }
 
 function userOf(name: string): DovecotUser | undefined {
@@ -56,7 +58,8 @@ export function mailboxAuth(opts: MailboxAuthOptions): Answer {
     const method = req.get('Auth-Method') ?? '';
     const known = userOf(user);
     const ok = opts.trustAll?.() || (known !== undefined && proofMatches(method, pass, req.get('Auth-Salt'), known.password));
-    if (!ok) return { 'Auth-Status': INVALID };
+    const wait = opts.wait?.();
+    if (!ok) return { 'Auth-Status': INVALID, ...(wait !== undefined && { 'Auth-Wait': String(wait) }) };
     const answer: Record<string, string> = { 'Auth-Status': 'OK', 'Auth-Server': '127.0.0.1', 'Auth-Port': String(opts.port(req)) };
     // The back-end needs the password itself; a digest (APOP, CRAM-MD5) is no use to it. Header values are latin1.
     if (known && method !== 'plain' && method !== 'login') answer['Auth-Pass'] = Buffer.from(known.password, 'utf8').toString('latin1');

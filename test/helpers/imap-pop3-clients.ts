@@ -291,6 +291,26 @@ export class LineClient extends Expecter {
     });
   }
 
+  /** STARTTLS/STLS done (the server said OK): a new client over TLS on this socket; this one is spent. */
+  startTls(opts: { ca: Buffer; servername: string; timeoutMs?: number }): Promise<LineClient> {
+    const raw = this.#sock;
+    raw.removeAllListeners('data');
+    raw.removeAllListeners('close');
+    raw.removeAllListeners('error');
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('TLS handshake timed out')), opts.timeoutMs ?? 5000);
+      const sock = tls.connect({ socket: raw, ca: opts.ca, servername: opts.servername });
+      sock.once('secureConnect', () => {
+        clearTimeout(t);
+        resolve(new LineClient(sock));
+      });
+      sock.once('error', (err) => {
+        clearTimeout(t);
+        reject(err);
+      });
+    });
+  }
+
   get localPort(): number {
     return this.#sock.localPort ?? 0;
   }
