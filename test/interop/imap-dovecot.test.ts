@@ -5,7 +5,8 @@
  * by an auth_http service that checks the password as a real one would (test/helpers/imap-pop3-auth.ts), with
  * `xclient: true`: Postern sends Dovecot `ID ("x-originating-ip" …)` and Dovecot (login_trusted_networks =
  * 127.0.0.0/8) logs the original client's address as rip=. A second block sends a PROXY v2 header (xclient off)
- * to Dovecot's `haproxy = yes` listener. Every message fetched is compared byte for byte with the one placed.
+ * to Dovecot's `haproxy = yes` listener; others speak TLS to Dovecot (STARTTLS, implicit), verified against the
+ * test CA. Every message fetched is compared byte for byte with the one placed.
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -35,9 +36,10 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
 
   before(async () => {
     tmp = await mkdtemp(path.join(os.tmpdir(), 'postern-imap-interop-'));
-    d = await startDovecot();
+    d = await startDovecot({ tls: true });
     // The PROXY block says so in a header of its own (nginx auth_http_header): it goes to the haproxy listener.
-    stub = await AuthStub.start(mailboxAuth({ port: (req) => (req.get('X-Test-Block') === 'proxied' ? d.ports.imapHaproxy : d.ports.imap), trustAll: () => trustAll }));
+    const routes: Record<string, () => number> = { proxied: () => d.ports.imapHaproxy, implicit: () => d.ports.imaps! };
+    stub = await AuthStub.start(mailboxAuth({ port: (req) => (routes[req.get('X-Test-Block') ?? '']?.() ?? d.ports.imap), trustAll: () => trustAll }));
     for (const u of [alice, bob, erin, dora]) {
       const m = mailboxMessage(`imap-${u.user}`);
       messages.set(u.user, m);
@@ -243,4 +245,41 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
     assert.equal(login.lip, '127.0.0.1');
     assert.doesNotMatch(d.log(), /haproxy: Client disconnected/, 'every connection to the haproxy listener had a valid header');
   });
+
+  it('a client\'s own ID cannot claim another address or session: Dovecot still logs the real client', async () => {
+    const since = d.logins().length;
+    const c = await LineClient.connect(port.starttls, { localAddress: '127.0.0.9' });
+    try {
+      await c.expect(/^\* OK IMAP4 ready\r\n/);
+      c.send('i1 ID ("name" "spoofer" "x-originating-ip" "203.0.113.66" "x-originating-port" "1" "x-session-id" "spoofed")');
+      await c.expect(/^i1 OK .*\r\n/m);
+      c.send(`i2 LOGIN ${alice.user} ${alice.password}`);
+      assert.match((await c.expect(/^i2 .*\r\n/m))[0], /^i2 OK /);
+    } finally {
+      c.close();
+    }
+    const login = await d.waitForLogin(since, (l) => l.user === alice.user);
+    assert.equal(login.rip, '127.0.0.9');
+    assert.notEqual(login.session, 'spoofed');
+  });
+
+  for (const [mode, block] of [['required', 'starttls'], ['implicit', 'implicit']] as const) {
+    it(`backend_tls: ${mode} — Postern speaks TLS to Dovecot (certificate verified), Dovecot logs TLS and the client's rip=`, async () => {
+      const q = await startPostern({
+        protocol: 'imap',
+        route: { auth_http: { url: stub.url, headers: { 'X-Test-Block': block } } },
+        backend_tls: { mode, ca: TEST_CA },
+      });
+      try {
+        const since = d.logins().length;
+        const r = await curl([`imap://127.0.0.1:${q.port}/INBOX;UID=1`, ...curlUser(bob.user, bob.password), '--interface', '127.0.0.10']);
+        assert.equal(r.code, 0, r.stderr);
+        assert.ok(r.stdout.equals(body(bob.user)));
+        const login = await d.waitForLogin(since, (l) => l.user === bob.user);
+        assert.deepEqual([login.tls, login.rip], [true, '127.0.0.10'], login.line);
+      } finally {
+        await q.stop();
+      }
+    });
+  }
 });

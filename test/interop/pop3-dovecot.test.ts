@@ -5,7 +5,8 @@
  * auth_http service that checks the password (or APOP digest against Auth-Salt) as a real one would and hands the
  * real password back for APOP (test/helpers/imap-pop3-auth.ts), with `xclient: true`: Dovecot's banner to a
  * trusted peer offers [XCLIENT], Postern sends `XCLIENT ADDR=…`, and Dovecot logs the original client as rip=.
- * A second block sends a PROXY v2 header (xclient off) to Dovecot's `haproxy = yes` listener. Every message
+ * A second block sends a PROXY v2 header (xclient off) to Dovecot's `haproxy = yes` listener; others speak TLS to
+ * Dovecot (STLS when required or offered, implicit), verified against the test CA. Every message
  * retrieved is compared byte for byte with the one placed (on the wire: dot-stuffed, then ".").
  */
 import assert from 'node:assert/strict';
@@ -38,8 +39,9 @@ describe('POP3: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
   const messages = new Map<string, Buffer>();
 
   before(async () => {
-    d = await startDovecot();
-    stub = await AuthStub.start(mailboxAuth({ port: (req) => (req.get('X-Test-Block') === 'proxied' ? d.ports.pop3Haproxy : d.ports.pop3), trustAll: () => trustAll }));
+    d = await startDovecot({ tls: true });
+    const routes: Record<string, () => number> = { proxied: () => d.ports.pop3Haproxy, implicit: () => d.ports.pop3s! };
+    stub = await AuthStub.start(mailboxAuth({ port: (req) => (routes[req.get('X-Test-Block') ?? '']?.() ?? d.ports.pop3), trustAll: () => trustAll }));
     for (const u of [alice, bob, erin, dora]) {
       const m = mailboxMessage(`pop3-${u.user}`);
       messages.set(u.user, m);
@@ -244,4 +246,43 @@ describe('POP3: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
     assert.deepEqual([login.rip, login.lip], ['127.0.0.9', '127.0.0.1']);
     assert.doesNotMatch(d.log(), /haproxy: Client disconnected/, 'every connection to the haproxy listener had a valid header');
   });
+
+  it('a client\'s own XCLIENT is refused (-ERR invalid command): Dovecot still logs the real client', async () => {
+    const since = d.logins().length;
+    const c = await LineClient.connect(port.stls, { localAddress: '127.0.0.10' });
+    try {
+      await c.expect(/^\+OK POP3 ready .*\r\n/);
+      c.send('XCLIENT ADDR=203.0.113.66 PORT=1 SESSION=spoofed');
+      assert.equal((await c.expect(/^.*\r\n/))[0], '-ERR invalid command\r\n');
+      c.send(`USER ${alice.user}`);
+      await c.expect(/^\+OK\r\n/);
+      c.send(`PASS ${alice.password}`);
+      await c.expect(/^\+OK Logged in\.\r\n/);
+    } finally {
+      c.close();
+    }
+    const login = await d.waitForLogin(since, (l) => l.user === alice.user);
+    assert.equal(login.rip, '127.0.0.10');
+    assert.notEqual(login.session, 'spoofed');
+  });
+
+  for (const [mode, block] of [['required', 'stls'], ['opportunistic', 'stls'], ['implicit', 'implicit']] as const) {
+    it(`backend_tls: ${mode} — Postern speaks TLS to Dovecot (certificate verified), Dovecot logs TLS and the client's rip=`, async () => {
+      const q = await startPostern({
+        protocol: 'pop3',
+        route: { auth_http: { url: stub.url, headers: { 'X-Test-Block': block } } },
+        backend_tls: { mode, ca: TEST_CA },
+      });
+      try {
+        const since = d.logins().length;
+        const r = await curl([`pop3://127.0.0.1:${q.port}/1`, ...curlUser(bob.user, bob.password), '--interface', '127.0.0.11']);
+        assert.equal(r.code, 0, r.stderr);
+        assert.ok(r.stdout.equals(body(bob.user)));
+        const login = await d.waitForLogin(since, (l) => l.user === bob.user);
+        assert.deepEqual([login.tls, login.rip], [true, '127.0.0.11'], login.line);
+      } finally {
+        await q.stop();
+      }
+    });
+  }
 });
