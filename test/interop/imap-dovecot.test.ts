@@ -282,4 +282,22 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
       }
     });
   }
+
+  it('proxy_pass_error_message: Dovecot\'s own NO for a refused password reaches the client under its tag', async () => {
+    trustAll = true;
+    const q = await startPostern({ protocol: 'imap', route: { auth_http: { url: stub.url } }, proxy_pass_error_message: true });
+    try {
+      const c = await LineClient.connect(q.port);
+      try {
+        await c.expect(/^\* OK IMAP4 ready\r\n/);
+        c.send(`e1 LOGIN ${alice.user} not-the-password`);
+        assert.equal((await c.expect(/^.*\r\n/m))[0], 'e1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n');
+      } finally {
+        c.close();
+      }
+    } finally {
+      trustAll = false;
+      await q.stop();
+    }
+  });
 });

@@ -285,4 +285,24 @@ describe('POP3: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
       }
     });
   }
+
+  it('proxy_pass_error_message: Dovecot\'s own -ERR for a refused password reaches the client', async () => {
+    trustAll = true;
+    const q = await startPostern({ protocol: 'pop3', route: { auth_http: { url: stub.url } }, proxy_pass_error_message: true });
+    try {
+      const c = await LineClient.connect(q.port);
+      try {
+        await c.expect(/^\+OK POP3 ready\r\n/);
+        c.send(`USER ${alice.user}`);
+        await c.expect(/^\+OK\r\n/);
+        c.send('PASS not-the-password');
+        assert.equal((await c.expect(/^.*\r\n/))[0], '-ERR [AUTH] Authentication failed.\r\n');
+      } finally {
+        c.close();
+      }
+    } finally {
+      trustAll = false;
+      await q.stop();
+    }
+  });
 });
