@@ -2,16 +2,19 @@
  * An nginx configuration's `mail {}` block as a Postern configuration object, with the comments
  * that say what did not carry over. nginx's inheritance is kept: a directive in `mail {}` is the
  * default of every `server {}` that does not set it (merged by directive name, as nginx merges).
- * One SMTP server becomes the top level; several become `servers:`, with what they all share
- * from `mail {}` at the top level and each block stating only what differs (Postern merges
- * auth, tls, backend_tls and timeouts one level deep and replaces every other key whole).
+ * A directive of one protocol (smtp_*, imap_*, pop3_*, xclient, resolver…) is inherited only by
+ * the servers of that protocol, as nginx reads it only there. One server becomes the top level;
+ * several become `servers:`, with what they all share from `mail {}` at the top level and each
+ * block stating only what differs (Postern merges auth, tls, backend_tls and timeouts one level
+ * deep and replaces every other key whole). Servers of different protocols are never one block.
  */
 import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { configSchema } from '../config/schema.js';
 import { asWritten, at, type Directive } from './parse.js';
+import { mailboxPart } from './mailbox.js';
 import { convertServer, notCarried, type Obj, type RawNote, type Scope } from './server.js';
-import { REASONS } from './unsupported.js';
+import { protocolOfDirective, REASONS, type MailProtocol } from './unsupported.js';
 import { duration, listenAddress, nginxTime, protocolOfPort } from './values.js';
 
 /** A comment for the output: at the top level or in `servers[scope]`, next to `key` when it is there. */
@@ -28,13 +31,15 @@ export interface Imported {
   notes: Note[];
 }
 
-/** The nginx file cannot be converted at all (no mail {}, no SMTP server). */
+/** The nginx file cannot be converted at all (no mail {}, no server in it). */
 export class ImportError extends Error {
   override name = 'ImportError';
 }
 
 /** Keys Postern merges one level deep from the top level into a server block (src/config/load.ts). */
 const MERGED = new Set(['auth', 'tls', 'backend_tls', 'timeouts']);
+/** SMTP settings that Postern's IMAP and POP3 servers never read: at the top level when every SMTP server shares them. */
+const SMTP_ONLY_KEYS = new Set(['capabilities', 'max_message_size', 'proxy_smtp_auth']);
 const MAIN_KEPT = new Set(['worker_processes', 'user', 'worker_shutdown_timeout']);
 
 export function convertNginx(tree: Directive[], file: string): Imported {
@@ -64,39 +69,42 @@ export function convertNginx(tree: Directive[], file: string): Imported {
   const mailScope = scopeOf(mailLevel.filter((d) => d.name !== 'listen' && d.name !== 'protocol'));
   for (const d of mailLevel) if (d.name === 'listen' || d.name === 'protocol') mainNotes.push(notCarried(d, REASONS[d.name]!));
 
-  const smtp: { self: Directive; out: ReturnType<typeof convertServer> }[] = [];
+  const smtp: { self: Directive; protocol: MailProtocol; out: ReturnType<typeof convertServer> }[] = [];
   for (const srv of mail.block!.filter((d) => d.name === 'server' && d.block)) {
     const own = srv.block!;
     const listens = own.filter((d) => d.name === 'listen');
     const protoD = own.find((d) => d.name === 'protocol');
     const ports = listens.map((d) => listenAddress(d.args[0] ?? '')).flatMap((a) => ('port' in a ? [a.port] : []));
     const inferred = ports.map(protocolOfPort).find((p) => p !== null) ?? null;
-    const protocol = protoD?.args[0] ?? inferred;
+    const written = protoD?.args[0] ?? inferred;
     const where = `server {} at ${at(srv)}`;
     if (listens.length === 0) {
       mainNotes.push({ d: srv, text: `nginx: ${where} — not carried over: it has no listen (nginx refuses that)` });
       continue;
     }
-    if (protocol === 'imap' || protocol === 'pop3') {
-      mainNotes.push({ d: srv, text: `nginx: ${where} (protocol ${protocol}, ${listens.map((l) => asWritten(l)).join(' ')}) — not carried over: IMAP and POP3 are not supported yet, Postern speaks SMTP only` });
-      continue;
-    }
     const serverNotes: RawNote[] = [];
-    if (protocol !== 'smtp') {
-      const why = protocol === null ? 'no protocol and no SMTP port (25, 465, 587), which nginx refuses' : `unknown protocol ${protocol}`;
+    const protocol: MailProtocol = written === 'imap' || written === 'pop3' ? written : 'smtp';
+    if (written !== protocol) {
+      const why = written === null ? 'no protocol and no port that names one (25, 465, 587, 110, 995, 143, 993), which nginx refuses' : `unknown protocol ${written}`;
       serverNotes.push({ d: protoD ?? srv, key: 'listen', text: `nginx: ${where} — ${why}; taken as SMTP` });
     }
-    const scope: Scope = new Map(mailScope);
+    // What mail {} sets for another protocol is not this server's (nginx ignores it here).
+    const scope: Scope = new Map([...mailScope].filter(([name]) => (protocolOfDirective(name) ?? protocol) === protocol));
     for (const [name, ds] of scopeOf(own.filter((d) => d.name !== 'listen' && d.name !== 'protocol'))) scope.set(name, ds);
-    const out = convertServer(scope, listens, srv);
+    const out = convertServer(scope, listens, srv, protocol, protocol === 'smtp' ? undefined : mailboxPart(protocol));
     out.notes.unshift(...serverNotes);
     const authD = scope.get('auth_http')?.[0];
     const url = ((out.settings.route as Obj | undefined)?.auth_http as Obj | undefined)?.url;
     const hint = authD && typeof url === 'string' ? responderHint(tree, url) : null;
     if (hint) out.notes.push({ d: authD!, key: 'route', text: `nginx: ${asWritten(authD!)} — note: ${hint}` });
-    smtp.push({ self: srv, out });
+    smtp.push({ self: srv, protocol, out });
   }
-  if (smtp.length === 0) throw new ImportError(`${file}: no SMTP server {} in mail {} at line ${mail.line}`);
+  if (smtp.length === 0) throw new ImportError(`${file}: no server {} in mail {} at line ${mail.line}`);
+  const protocols = new Set(smtp.map((s) => s.protocol));
+  for (const d of mailLevel) {
+    const p = protocolOfDirective(d.name);
+    if (p && !protocols.has(p)) mainNotes.push(notCarried(d, `there is no ${p.toUpperCase()} server {} in this mail {} (nginx reads it only in ${p.toUpperCase()} servers)`));
+  }
 
   const notes: Note[] = [];
   const seen = new Set<string>();
@@ -108,15 +116,18 @@ export function convertNginx(tree: Directive[], file: string): Imported {
   };
   for (const n of sortNotes(mainNotes)) add('top', n);
   const all = smtp.map((s) => s.out.settings);
-  const top = all.length > 1 ? common(convertServer(mailScope, [], null).settings, all) : {};
-  // Servers that differ only in their listeners (starttls, smtp_auth, ssl: per listener in
-  // Postern, per server in nginx) become one Postern server with several listeners.
-  const groups: { block: Obj; members: number[] }[] = [];
+  // The top level is what every server takes from mail {}: as that protocol's when they all speak one.
+  const only = protocols.size === 1 ? [...protocols][0]! : 'smtp';
+  const top = all.length > 1 ? common(convertServer(mailScope, [], null, only, only === 'smtp' ? undefined : mailboxPart(only)).settings, all, smtp.map((s) => s.protocol === 'smtp')) : {};
+  // Servers of one protocol that differ only in their listeners (starttls, smtp_auth, ssl: per
+  // listener in Postern, per server in nginx) become one Postern server with several listeners.
+  const groups: { block: Obj; protocol: MailProtocol; members: number[] }[] = [];
   all.map((s) => blockOf(s, top)).forEach((block, i) => {
     const { listen, ...rest } = block;
-    const g = groups.find((x) => isDeepStrictEqual({ ...x.block, listen: undefined }, { ...rest, listen: undefined }));
+    const protocol = smtp[i]!.protocol;
+    const g = groups.find((x) => x.protocol === protocol && isDeepStrictEqual({ ...x.block, listen: undefined }, { ...rest, listen: undefined }));
     if (g) g.block.listen = [...(g.block.listen as unknown[]), ...(listen as unknown[])];
-    else groups.push({ block: { ...block, listen: [...(listen as unknown[])] }, members: [i] });
+    else groups.push({ block: { ...block, listen: [...(listen as unknown[])] }, protocol, members: [i] });
     if (g) g.members.push(i);
   });
   const many = groups.length > 1;
@@ -168,10 +179,15 @@ function withMain(main: Obj, settings: Obj): Obj {
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** What every server has, taken from the mail {} settings: the top level of `servers:`. */
-function common(mailSettings: Obj, all: Obj[]): Obj {
+function common(mailSettings: Obj, all: Obj[], isSmtp: boolean[]): Obj {
   const top: Obj = {};
+  const smtpServers = all.filter((_, i) => isSmtp[i]);
   for (const [k, v] of Object.entries(mailSettings)) {
     if (k === 'listen') continue;
+    if (SMTP_ONLY_KEYS.has(k)) {
+      if (smtpServers.length && smtpServers.every((s) => isDeepStrictEqual(s[k], v))) top[k] = v;
+      continue;
+    }
     if (MERGED.has(k) && isObj(v)) {
       const sub: Obj = {};
       for (const [sk, sv] of Object.entries(v)) if (all.every((s) => isObj(s[k]) && isDeepStrictEqual((s[k] as Obj)[sk], sv))) sub[sk] = sv;
@@ -198,8 +214,8 @@ function blockOf(s: Obj, top: Obj): Obj {
   return ordered(block);
 }
 
-const ORDER = ['workers', 'user', 'group', 'server_name', 'listen', 'route', 'xclient', 'proxy_smtp_auth', 'proxy_pass_error_message',
-  'capabilities', 'max_message_size', 'max_line_length', 'max_errors', 'greeting_delay', 'resolver', 'checks', 'tls', 'timeouts', 'servers'];
+const ORDER = ['workers', 'user', 'group', 'protocol', 'server_name', 'listen', 'route', 'xclient', 'proxy_smtp_auth', 'proxy_pass_error_message',
+  'imap', 'pop3', 'capabilities', 'max_message_size', 'max_line_length', 'max_errors', 'greeting_delay', 'resolver', 'checks', 'tls', 'timeouts', 'servers'];
 
 function ordered(o: Obj): Obj {
   const rank = (k: string): number => (ORDER.includes(k) ? ORDER.indexOf(k) : ORDER.length - 1);

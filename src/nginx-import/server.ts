@@ -1,10 +1,11 @@
 /**
  * One nginx mail `server {}`, with what it inherits from `mail {}` already merged in (by
  * directive name, as nginx merges), as the settings of one Postern server, plus a comment for
- * every directive that does not carry over.
+ * every directive that does not carry over. What every protocol has (listeners, auth_http, ssl_*,
+ * timeouts, PROXY protocol) is here with SMTP's own directives; IMAP's and POP3's are in ./mailbox.ts.
  */
 import { asWritten, at, variablesOf, type Directive } from './parse.js';
-import { anchorOf, reasonFor } from './unsupported.js';
+import { anchorOf, reasonFor, type MailProtocol } from './unsupported.js';
 import { authHttpUrl, duration, flag, listenAddress, nginxSize, nginxTime, resolverAddress } from './values.js';
 
 export type Obj = Record<string, unknown>;
@@ -33,8 +34,31 @@ export function notCarried(d: Directive, why: string, key = anchorOf(d.name)): R
   return { d, key, text: `nginx: ${asWritten(d)} — not carried over: ${why}` };
 }
 
-/** Converts the effective directives of one server; `listens` are the server's own `listen` lines. */
-export function convertServer(scope: Scope, listens: Directive[], self: Directive | null): ServerOut {
+type Take = (name: string) => Directive[];
+type One = (name: string, anyArgs?: boolean) => Directive | undefined;
+
+/** What a protocol's own part of the conversion works with (the directives it takes are not commented as unknown). */
+export interface Tools {
+  take: Take;
+  one: One;
+  time: (name: string, zero?: boolean) => string | undefined;
+  bool: (name: string) => boolean | undefined;
+  notes: RawNote[];
+  scope: Scope;
+  /** The server {} (null for the settings of mail {} itself). */
+  self: Directive | null;
+}
+
+/** The directives of one protocol into the settings `s`. */
+export type ProtocolPart = (t: Tools, s: Obj) => void;
+
+/**
+ * Converts the effective directives of one server; `listens` are the server's own `listen` lines.
+ * `part` converts the protocol's own directives (SMTP's by default); a directive of another
+ * protocol in `scope` is commented (nginx ignores it there).
+ */
+export function convertServer(scope: Scope, listens: Directive[], self: Directive | null, protocol: MailProtocol = 'smtp', part: ProtocolPart = convertSmtp): ServerOut {
+  const smtp = protocol === 'smtp';
   const notes: RawNote[] = [];
   const s: Obj = {};
   const taken = new Set<string>(['listen', 'protocol', 'server']);
@@ -92,7 +116,7 @@ export function convertServer(scope: Scope, listens: Directive[], self: Directiv
     starttls = 'off';
   }
   const sslOn = bool('ssl') === true;
-  const authDs = take('smtp_auth');
+  const authDs = smtp ? take('smtp_auth') : [];
   const mechanisms: string[] = [];
   for (const d of authDs) {
     const bad = d.args.filter((m) => !MECHANISMS.has(m));
@@ -100,7 +124,7 @@ export function convertServer(scope: Scope, listens: Directive[], self: Directiv
     for (const m of d.args) if (MECHANISMS.has(m) && !mechanisms.includes(m)) mechanisms.push(m);
   }
   // nginx's default is `smtp_auth plain login`: AUTH required, no unauthenticated mail.
-  if (authDs.length === 0 || mechanisms.length === 0) mechanisms.push('plain', 'login');
+  if (smtp && (authDs.length === 0 || mechanisms.length === 0)) mechanisms.push('plain', 'login');
   const authMechs = mechanisms.some((m) => m !== 'none');
   // PROXY protocol: the trusted load balancers (inbound), and the header to the back-end (outbound).
   const realIp = take('set_real_ip_from');
@@ -124,7 +148,7 @@ export function convertServer(scope: Scope, listens: Directive[], self: Directiv
     const implicit = sslOn || params.includes('ssl');
     if (implicit) entry.implicit_tls = true;
     else if (starttls !== 'off') entry.starttls = starttls;
-    entry.smtp_auth = [...mechanisms];
+    if (smtp) entry.smtp_auth = [...mechanisms];
     const dropped = params.filter((p) => !LISTEN_PARAMS.has(p));
     if (params.includes('proxy_protocol')) {
       // Postern takes the header only from set_real_ip_from peers; nginx without it believes none.
@@ -143,7 +167,8 @@ export function convertServer(scope: Scope, listens: Directive[], self: Directiv
       plaintextNoted = true;
     }
     listenOf.push(d);
-    listen.push(Object.keys(entry).length === 2 && entry.smtp_auth instanceof Array && entry.smtp_auth.join() === 'none' ? a.address : entry);
+    const plain = smtp ? Object.keys(entry).length === 2 && (entry.smtp_auth as string[]).join() === 'none' : Object.keys(entry).length === 1;
+    listen.push(plain ? a.address : entry);
   }
   mergeWildcards(listen, listenOf, notes);
   if (listens.length) s.listen = listen;
@@ -172,19 +197,47 @@ export function convertServer(scope: Scope, listens: Directive[], self: Directiv
   const passCert = bool('auth_http_pass_client_cert');
   if (passCert !== undefined) tls.pass_client_cert = passCert;
 
-  const xclient = bool('xclient');
-  if (xclient !== undefined) s.xclient = xclient;
   const pp = one('proxy_protocol');
   if (pp) {
     const v = pp.args[0];
     if (v === 'on' || v === 'v2' || v === 'off') s.proxy_protocol = v === 'on' ? 'v1' : v;
     else notes.push(notCarried(pp, 'proxy_protocol takes on, v2 or off'));
   }
-  const psa = bool('proxy_smtp_auth');
-  if (psa !== undefined) s.proxy_smtp_auth = psa ? 'plain' : 'off';
   const ppem = bool('proxy_pass_error_message');
   if (ppem !== undefined) s.proxy_pass_error_message = ppem;
+  const maxErrors = one('max_errors');
+  if (maxErrors) {
+    const n = Number(maxErrors.args[0]);
+    if (!Number.isInteger(n) || n < 0) notes.push(notCarried(maxErrors, 'not a number'));
+    else s.max_errors = Math.max(n, 1);
+  }
+  part({ take, one, time, bool, notes, scope, self }, s);
 
+  convertSsl(take, one, time, tls, notes);
+  if (Object.keys(tls).length) s.tls = tls;
+
+  const idle = time('timeout');
+  if (idle) Object.assign(timeouts, { idle, backend: idle, handshake: idle });
+  const relay = time('proxy_timeout');
+  if (relay) timeouts.relay_idle = relay;
+  if (Object.keys(timeouts).length) s.timeouts = timeouts;
+
+  for (const [n, ds] of scope) {
+    if (taken.has(n)) continue;
+    for (const d of ds) {
+      if (n === 'include' && d.notFollowed) notes.push({ d, key: undefined, text: `nginx: ${asWritten(d)} — not followed: ${d.notFollowed}` });
+      else notes.push(notCarried(d, reasonFor(n, protocol)));
+    }
+  }
+  return { settings: s, notes };
+}
+
+/** SMTP's own directives: xclient, proxy_smtp_auth, smtp_capabilities, smtp_client_buffer, smtp_greeting_delay, resolver. */
+function convertSmtp({ take, one, time, bool, notes, scope }: Tools, s: Obj): void {
+  const xclient = bool('xclient');
+  if (xclient !== undefined) s.xclient = xclient;
+  const psa = bool('proxy_smtp_auth');
+  if (psa !== undefined) s.proxy_smtp_auth = psa ? 'plain' : 'off';
   const capDs = take('smtp_capabilities');
   if (capDs.length) {
     const caps: string[] = [];
@@ -215,12 +268,6 @@ export function convertServer(scope: Scope, listens: Directive[], self: Directiv
       if (n < 512) notes.push({ d: buf, key: 'max_line_length', text: `nginx: ${asWritten(buf)} — raised to 512, the least RFC 5321 allows` });
     }
   }
-  const maxErrors = one('max_errors');
-  if (maxErrors) {
-    const n = Number(maxErrors.args[0]);
-    if (!Number.isInteger(n) || n < 0) notes.push(notCarried(maxErrors, 'not a number'));
-    else s.max_errors = Math.max(n, 1);
-  }
   const delay = time('smtp_greeting_delay', true);
   if (delay) s.greeting_delay = delay;
 
@@ -248,27 +295,7 @@ export function convertServer(scope: Scope, listens: Directive[], self: Directiv
   } else if (rtimeout) {
     notes.push(notCarried(scope.get('resolver_timeout')![0]!, 'there is no resolver'));
   }
-
-  convertSsl(take, one, time, tls, notes);
-  if (Object.keys(tls).length) s.tls = tls;
-
-  const idle = time('timeout');
-  if (idle) Object.assign(timeouts, { idle, backend: idle, handshake: idle });
-  const relay = time('proxy_timeout');
-  if (relay) timeouts.relay_idle = relay;
-  if (Object.keys(timeouts).length) s.timeouts = timeouts;
-
-  for (const [n, ds] of scope) {
-    if (taken.has(n)) continue;
-    for (const d of ds) {
-      if (n === 'include' && d.notFollowed) notes.push({ d, key: undefined, text: `nginx: ${asWritten(d)} — not followed: ${d.notFollowed}` });
-      else notes.push(notCarried(d, reasonFor(n)));
-    }
-  }
-  return { settings: s, notes };
 }
-
-type Take = (name: string) => Directive[];
 
 /**
  * nginx binds `[::]:25` with ipv6only=on, so `listen 25; listen [::]:25;` is its usual pair.
@@ -290,7 +317,7 @@ function mergeWildcards(listen: unknown[], from: Directive[], notes: RawNote[]):
   }
 }
 
-function convertSsl(take: Take, one: (n: string, anyArgs?: boolean) => Directive | undefined, time: (n: string) => string | undefined,
+function convertSsl(take: Take, one: One, time: (n: string) => string | undefined,
   tls: Obj, notes: RawNote[]): void {
   const certs = take('ssl_certificate');
   const keys = take('ssl_certificate_key');

@@ -24,8 +24,26 @@ export const REASONS: Record<string, string> = {
   worker_processes: 'it belongs in the main context (outside mail {})',
 };
 
-/** IMAP and POP3 directives: Postern speaks SMTP only. */
-export const OTHER_PROTOCOL = /^(imap|pop3)_/;
+export type MailProtocol = 'smtp' | 'imap' | 'pop3';
+
+/** nginx's SMTP module's directives outside the smtp_ prefix (the resolver is only for SMTP's client name). */
+const SMTP_ONLY = new Set(['xclient', 'proxy_smtp_auth', 'resolver', 'resolver_timeout']);
+const LABEL: Record<MailProtocol, string> = { smtp: 'an SMTP', imap: 'an IMAP', pop3: 'a POP3' };
+
+/** The protocol a directive belongs to (nginx reads it only in servers of that protocol), or null for every protocol's. */
+export function protocolOfDirective(name: string): MailProtocol | null {
+  if (name.startsWith('smtp_') || SMTP_ONLY.has(name)) return 'smtp';
+  if (name.startsWith('imap_')) return 'imap';
+  if (name.startsWith('pop3_')) return 'pop3';
+  return null;
+}
+
+/** Why a directive of another protocol is not carried into a server of `protocol`. */
+export function otherProtocolReason(name: string, protocol: MailProtocol): string | null {
+  const p = protocolOfDirective(name);
+  if (p === null || p === protocol) return null;
+  return `${LABEL[p]} directive: nginx ignores it in ${LABEL[protocol]} server too`;
+}
 
 /** The Postern key next to which the comment on a directive goes. */
 export function anchorOf(name: string): string | undefined {
@@ -33,15 +51,19 @@ export function anchorOf(name: string): string | undefined {
   if (name.startsWith('auth_http')) return 'route';
   if (name.startsWith('resolver')) return 'resolver';
   if (name === 'listen' || name === 'set_real_ip_from' || name === 'smtp_auth') return 'listen';
+  if (name === 'imap_client_buffer' || name === 'smtp_client_buffer') return 'max_line_length';
+  if (name.startsWith('imap_')) return 'imap';
+  if (name.startsWith('pop3_')) return 'pop3';
   if (name === 'timeout' || name === 'proxy_timeout') return 'timeouts';
   if (name === 'smtp_capabilities') return 'capabilities';
   if (name.startsWith('proxy') || name === 'xclient') return 'xclient';
   return undefined;
 }
 
-/** The reason for a directive without a specific one. */
-export function reasonFor(name: string): string {
+/** The reason for a directive without a specific one, in a server of `protocol`. */
+export function reasonFor(name: string, protocol: MailProtocol = 'smtp'): string {
   if (REASONS[name]) return REASONS[name];
-  if (OTHER_PROTOCOL.test(name)) return 'IMAP and POP3 are not supported yet: Postern speaks SMTP only';
+  const other = otherProtocolReason(name, protocol);
+  if (other) return other;
   return 'not a directive of the nginx mail module that Postern knows';
 }

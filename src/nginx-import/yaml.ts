@@ -8,7 +8,7 @@ import { convertNginx, ImportError, type Imported, type Note } from './convert.j
 import { NginxSyntaxError, parseNginxFile } from './parse.js';
 
 /** Lists whose entries are short scalars, written on one line. */
-const FLOW = new Set(['smtp_auth', 'capabilities', 'servers']);
+const FLOW = new Set(['smtp_auth', 'capabilities', 'auth', 'servers']);
 
 export function renderYaml(imp: Imported): string {
   const doc = new Document(imp.config);
@@ -59,8 +59,8 @@ export function droppedCount(imp: Imported): number {
 }
 
 /**
- * `postern import-nginx FILE`: the YAML on stdout (exit 0); a syntax error, a file without an
- * SMTP mail {} server, or a result that does not validate on stderr (exit 1).
+ * `postern import-nginx FILE`: the YAML on stdout (exit 0); a syntax error, a file without a
+ * mail {} server, or a result that does not validate on stderr (exit 1).
  */
 export function importNginxCommand(file: string | undefined, out: (s: string) => void, err: (s: string) => void): number {
   if (!file) {

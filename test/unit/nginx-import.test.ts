@@ -237,7 +237,7 @@ describe('import-nginx: each mail directive', () => {
 
   it('directives without an equivalent: one comment each, next to where they would go', () => {
     const y = yamlOf(mail('proxy on;\nproxy_buffer 16k;\nerror_log /var/log/mail.log;\nimap_capabilities IMAP4rev1;\nfrobnicate 1;\ntimeout 1m;\ntimeout 2m;'));
-    for (const [d, why] of [['proxy on;', 'it has no effect in nginx either'], ['proxy_buffer 16k;', 'Postern reads back-end replies'], ['error_log /var/log/mail.log;', 'log.level'], ['imap_capabilities IMAP4rev1;', 'IMAP and POP3 are not supported yet'],
+    for (const [d, why] of [['proxy on;', 'it has no effect in nginx either'], ['proxy_buffer 16k;', 'Postern reads back-end replies'], ['error_log /var/log/mail.log;', 'log.level'], ['imap_capabilities IMAP4rev1;', 'an IMAP directive: nginx ignores it in an SMTP server too'],
       ['frobnicate 1;', 'not a directive of the nginx mail module'], ['timeout 2m;', 'a second timeout']] as const) {
       const m = mentions(y, `${d} — not carried over:`);
       assert.equal(m.length, 1, `${d}\n${y}`);
@@ -248,12 +248,134 @@ describe('import-nginx: each mail directive', () => {
     assert.deepEqual((parseYaml(y) as { timeouts: unknown }).timeouts, { idle: '1m', backend: '1m', handshake: '1m' });
   });
 
-  it('protocol imap / pop3 servers are one comment each; no SMTP server or no mail {} is an error', () => {
-    const y = yamlOf('mail {\n auth_http 127.0.0.1:9/a;\n server { listen 25; smtp_auth none; }\n server { listen 993 ssl; protocol imap; }\n server { listen 110; }\n}\n');
-    assert.equal(mentions(y, 'server {} at line 4 (protocol imap, listen 993 ssl;) — not carried over: IMAP and POP3 are not supported yet').length, 1, y);
-    assert.equal(mentions(y, 'server {} at line 5 (protocol pop3, listen 110;) — not carried over').length, 1, y);
-    assert.throws(() => convertNginx(parseNginx('mail { server { listen 143; } }'), 'a.conf'), (e: unknown) => e instanceof ImportError && /no SMTP server/.test(e.message));
+  it('no server {} at all or no mail {} is an error', () => {
+    assert.throws(() => convertNginx(parseNginx('mail { auth_http 127.0.0.1:9/a; }'), 'a.conf'), (e: unknown) => e instanceof ImportError && /a\.conf: no server \{\} in mail \{\} at line 1/.test(e.message));
+    assert.throws(() => convertNginx(parseNginx('mail { server { protocol imap; } }'), 'a.conf'), (e: unknown) => e instanceof ImportError && /no server \{\}/.test(e.message));
     assert.throws(() => convertNginx(parseNginx('events {}'), 'a.conf'), /no mail \{\} block/);
+  });
+});
+
+/** The comment lines about Postern's xclient in a converted IMAP or POP3 server. */
+const xclientNotes = (yaml: string, protocol: string): string[] => mentions(yaml, `protocol ${protocol} — nginx never tells`)
+  .filter((l) => l.includes('set xclient: false for nginx\'s behaviour'));
+
+describe('import-nginx: IMAP and POP3 servers', () => {
+  it('an nginx-tests IMAP server: imap_auth, imap_capabilities and starttls only', () => {
+    const text = 'mail {\n auth_http 127.0.0.1:8080/mail/auth;\n ssl_certificate localhost.crt;\n ssl_certificate_key localhost.key;\n'
+      + ' server {\n  listen 127.0.0.1:8143;\n  protocol imap;\n  imap_auth plain login cram-md5;\n  imap_capabilities IMAP4rev1 UIDPLUS;\n  starttls only;\n }\n}\n';
+    const y = yamlOf(text);
+    assert.deepEqual(parseYaml(y), {
+      protocol: 'imap', listen: [{ address: '127.0.0.1:8143', starttls: 'only' }], route: { auth_http: { url: 'http://127.0.0.1:8080/mail/auth' } },
+      imap: { capabilities: ['IMAP4rev1', 'UIDPLUS'], auth: ['plain', 'login', 'cram-md5'] }, tls: { certificates: [{ cert: 'localhost.crt', key: 'localhost.key' }] },
+    });
+    assert.equal(xclientNotes(y, 'imap').length, 1, y);
+    assert.match(y, /^# nginx: protocol imap — .*\nprotocol: imap$/m);
+    assert.doesNotMatch(y, /not carried over/);
+    const [srv] = parseConfig(y).servers;
+    assert.deepEqual([srv!.protocol, srv!.xclient, srv!.imap.auth, srv!.imap.capabilities, srv!.listen[0]!.starttls], ['imap', true, ['plain', 'login', 'cram-md5'], ['IMAP4rev1', 'UIDPLUS'], 'only']);
+  });
+
+  it('a POP3 server with pop3_auth plain apop; listen … ssl and ssl on are implicit_tls', () => {
+    const y = yamlOf('mail {\n auth_http 127.0.0.1:8080/mail/auth;\n ssl_certificate c.pem;\n ssl_certificate_key c.key;\n'
+      + ' server { listen 127.0.0.1:8110; protocol pop3; pop3_auth plain apop; pop3_capabilities TOP USER UIDL "EXPIRE 60"; }\n'
+      + ' server { listen 127.0.0.1:8995; protocol pop3; ssl on; pop3_auth plain apop; pop3_capabilities TOP USER UIDL "EXPIRE 60"; }\n}\n');
+    const c = parseYaml(y) as Record<string, unknown>;
+    assert.deepEqual([c.protocol, c.listen, c.pop3], ['pop3', ['127.0.0.1:8110', { address: '127.0.0.1:8995', implicit_tls: true }], { capabilities: ['TOP', 'USER', 'UIDL', 'EXPIRE 60'], auth: ['plain', 'apop'] }]);
+    assert.equal(xclientNotes(y, 'pop3').length, 1, y);
+    const [srv] = parseConfig(y).servers;
+    assert.deepEqual([srv!.protocol, srv!.pop3.auth, srv!.listen.map((l) => l.implicit_tls)], ['pop3', ['plain', 'apop'], [false, true]]);
+  });
+
+  it('one mail {} with SMTP, IMAP and POP3 servers: three blocks, each taking only its own protocol\'s directives from mail {}', () => {
+    const text = `mail {
+  server_name mail.example.com;
+  auth_http 127.0.0.1:9000/auth;
+  timeout 2m;
+  max_errors 5;
+  proxy_pass_error_message on;
+  ssl_certificate m.pem;
+  ssl_certificate_key m.key;
+  ssl_session_cache shared:M:1m;
+  smtp_auth plain login;
+  smtp_capabilities PIPELINING 8BITMIME;
+  smtp_client_buffer 8k;
+  smtp_greeting_delay 2s;
+  xclient off;
+  proxy_smtp_auth on;
+  resolver 127.0.0.53;
+  imap_capabilities IMAP4rev1 IDLE;
+  imap_client_buffer 16k;
+  pop3_auth plain apop;
+  server { listen 587; protocol smtp; starttls only; }
+  server { listen 143; protocol imap; starttls on; }
+  server { listen 110; protocol pop3; starttls on; }
+}`;
+    const y = yamlOf(text);
+    const c = parseYaml(y) as { servers: Record<string, unknown>[] } & Record<string, unknown>;
+    assert.equal(c.servers.length, 3, y);
+    // Shared by all three, or only read by SMTP servers: the top level.
+    assert.deepEqual([c.server_name, c.max_errors, c.proxy_pass_error_message, c.capabilities, c.proxy_smtp_auth], ['mail.example.com', 5, true, ['PIPELINING', '8BITMIME'], 'plain']);
+    assert.deepEqual(c.timeouts, { idle: '2m', backend: '2m', handshake: '2m' });
+    const [smtp, imap, pop3] = c.servers;
+    assert.deepEqual(smtp, {
+      listen: [{ address: '0.0.0.0:587', starttls: 'only', smtp_auth: ['plain', 'login'] }], xclient: false, max_line_length: 8192, greeting_delay: '2s',
+      resolver: { servers: ['127.0.0.53'] }, checks: { reverse_dns: true },
+    });
+    assert.deepEqual(imap, { protocol: 'imap', listen: [{ address: '0.0.0.0:143', starttls: 'on' }], imap: { capabilities: ['IMAP4rev1', 'IDLE'] }, max_line_length: 16384 });
+    assert.deepEqual(pop3, { protocol: 'pop3', listen: [{ address: '0.0.0.0:110', starttls: 'on' }], pop3: { auth: ['plain', 'apop'] } });
+    // What mail {} sets for one protocol is neither commented per server nor commented as not carried over.
+    for (const d of ['smtp_auth', 'smtp_capabilities', 'smtp_client_buffer', 'smtp_greeting_delay', 'xclient', 'proxy_smtp_auth', 'resolver', 'imap_', 'pop3_']) assert.equal(mentions(y, d).length, 0, `${d}\n${y}`);
+    assert.equal(mentions(y, 'ssl_session_cache shared:M:1m; — not carried over').length, 1);
+    assert.equal(xclientNotes(y, 'imap').length + xclientNotes(y, 'pop3').length, 2);
+    assert.match(y, /^ {2}# nginx: protocol imap — .*\n {2}- protocol: imap$/m);
+    const loaded = parseConfig(y).servers;
+    assert.deepEqual(loaded.map((s) => [s.protocol, s.xclient, s.max_line_length, s.greeting_delay, s.checks.reverse_dns, s.timeouts.idle]), [
+      ['smtp', false, 8192, 2000, true, 120_000], ['imap', true, 16384, 0, false, 120_000], ['pop3', true, 4096, 0, false, 120_000]]);
+    assert.ok('auth_http' in loaded[0]!.route);
+    assert.deepEqual(loaded.map((s) => s.route), [loaded[0]!.route, loaded[0]!.route, loaded[0]!.route]);
+  });
+
+  it('ports infer the protocol (110, 995, 143, 993, 25); servers of different protocols are never one block', () => {
+    const y = yamlOf('mail {\n auth_http 127.0.0.1:9/a;\n ssl_certificate c; ssl_certificate_key k;\n'
+      + ' server { listen 143; starttls on; }\n server { listen 993 ssl; }\n server { listen 110; }\n server { listen 995 ssl; }\n'
+      + ' server { listen 25; smtp_auth none; }\n server { listen 2143; protocol imap; }\n server { listen 2110; protocol pop3; }\n}\n');
+    const c = parseYaml(y) as { servers: { protocol?: string; listen: unknown[] }[] };
+    assert.deepEqual(c.servers.map((s) => [s.protocol ?? 'smtp', s.listen]), [
+      ['imap', [{ address: '0.0.0.0:143', starttls: 'on' }, { address: '0.0.0.0:993', implicit_tls: true }, '0.0.0.0:2143']],
+      ['pop3', ['0.0.0.0:110', { address: '0.0.0.0:995', implicit_tls: true }, '0.0.0.0:2110']],
+      ['smtp', ['0.0.0.0:25']],
+    ]);
+    assert.doesNotMatch(y, /taken as SMTP/);
+    assert.match(yamlOf('mail { auth_http 127.0.0.1:9/a; server { listen 2525; smtp_auth none; } }'), /no protocol and no port that names one .*; taken as SMTP/);
+  });
+
+  it('a file of IMAP servers only; imap_* and pop3_* values nginx has but Postern adds itself or refuses', () => {
+    const text = 'mail {\n auth_http 127.0.0.1:9/a;\n smtp_auth login;\n pop3_auth apop;\n'
+      + ' server {\n  listen 143;\n  imap_capabilities IMAP4rev1 STARTTLS AUTH=PLAIN;\n  imap_capabilities LOGINDISABLED ID;\n  imap_auth plain gssapi;\n  imap_client_buffer 100;\n'
+      + '  smtp_greeting_delay 1s;\n  pop3_capabilities TOP;\n }\n}\n';
+    const y = yamlOf(text);
+    const c = parseYaml(y) as Record<string, unknown>;
+    assert.deepEqual([c.protocol, c.imap, c.max_line_length], ['imap', { capabilities: ['IMAP4rev1', 'ID'], auth: ['plain'] }, 512]);
+    for (const [d, why] of [
+      ['imap_capabilities IMAP4rev1 STARTTLS AUTH=PLAIN;', 'STARTTLS, AUTH=PLAIN (Postern adds STARTTLS, LOGINDISABLED and the AUTH= entries itself'],
+      ['imap_capabilities LOGINDISABLED ID;', 'LOGINDISABLED (Postern adds'],
+      ['imap_auth plain gssapi;', 'unknown mechanism gssapi (nginx has plain, login, cram-md5, external)'],
+      ['smtp_greeting_delay 1s;', 'an SMTP directive: nginx ignores it in an IMAP server too'],
+      ['pop3_capabilities TOP;', 'a POP3 directive: nginx ignores it in an IMAP server too'],
+      // mail {} level: no server of that protocol to take it.
+      ['smtp_auth login;', 'there is no SMTP server {} in this mail {}'],
+      ['pop3_auth apop;', 'there is no POP3 server {} in this mail {}'],
+    ] as const) {
+      const m = mentions(y, `${d} — not carried over: `);
+      assert.equal(m.length, 1, `${d}\n${y}`);
+      assert.ok(m[0]!.includes(why), m[0]);
+    }
+    assert.equal(mentions(y, 'imap_client_buffer 100; — raised to 512').length, 1, y);
+    const p = yamlOf('mail { auth_http 127.0.0.1:9/a; server { listen 110; pop3_capabilities TOP STLS "SASL PLAIN" UIDL; } }');
+    assert.deepEqual((parseYaml(p) as { pop3: unknown }).pop3, { capabilities: ['TOP', 'UIDL'] });
+    assert.equal(mentions(p, 'pop3_capabilities TOP STLS "SASL PLAIN" UIDL; — not carried over: STLS, SASL PLAIN (Postern adds the STLS and SASL lines itself').length, 1, p);
+    // Without auth_http (nginx refuses it) the server still converts, with a comment.
+    assert.match(yamlOf('mail { server { listen 143; } }'), /has no auth_http \(nginx refuses that\)/);
   });
 });
 
