@@ -126,6 +126,8 @@ export interface BackendSession<Ready = unknown> {
   tls: string | null;
   /** The connection was kept from earlier sessions (backend_reuse): this is its `session`-th session. */
   session?: number;
+  /** The id the back-end was told for this session (IMAP ID `x-session-id`, POP3 XCLIENT `SESSION=`), for the access record: it matches the back-end's log. */
+  sessionId?: string;
   ready: Ready;
 }
 

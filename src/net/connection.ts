@@ -54,6 +54,8 @@ export class Connection implements SocketOwner, AskOwner {
   #backendTls: string | null = null;
   /** The last back-end connection was a kept one: its session number on it (backend_reuse). */
   #backendSession = 0;
+  /** What the back-end was told this session is called (IMAP ID, POP3 XCLIENT), for matching its log. */
+  #backendSessionId: string | null = null;
   #backend: string | null = null;
   #backendSocket: Socket | null = null;
   #abortBackend: (() => void) | null = null;
@@ -375,6 +377,7 @@ export class Connection implements SocketOwner, AskOwner {
     this.#backendTls = b.tls;
     this.#backendSocket = b.socket;
     if (b.session !== undefined) this.#backendSession = b.session;
+    if (b.sessionId !== undefined) this.#backendSessionId = b.sessionId;
     if (b.name) this.#backend = b.name;
     this.#backendTimer = 'none';
     this.#outcome = 'relayed';
@@ -437,6 +440,7 @@ export class Connection implements SocketOwner, AskOwner {
       tls: this.#tls?.protocol,
       backend_tls: this.#backendTls ?? undefined,
       ...(this.#backendSession > 0 ? { backend_session: this.#backendSession } : {}),
+      ...(this.#backendSessionId ? { backend_session_id: this.#backendSessionId } : {}),
       bytes_in: this.#raw.bytesRead,
       bytes_out: this.#raw.bytesWritten,
       duration_ms: Date.now() - this.#started,

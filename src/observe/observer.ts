@@ -13,6 +13,8 @@ export interface SessionRecord extends SessionSummary {
   backend_tls?: string;
   /** The session went on a kept back-end connection (backend_reuse): its session number on it. */
   backend_session?: number;
+  /** The id the back-end was told (IMAP ID x-session-id, POP3 XCLIENT SESSION=): Dovecot logs it as `session=<…>`. */
+  backend_session_id?: string;
   bytes_in: number;
   bytes_out: number;
   duration_ms: number;

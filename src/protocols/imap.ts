@@ -165,7 +165,7 @@ export class ImapProtocol implements ProtocolModule<ImapReady> {
         if (cand.release) ready.socket.once('close', cand.release);
         if (c.xclient && !ready.idAccepted) this.#warnOnce(cand.id);
         this.#logger.debug({ backend: cand.id, id: ready.idAccepted, session }, 'IMAP back-end login accepted');
-        cb(null, { socket: ready.socket, tls: ready.tls, name: cand.id, ready: { untagged: ready.untagged, status: ready.status } });
+        cb(null, { socket: ready.socket, tls: ready.tls, name: cand.id, ...(ready.idAccepted ? { sessionId: session } : {}), ready: { untagged: ready.untagged, status: ready.status } });
       },
     );
   }

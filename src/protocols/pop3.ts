@@ -174,7 +174,7 @@ export class Pop3Protocol implements ProtocolModule<Pop3Ready> {
         if (cand.release) ready.socket.once('close', cand.release);
         if (c.xclient && !ready.offersXclient) this.#warnOnce(cand.id);
         this.#logger.debug({ backend: cand.id, xclient: ready.xclient, session }, 'POP3 back-end login accepted');
-        cb(null, { socket: ready.socket, tls: ready.tls, name: cand.id, ready: { final: ready.final } });
+        cb(null, { socket: ready.socket, tls: ready.tls, name: cand.id, ...(ready.xclient ? { sessionId: session } : {}), ready: { final: ready.final } });
       },
     );
   }

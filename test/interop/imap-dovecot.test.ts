@@ -99,6 +99,8 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
     assert.equal(rec.outcome, 'relayed', JSON.stringify(rec));
     // Dovecot took Postern's x-session-id as its own session id.
     await p.waitForLog((l) => l.msg === 'IMAP back-end login accepted' && l.session === login.session && l.id === true);
+    // …and the access record names it: the two logs match without debug logging.
+    assert.equal(rec.backend_session_id, login.session);
   });
 
   it('curl with STARTTLS (--ssl-reqd, the test CA) and imaps:// on the implicit-TLS listener: byte for byte, Auth-SSL: on', async () => {

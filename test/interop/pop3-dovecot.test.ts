@@ -95,6 +95,8 @@ describe('POP3: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
     assert.deepEqual([login.service, login.rip, login.lip, login.method], ['pop3', '127.0.0.2', '127.0.0.1', 'PLAIN']);
     // Dovecot took Postern's XCLIENT SESSION= as its own session id.
     await p.waitForLog((l) => l.msg === 'POP3 back-end login accepted' && l.session === login.session && l.xclient === true);
+    const rec = await p.waitForLog((l) => l.type === 'access' && l.user === alice.user);
+    assert.equal(rec.backend_session_id, login.session, 'the access record names the session id Dovecot logs');
     assert.equal(requests.length, 1);
     assert.deepEqual([requests[0]!.get('Auth-Protocol'), requests[0]!.get('Auth-Method'), requests[0]!.get('Client-IP')], ['pop3', 'plain', '127.0.0.2']);
     assert.equal(requests[0]!.get('Auth-Salt'), undefined, 'no salt for a plain login');
