@@ -12,6 +12,8 @@ import { closedPort, FakeBackend } from '../helpers/fake-backend.js';
 import { get, hasMetric, metric, needPromtool, promtoolCheck, until } from '../helpers/metrics.js';
 import { startPosternProcess, type PosternProcess } from '../helpers/postern-process.js';
 import { SmtpClient } from '../helpers/smtp-client.js';
+import { FakeImap } from './imap-backend.js';
+import { ImapClient } from './imap-client.js';
 
 const BODY = 'Subject: metrics\r\n\r\nhello\r\n';
 
@@ -115,6 +117,37 @@ describe('metrics: one process', () => {
       assert.equal(metric((await get(mport, '/metrics')).body, 'postern_backend_up', { pool: 'mx' }), 0);
     } finally {
       await p.stop();
+    }
+  });
+});
+
+describe('metrics: an IMAP server', () => {
+  it('its sessions are counted as SMTP ones are: relayed, refused logins, back-end set-up', async () => {
+    const backend = await FakeImap.start();
+    const auth = await AuthStub.start(okAnswer(backend.port));
+    const p = await startPosternProcess({ protocol: 'imap', route: { auth_http: { url: auth.url } }, metrics: { listen: '127.0.0.1:0' } });
+    try {
+      const mport = await metricsPort(p);
+      const c = await ImapClient.connect(p.port);
+      await c.read(/^\* OK/);
+      assert.match((await c.cmd('a1', 'LOGIN alice secret')).at(-1)!, /^a1 OK/);
+      assert.match((await c.cmd('a2', 'LOGOUT')).at(-1)!, /^a2 OK/);
+      await c.ended();
+      auth.answer = { 'Auth-Status': 'Invalid login or password', 'Auth-Wait': '0' };
+      const d = await ImapClient.connect(p.port);
+      await d.read(/^\* OK/);
+      assert.deepEqual(await d.cmd('b1', 'LOGIN mallory guess'), ['b1 NO Invalid login or password']);
+      d.close();
+      await until(() => accessRecords(p).length === 2, 'two access records');
+      const m = (await get(mport, '/metrics')).body;
+      const L = { listener: '127.0.0.1:0' };
+      assert.equal(metric(m, 'postern_sessions_total', { ...L, outcome: 'relayed' }), 1);
+      assert.equal(metric(m, 'postern_sessions_total', L), 2);
+      assert.equal(metric(m, 'postern_backend_connect_duration_seconds_count', { result: 'ok' }), 1, 'one back-end set-up, timed');
+    } finally {
+      await p.stop();
+      await auth.stop();
+      await backend.stop();
     }
   });
 });
