@@ -1,5 +1,6 @@
 /**
  * A smoke run of the benchmark harness (a handful of messages, 200 idle connections): it starts
+ * HAProxy, the bare Node relay (bench/node-relay.mjs), nginx and
  * every process (Postern seven times: proxy_mode session and transaction through the auth
  * responder, transaction again with backend_reuse on, session mode again with a policy server and the limits on and again with the
  * metrics listener on (scraped by the bench), a static route and a one-server pool; and the
@@ -15,9 +16,9 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '../..');
-const TARGETS = ['direct', 'haproxy', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-reuse', 'postern-static', 'postern-pool'];
+const TARGETS = ['direct', 'haproxy', 'node-relay', 'nginx', 'postern', 'postern-checks', 'postern-metrics', 'postern-tx', 'postern-reuse', 'postern-static', 'postern-pool'];
 
-it('npm run bench (BENCH_QUICK=1) runs all ten targets and every one delivers every message', async () => {
+it('npm run bench (BENCH_QUICK=1) runs all eleven targets and every one delivers every message', async () => {
   const { stdout, stderr } = await run(process.execPath, ['--import', 'tsx', path.join(root, 'bench/run.ts')], {
     cwd: root,
     env: { ...process.env, BENCH_QUICK: '1' },
@@ -64,5 +65,6 @@ it('npm run bench (BENCH_QUICK=1) runs all ten targets and every one delivers ev
     assert.equal(delivered, sent, `${target}: every message reached the sink`);
     assert.equal(errors, 0, `${target}: no smtp-source errors`);
   }
-  for (const target of ['nginx', 'postern', 'postern-tx']) assert.match(stdout, new RegExp(`\\| ${target} \\| [\\d.]+ KiB \\| 0 \\|`), `${target}: idle connections held, none dropped`);
+  // 200 connections move RSS by less than a GC does: the figure may come out negative in a smoke run.
+  for (const target of ['haproxy', 'nginx', 'postern', 'postern-tx']) assert.match(stdout, new RegExp(`\\| ${target} \\| -?[\\d.]+ KiB \\| 0 \\|`), `${target}: idle connections held, none dropped`);
 });
