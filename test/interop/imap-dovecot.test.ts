@@ -30,8 +30,8 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
   let p: RunningPostern;
   let tmp: string;
   let trustAll = false;
-  /** Postern's listeners: [STARTTLS on, implicit TLS, plain (PROXY v2 block)]. */
-  let port: { starttls: number; implicit: number; proxied: number };
+  /** Postern's listeners: [STARTTLS on, implicit TLS, STARTTLS only, plain (PROXY v2 block)]. */
+  let port: { starttls: number; implicit: number; only: number; proxied: number };
   const messages = new Map<string, Buffer>();
 
   before(async () => {
@@ -49,7 +49,7 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
       servers: [
         {
           protocol: 'imap',
-          listen: [{ address: '127.0.0.1:0', starttls: 'on' }, { address: '127.0.0.1:0', implicit_tls: true }],
+          listen: [{ address: '127.0.0.1:0', starttls: 'on' }, { address: '127.0.0.1:0', implicit_tls: true }, { address: '127.0.0.1:0', starttls: 'only' }],
           tls: { certificates: CERTS },
           route: { auth_http: { url: stub.url } },
           xclient: true,
@@ -63,8 +63,8 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
         },
       ],
     });
-    const [a, b, c] = p.server.addresses;
-    port = { starttls: a!.port, implicit: b!.port, proxied: c!.port };
+    const [a, b, only, c] = p.server.addresses;
+    port = { starttls: a!.port, implicit: b!.port, only: only!.port, proxied: c!.port };
   });
   after(async () => {
     await p?.stop();
@@ -112,6 +112,28 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
       assert.equal(requests[0]?.get('Auth-SSL'), 'on', url);
       assert.equal((await d.waitForLogin(since, (l) => l.user === bob.user)).rip, '127.0.0.3', url);
     }
+  });
+
+  it('starttls: only — CAPABILITY says LOGINDISABLED and no AUTH=, LOGIN in the clear is refused and never asked about; curl --ssl-reqd gets the message', async () => {
+    const c = await LineClient.connect(port.only);
+    const n = stub.requests.length;
+    try {
+      await c.expect(/^\* OK IMAP4 ready\r\n/);
+      c.send('c1 CAPABILITY');
+      const [cap] = await c.expect(/^\* CAPABILITY [^\r]*\r\nc1 OK completed\r\n/);
+      assert.match(cap!, / STARTTLS LOGINDISABLED/);
+      assert.doesNotMatch(cap!, /AUTH=/);
+      c.send(`c2 LOGIN ${alice.user} ${alice.password}`);
+      assert.match((await c.expect(/^.*\r\n/m))[0]!, /^c2 (BAD|NO) /);
+    } finally {
+      c.close();
+    }
+    assert.equal(stub.requests.length, n, 'no auth request for a login in the clear');
+    const since = d.logins().length;
+    const r = await curl([`imap://127.0.0.1:${port.only}/INBOX;UID=1`, '--ssl-reqd', '--cacert', TEST_CA, ...curlUser(alice.user, alice.password)]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.equals(body(alice.user)));
+    assert.equal((await d.waitForLogin(since, (l) => l.user === alice.user)).tls, false, 'TLS ends at Postern; the hop to Dovecot is plain here');
   });
 
   it('curl APPEND through the relay: the uploaded message lands in the maildir byte for byte', async () => {

@@ -35,7 +35,7 @@ describe('POP3: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
   let p: RunningPostern;
   let trustAll = false;
   /** Postern's listeners: [STLS on, implicit TLS, plain (PROXY v2 block)]. */
-  let port: { stls: number; implicit: number; proxied: number };
+  let port: { stls: number; implicit: number; only: number; proxied: number };
   const messages = new Map<string, Buffer>();
 
   before(async () => {
@@ -51,7 +51,7 @@ describe('POP3: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
       servers: [
         {
           protocol: 'pop3',
-          listen: [{ address: '127.0.0.1:0', starttls: 'on' }, { address: '127.0.0.1:0', implicit_tls: true }],
+          listen: [{ address: '127.0.0.1:0', starttls: 'on' }, { address: '127.0.0.1:0', implicit_tls: true }, { address: '127.0.0.1:0', starttls: 'only' }],
           tls: { certificates: CERTS },
           pop3: { auth: ['plain', 'apop'] },
           route: { auth_http: { url: stub.url } },
@@ -66,8 +66,8 @@ describe('POP3: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
         },
       ],
     });
-    const [a, b, c] = p.server.addresses;
-    port = { stls: a!.port, implicit: b!.port, proxied: c!.port };
+    const [a, b, only, c] = p.server.addresses;
+    port = { stls: a!.port, implicit: b!.port, only: only!.port, proxied: c!.port };
   });
   after(async () => {
     await p?.stop();
@@ -111,6 +111,26 @@ describe('POP3: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
       assert.equal(requests[0]?.get('Auth-SSL'), 'on', url);
       assert.equal((await d.waitForLogin(since, (l) => l.user === bob.user)).rip, '127.0.0.3', url);
     }
+  });
+
+  it('starttls: only — CAPA lists STLS but neither USER nor SASL, USER in the clear is refused and never asked about; curl --ssl-reqd gets the message', async () => {
+    const c = await LineClient.connect(port.only);
+    const n = stub.requests.length;
+    try {
+      await c.expect(/^\+OK POP3 ready .*\r\n/);
+      c.send('CAPA');
+      const [capa] = await c.expect(/^\+OK[^\r]*\r\n(?:[^\r]*\r\n)*?\.\r\n/);
+      assert.match(capa!, /\r\nSTLS\r\n/);
+      assert.doesNotMatch(capa!, /\r\n(USER|SASL)\b/);
+      c.send(`USER ${alice.user}`);
+      assert.match((await c.expect(/^.*\r\n/m))[0]!, /^-ERR /);
+    } finally {
+      c.close();
+    }
+    assert.equal(stub.requests.length, n, 'no auth request for a login in the clear');
+    const r = await curl([`pop3://127.0.0.1:${port.only}/1`, '--ssl-reqd', '--cacert', TEST_CA, ...curlUser(alice.user, alice.password)]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.equals(body(alice.user)));
   });
 
   it('curl APOP (AUTH=+APOP): Auth-Method apop with the greeting\'s timestamp as Auth-Salt; the auth service\'s Auth-Pass logs in', async () => {
