@@ -20,7 +20,7 @@ import type { ListenerContext, ServerContext } from './context.js';
 
 /** Connections accepted by this process, for RouteRequest.session. */
 let accepted = 0;
-import { attach, attachBackend, detach, detachBackend, stopReading, type SocketOwner } from './socket-events.js';
+import { attach, attachBackend, closeWhenWritten, detach, detachBackend, stopReading, type SocketOwner } from './socket-events.js';
 
 /** Grace period for the client to close after our final reply, before the socket is destroyed. */
 const LINGER_MS = 2000;
@@ -111,18 +111,11 @@ export class Connection implements SocketOwner, AskOwner {
    * pipelined after STARTTLS fails the handshake instead of being read as commands.
    */
   #startTls(): void {
-    const tlsContexts = this.#ctx.tls!;
     const plain = this.socket;
     // Bytes already read (a ClientHello that came with a PROXY header) must wait for the TLS socket, not reach no one.
     plain.pause();
     detach(plain);
-    const secure = new TLSSocket(plain, {
-      isServer: true,
-      secureContext: tlsContexts.defaultContext,
-      SNICallback: (name, cb) => cb(null, tlsContexts.contextFor(name)),
-      requestCert: tlsContexts.requestCert,
-      rejectUnauthorized: false, // verify_client is applied after the handshake, with nginx's replies
-    });
+    const secure = this.#ctx.tls!.serverSocket(plain);
     this.socket = secure;
     attach(secure, this);
     secure.once('secure', () => this.#onSecure(secure));
@@ -452,9 +445,3 @@ export class Connection implements SocketOwner, AskOwner {
   }
 }
 
-/** Closes `s` once everything written to it is with the kernel, which still sends it, then FIN. */
-function closeWhenWritten(s: Socket): void {
-  if (s.destroyed) return;
-  if (s.writableLength === 0) s.destroy();
-  else s.once('drain', () => s.destroy());
-}

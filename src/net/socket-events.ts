@@ -106,3 +106,10 @@ export function detachBackend(socket: Socket): void {
   // Once per socket: a kept back-end connection (backend_reuse) is detached after every session.
   if (!socket.listeners('error').includes(noop)) socket.on('error', noop);
 }
+
+/** Closes `s` once everything written to it is with the kernel, which still sends it, then FIN. */
+export function closeWhenWritten(s: Socket): void {
+  if (s.destroyed) return;
+  if (s.writableLength === 0) s.destroy();
+  else s.once('drain', () => s.destroy());
+}

@@ -6,7 +6,8 @@
  */
 import { createPrivateKey, randomBytes, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import tls, { type SecureContext } from 'node:tls';
+import type { Socket } from 'node:net';
+import tls, { TLSSocket, type SecureContext } from 'node:tls';
 import type { TlsConfig } from '../config/schema.js';
 
 export class TlsLoadError extends Error {
@@ -51,6 +52,22 @@ export class TlsContexts {
   /** Whether clients are asked for a certificate (verify_client not off). */
   get requestCert(): boolean {
     return this.#cfg.verify_client !== 'off';
+  }
+
+  /**
+   * The server side of a TLS handshake over a client's TCP socket (implicit TLS, or after a
+   * STARTTLS reply): the certificate chosen by SNI; a client certificate asked for when
+   * verify_client is on, and judged after the handshake (src/tls/client-cert.ts), with nginx's
+   * replies rather than a handshake failure.
+   */
+  serverSocket(plain: Socket): TLSSocket {
+    return new TLSSocket(plain, {
+      isServer: true,
+      secureContext: this.#default,
+      SNICallback: (name, cb) => cb(null, this.contextFor(name)),
+      requestCert: this.requestCert,
+      rejectUnauthorized: false,
+    });
   }
 
   /** Re-reads every file; on any error the current contexts stay in use and the error is thrown. */

@@ -36,7 +36,6 @@ import { SmtpClient, replyText } from '../helpers/smtp-client.js';
 /** The client behind the load balancer, and the address it connected to (documentation ranges). */
 const SRC = { address: '203.0.113.9', port: 40000 };
 const DST = { address: '192.0.2.25', port: 25 };
-const PROXY_HEADERS = ['Proxy-Protocol-Addr', 'Proxy-Protocol-Port', 'Proxy-Protocol-Server-Addr', 'Proxy-Protocol-Server-Port'];
 
 /** Connects (from `localAddress`, default 127.0.0.1) and writes `header` as the first bytes. */
 async function withHeader(port: number, header: Buffer, localAddress?: string): Promise<SmtpClient> {

@@ -28,7 +28,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { AuthStub, okAnswer } from '../helpers/auth-stub.js';
 import { FakeBackend } from '../helpers/fake-backend.js';

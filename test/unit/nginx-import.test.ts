@@ -10,7 +10,6 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { parseConfig } from '../../src/config/load.js';
-import { configSchema } from '../../src/config/schema.js';
 import { convertNginx, ImportError } from '../../src/nginx-import/convert.js';
 import { asWritten, NginxSyntaxError, parseNginx, parseNginxFile, variablesOf } from '../../src/nginx-import/parse.js';
 import { authHttpUrl, duration, listenAddress, nginxSize, nginxTime, resolverAddress } from '../../src/nginx-import/values.js';
