@@ -46,10 +46,17 @@ export function proofMatches(method: string, pass: string, salt: string | undefi
       return salt !== undefined && createHash('md5').update(Buffer.from(salt.trim() + password, 'utf8')).digest('hex') === pass.toLowerCase();
     case 'cram-md5':
       return salt !== undefined && createHmac('md5', Buffer.from(password, 'utf8')).update(salt.trim()).digest('hex') === pass.toLowerCase();
+    // The tests' OAuth provider issues one bearer token per user: oauthTokenOf(user).
+    case 'xoauth2':
+    case 'oauthbearer':
+      return false;
     default:
       return false;
   }
 }
+
+/** The bearer token the tests' OAuth provider issued to `user` (what an auth service would introspect). */
+export const oauthTokenOf = (user: string): string => `ya29.test-token-for-${user}`;
 
 export function mailboxAuth(opts: MailboxAuthOptions): Answer {
   return (req) => {
@@ -57,7 +64,8 @@ export function mailboxAuth(opts: MailboxAuthOptions): Answer {
     const pass = unescapeAuthValue(req.get('Auth-Pass') ?? '');
     const method = req.get('Auth-Method') ?? '';
     const known = userOf(user);
-    const ok = opts.trustAll?.() || (known !== undefined && proofMatches(method, pass, req.get('Auth-Salt'), known.password));
+    const bearer = method === 'xoauth2' || method === 'oauthbearer';
+    const ok = opts.trustAll?.() || (known !== undefined && (bearer ? pass === oauthTokenOf(known.user) : proofMatches(method, pass, req.get('Auth-Salt'), known.password)));
     const wait = opts.wait?.();
     if (!ok) return { 'Auth-Status': INVALID, ...(wait !== undefined && { 'Auth-Wait': String(wait) }) };
     const answer: Record<string, string> = { 'Auth-Status': 'OK', 'Auth-Server': '127.0.0.1', 'Auth-Port': String(opts.port(req)) };

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AuthStub, type RecordedRequest } from '../helpers/auth-stub.js';
 import { DOVECOT_USERS, startDovecot, type DovecotInstance } from '../helpers/dovecot.js';
-import { INVALID, mailboxAuth } from '../helpers/imap-pop3-auth.js';
+import { INVALID, mailboxAuth, oauthTokenOf } from '../helpers/imap-pop3-auth.js';
 import { curl, curlUser, LineClient, mailboxMessage, OpensslClient, pyImap, TEST_CA } from '../helpers/imap-pop3-clients.js';
 import { startPostern, type RunningPostern } from '../helpers/postern.js';
 import { TLS_FIXTURES } from '../helpers/postfix.js';
@@ -50,6 +50,7 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
         {
           protocol: 'imap',
           listen: [{ address: '127.0.0.1:0', starttls: 'on' }, { address: '127.0.0.1:0', implicit_tls: true }, { address: '127.0.0.1:0', starttls: 'only' }],
+          imap: { auth: ['plain', 'xoauth2', 'oauthbearer'] },
           tls: { certificates: CERTS },
           route: { auth_http: { url: stub.url } },
           xclient: true,
@@ -134,6 +135,22 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
     assert.equal(r.code, 0, r.stderr);
     assert.ok(r.stdout.equals(body(alice.user)));
     assert.equal((await d.waitForLogin(since, (l) => l.user === alice.user)).tls, false, 'TLS ends at Postern; the hop to Dovecot is plain here');
+  });
+
+  it('curl with an OAuth bearer token (OAUTHBEARER, RFC 7628): the auth service checks the token and hands Dovecot the password; byte for byte', async () => {
+    // curl 7.88 picks OAUTHBEARER when both are offered (XOAUTH2 is proven in test/integration/imap.test.ts).
+    const since = d.logins().length;
+    const { result: r, requests } = await asked(() => curl([`imaps://127.0.0.1:${port.implicit}/INBOX;UID=1`, '--cacert', TEST_CA, '--oauth2-bearer', oauthTokenOf(bob.user), '--user', `${bob.user}:`]));
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.equals(body(bob.user)));
+    assert.deepEqual([requests[0]?.get('Auth-Method'), requests[0]?.get('Auth-User'), requests[0]?.get('Auth-Pass')], ['oauthbearer', bob.user, oauthTokenOf(bob.user)]);
+    assert.equal((await d.waitForLogin(since, (l) => l.user === bob.user)).method, 'PLAIN', 'Postern logs in to Dovecot with the password from Auth-Pass');
+    // A token the provider never issued: refused, and Dovecot is never asked.
+    const before = d.logins().length;
+    const { result: forged, requests: asks } = await asked(() => curl([`imaps://127.0.0.1:${port.implicit}/INBOX;UID=1`, '--cacert', TEST_CA, '--oauth2-bearer', 'forged', '--user', `${bob.user}:`]));
+    assert.notEqual(forged.code, 0);
+    assert.equal(asks[0]?.get('Auth-Pass'), 'forged');
+    assert.equal(d.logins().length, before);
   });
 
   it('curl APPEND through the relay: the uploaded message lands in the maildir byte for byte', async () => {
