@@ -65,7 +65,9 @@ export function mailboxAuth(opts: MailboxAuthOptions): Answer {
     const method = req.get('Auth-Method') ?? '';
     const known = userOf(user);
     const bearer = method === 'xoauth2' || method === 'oauthbearer';
-    const ok = opts.trustAll?.() || (known !== undefined && (bearer ? pass === oauthTokenOf(known.user) : proofMatches(method, pass, req.get('Auth-Salt'), known.password)));
+    // EXTERNAL: the client certificate vouches (nginx sends its verdict and subject); the test CA's client.test may be anyone.
+    const certified = method === 'external' && req.get('Auth-SSL-Verify') === 'SUCCESS' && /CN=client\.test/.test(req.get('Auth-SSL-Subject') ?? '');
+    const ok = opts.trustAll?.() || (known !== undefined && (method === 'external' ? certified : bearer ? pass === oauthTokenOf(known.user) : proofMatches(method, pass, req.get('Auth-Salt'), known.password)));
     const wait = opts.wait?.();
     if (!ok) return { 'Auth-Status': INVALID, ...(wait !== undefined && { 'Auth-Wait': String(wait) }) };
     const answer: Record<string, string> = { 'Auth-Status': 'OK', 'Auth-Server': '127.0.0.1', 'Auth-Port': String(opts.port(req)) };

@@ -31,7 +31,7 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
   let tmp: string;
   let trustAll = false;
   /** Postern's listeners: [STARTTLS on, implicit TLS, STARTTLS only, plain (PROXY v2 block)]. */
-  let port: { starttls: number; implicit: number; only: number; proxied: number };
+  let port: { starttls: number; implicit: number; only: number; proxied: number; certified: number };
   const messages = new Map<string, Buffer>();
 
   before(async () => {
@@ -62,10 +62,17 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
           xclient: false,
           proxy_protocol: 'v2',
         },
+        {
+          protocol: 'imap',
+          listen: [{ address: '127.0.0.1:0', implicit_tls: true }],
+          tls: { certificates: CERTS, verify_client: 'on', client_ca: path.join(TLS_FIXTURES, 'ca.pem') },
+          imap: { auth: ['external'] },
+          route: { auth_http: { url: stub.url } },
+        },
       ],
     });
-    const [a, b, only, c] = p.server.addresses;
-    port = { starttls: a!.port, implicit: b!.port, only: only!.port, proxied: c!.port };
+    const [a, b, only, c, certified] = p.server.addresses;
+    port = { starttls: a!.port, implicit: b!.port, only: only!.port, proxied: c!.port, certified: certified!.port };
   });
   after(async () => {
     await p?.stop();
@@ -151,6 +158,22 @@ describe('IMAP: Postern in front of a real Dovecot', { timeout: 180_000 }, () =>
     assert.notEqual(forged.code, 0);
     assert.equal(asks[0]?.get('Auth-Pass'), 'forged');
     assert.equal(d.logins().length, before);
+  });
+
+  it('AUTHENTICATE EXTERNAL with a client certificate (curl --cert): Auth-SSL-Verify SUCCESS and the subject go to the auth service, its Auth-Pass logs in', async () => {
+    const since = d.logins().length;
+    const key = path.join(TLS_FIXTURES, 'client.key');
+    const cert = path.join(TLS_FIXTURES, 'client.pem');
+    const { result: r, requests } = await asked(() => curl([`imaps://127.0.0.1:${port.certified}/INBOX;UID=1`, '--cacert', TEST_CA, '--cert', cert, '--key', key, '--login-options', 'AUTH=EXTERNAL', '--user', `${alice.user}:`]));
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.equals(body(alice.user)));
+    const q = requests[0]!;
+    assert.deepEqual([q.get('Auth-Method'), q.get('Auth-User'), q.get('Auth-Pass'), q.get('Auth-SSL-Verify')], ['external', alice.user, '', 'SUCCESS']);
+    assert.match(q.get('Auth-SSL-Subject') ?? '', /CN=client\.test/);
+    assert.equal((await d.waitForLogin(since, (l) => l.user === alice.user)).method, 'PLAIN');
+    // Without a certificate the handshake is refused (verify_client: on, nginx's 'No required SSL certificate').
+    const none = await curl([`imaps://127.0.0.1:${port.certified}/INBOX;UID=1`, '--cacert', TEST_CA, '--login-options', 'AUTH=EXTERNAL', '--user', `${alice.user}:`]);
+    assert.notEqual(none.code, 0);
   });
 
   it('curl APPEND through the relay: the uploaded message lands in the maildir byte for byte', async () => {
