@@ -5,26 +5,24 @@
  * within a pool or a host name's addresses while the client has seen no back-end byte.
  */
 import { randomBytes, randomInt } from 'node:crypto';
-import dns from 'node:dns';
 import net from 'node:net';
 import type { BackendTlsOptions } from '../backend/connect.js';
 import { backendTlsFor, backendTlsOptions } from '../backend/route-options.js';
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
-import { backendName, type ClientIdentity, type Envelope, type RouteTarget } from '../domain.js';
+import type { ClientIdentity, Envelope, RouteTarget } from '../domain.js';
 import { PosternError, WARNINGS, type ErrorCode } from '../errors.js';
 import { connectImap } from '../imap/connect.js';
 import { idValue } from '../imap/login.js';
 import { ImapBook, imapMechanisms, type ImapMechanism } from '../imap/replies.js';
 import { ImapSession, type ImapLimits, type ImapReady } from '../imap/session.js';
 import type { Logger } from '../log/logger.js';
-import { failover, type Attempt, type Candidate } from '../pools/failover.js';
+import type { Attempt, Candidate } from '../pools/failover.js';
 import { hashKeyOf } from '../pools/layer.js';
-import type { PoolRegistry } from '../pools/pool.js';
+import type { Pool, PoolRegistry } from '../pools/pool.js';
+import { lookupAll, tryTarget, type Lookup } from '../pools/targets.js';
 import type { BackendDone, BackendSession, ProtocolModule, ProtocolSession } from '../protocol.js';
 import { cramChallenge } from '../smtp/sasl.js';
-import { proxyHeaderFor, type Lookup } from './smtp.js';
-
-const lookupAll: Lookup = (host, cb) => dns.lookup(host, { all: true }, (err, addrs) => cb(err, addrs ?? []));
+import { proxyHeaderFor } from './smtp.js';
 
 export class ImapProtocol implements ProtocolModule<ImapReady> {
   readonly name = 'imap' as const;
@@ -76,58 +74,12 @@ export class ImapProtocol implements ProtocolModule<ImapReady> {
 
   /** Logs in on `target`: a pool's servers in the balancer's order, a name's addresses one by one, or the one address. */
   connect(client: ClientIdentity, target: RouteTarget, envelope: Envelope, done: BackendDone<ImapReady>): () => void {
-    const pool = target.pool !== undefined ? this.#pools?.get(target.pool) : undefined;
-    if (target.pool !== undefined && !pool) {
-      queueMicrotask(() => done(new PosternError('PST_ROUTE_UNKNOWN_POOL', `no pool named ${JSON.stringify(target.pool)}`)));
-      return () => {};
-    }
     // One session id for every try: the back-ends' logs of one client session agree.
     const session = randomBytes(9).toString('base64url');
     const attempt: Attempt<BackendSession<ImapReady>> = (cand, ms, cb) => this.#attempt(client, target, envelope, session, cand, ms, cb);
-    if (!pool) return this.#single(target, attempt, done);
-    const tried = new Set<number>();
-    const key = pool.hashKey === null ? null : hashKeyOf(pool.hashKey, envelope, client.addr);
-    const next = (): Candidate | null => {
-      const i = pool.pick(key, tried);
-      if (i < 0) return null;
-      tried.add(i);
-      const srv = pool.servers[i]!;
-      pool.acquire(i);
-      return {
-        id: srv.id,
-        host: srv.host,
-        port: srv.port,
-        failed: (err) => {
-          // Refused credentials are the user's problem, not the server's.
-          if (!imapRetryable(err)) return;
-          pool.failed(i, `${err.code}${err.detail ? ` ${err.detail}` : ''}`);
-          this.#logger.info({ code: 'PSW_POOL_FAILOVER', pool: pool.name, server: srv.id, detail: err.detail, error: err.code }, WARNINGS.PSW_POOL_FAILOVER.message);
-        },
-        succeeded: () => pool.succeeded(i),
-        release: () => pool.release(i),
-      } as Candidate & { release(): void };
-    };
-    return failover(next, { maxTries: pool.maxTries, deadline: Date.now() + pool.tryTimeout, attemptTimeout: this.#config.timeouts.backend, exhausted: 'PST_POOL_EXHAUSTED', describe: () => pool.describe() }, attempt, imapRetryable, done);
-  }
-
-  /** A single back-end: an IP literal is one try, a host name's addresses are tried one by one. */
-  #single(target: RouteTarget, attempt: Attempt<BackendSession<ImapReady>>, done: BackendDone<ImapReady>): () => void {
-    const timeout = this.#config.timeouts.backend;
-    let aborted = false;
-    let abort: () => void = () => (aborted = true);
-    const run = (list: Candidate[]): void => {
-      let n = 0;
-      abort = failover(() => list[n++] ?? null, { maxTries: list.length, deadline: Date.now() + timeout, attemptTimeout: timeout, exhausted: null }, attempt, imapRetryable, done);
-    };
-    if (net.isIP(target.host)) run([{ id: backendName(target), host: target.host, port: target.port }]);
-    else {
-      this.#lookup(target.host, (err, addrs) => {
-        if (aborted) return;
-        if (err || addrs.length === 0) return done(new PosternError('PST_ROUTE_RESOLVE', `${backendName(target)}: ${(err as NodeJS.ErrnoException | null)?.code ?? 'no address'}`));
-        run(addrs.map((a) => ({ id: `${target.host}[${a.address}]:${target.port}`, host: a.address, port: target.port })));
-      });
-    }
-    return () => abort();
+    // Refused credentials are the user's problem, not the server's (imapRetryable).
+    const o = { target, pools: this.#pools, lookup: this.#lookup, timeoutMs: this.#config.timeouts.backend, logger: this.#logger, retryable: imapRetryable, hashKey: (pool: Pool) => hashKeyOf(pool.hashKey!, envelope, client.addr) };
+    return tryTarget(o, attempt, done);
   }
 
   /** One connect-and-login on one candidate. */

@@ -5,7 +5,6 @@
  * the connection driver must not know lives here or below.
  */
 import { randomInt } from 'node:crypto';
-import dns from 'node:dns';
 import net, { type Socket } from 'node:net';
 import type { BackendTlsOptions } from '../backend/connect.js';
 import { connectBackend } from '../backend/connect.js';
@@ -13,12 +12,13 @@ import { backendAuthFor, backendTlsFor, backendTlsOptions } from '../backend/rou
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
 import { proxyV1, proxyV2 } from '../proxy/writer.js';
 import { SmtpReuse } from './smtp-reuse.js';
-import { backendName, type CheckStage, type ClientIdentity, type Envelope, type RouteTarget } from '../domain.js';
+import type { CheckStage, ClientIdentity, Envelope, RouteTarget } from '../domain.js';
 import { PosternError, WARNINGS, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import { failover, type Attempt, type Candidate } from '../pools/failover.js';
+import type { Attempt, Candidate } from '../pools/failover.js';
 import { hashKeyOf } from '../pools/layer.js';
-import type { PoolRegistry } from '../pools/pool.js';
+import type { Pool, PoolRegistry } from '../pools/pool.js';
+import { lookupAll, tryTarget, type Lookup } from '../pools/targets.js';
 import type { BackendDone, BackendSession, ProtocolModule, ProtocolSession } from '../protocol.js';
 import { Session, type BackendReadyInfo } from '../session/session.js';
 import type { SessionLimits } from '../session/limits.js';
@@ -30,10 +30,7 @@ function mechanisms(l: ListenerConfig): Mechanism[] {
 }
 
 
-/** Resolves a host name to all its addresses, in the resolver's order. */
-export type Lookup = (host: string, cb: (err: Error | null, addrs: { address: string }[]) => void) => void;
-
-const lookupAll: Lookup = (host, cb) => dns.lookup(host, { all: true }, (err, addrs) => cb(err, addrs ?? []));
+export type { Lookup } from '../pools/targets.js';
 
 export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
   readonly name = 'smtp' as const;
@@ -108,64 +105,14 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
    * the client has seen a back-end byte (src/pools/failover.ts; `smtpRetryable` says which).
    */
   connect(client: ClientIdentity, target: RouteTarget, envelope: Envelope, done: BackendDone<BackendReadyInfo>): () => void {
-    const c = this.#config;
-    const pool = target.pool !== undefined ? this.#pools?.get(target.pool) : undefined;
-    if (target.pool !== undefined && !pool) {
-      queueMicrotask(() => done(new PosternError('PST_ROUTE_UNKNOWN_POOL', `no pool named ${JSON.stringify(target.pool)}`)));
-      return () => {};
-    }
     const attempt: Attempt<BackendSession<BackendReadyInfo>> = (cand, timeoutMs, cb) => this.#attempt(client, target, envelope, cand, timeoutMs, cb);
-    if (pool) {
-      const tried = new Set<number>();
-      const key = pool.hashKey === null ? null : hashKeyOf(pool.hashKey, envelope, client.addr);
-      const next = (): Candidate | null => {
-        const i = pool.pick(key, tried);
-        if (i < 0) return null;
-        tried.add(i);
-        const srv = pool.servers[i]!;
-        pool.acquire(i);
-        return {
-          id: srv.id,
-          host: srv.host,
-          port: srv.port,
-          failed: (err) => {
-            // A verdict (a 5xx to MAIL, credentials refused) is the mail's or the user's problem, not the server's.
-            if (smtpRetryable(err)) {
-              pool.failed(i, `${err.code}${err.detail ? ` ${err.detail}` : ''}`);
-              this.#logger.info({ code: 'PSW_POOL_FAILOVER', pool: pool.name, server: srv.id, detail: err.detail, error: err.code }, WARNINGS.PSW_POOL_FAILOVER.message);
-            }
-          },
-          succeeded: () => pool.succeeded(i),
-          // The connection is released when the back-end socket closes (see #attempt).
-          release: () => pool.release(i),
-        } as Candidate & { release(): void };
-      };
-      return failover(next, { maxTries: pool.maxTries, deadline: Date.now() + pool.tryTimeout, attemptTimeout: c.timeouts.backend, exhausted: 'PST_POOL_EXHAUSTED', describe: () => pool.describe() }, attempt, smtpRetryable, done);
-    }
-    // A single back-end: a host name's addresses are tried one by one (an IP literal is one try).
-    let candidates: Candidate[] | null = net.isIP(target.host) ? [{ id: backendName(target), host: target.host, port: target.port }] : null;
-    let aborted = false;
-    let abort: () => void = () => (aborted = true);
-    const run = (): void => {
-      const list = candidates!;
-      let n = 0;
-      abort = failover(() => list[n++] ?? null, { maxTries: list.length, deadline: Date.now() + c.timeouts.backend, attemptTimeout: c.timeouts.backend, exhausted: null }, attempt, smtpRetryable, (err, r) => {
-        // A single back-end's 5xx to MAIL keeps nginx's 451 (proxy_pass_error_message shows its text).
-        if (err?.code === 'PST_BACKEND_SENDER_REFUSED') return done(new PosternError('PST_BACKEND_REJECTED', err.detail, err.reply));
-        done(err, r);
-      });
-    };
-    if (candidates) {
-      run();
-      return () => abort();
-    }
-    this.#lookup(target.host, (err, addrs) => {
-      if (aborted) return;
-      if (err || addrs.length === 0) return done(new PosternError('PST_ROUTE_RESOLVE', `${backendName(target)}: ${(err as NodeJS.ErrnoException | null)?.code ?? 'no address'}`));
-      candidates = addrs.map((a) => ({ id: `${target.host}[${a.address}]:${target.port}`, host: a.address, port: target.port }));
-      run();
+    // A verdict (a 5xx to MAIL, credentials refused) is the mail's or the user's problem, not the server's (smtpRetryable).
+    const o = { target, pools: this.#pools, lookup: this.#lookup, timeoutMs: this.#config.timeouts.backend, logger: this.#logger, retryable: smtpRetryable, hashKey: (pool: Pool) => hashKeyOf(pool.hashKey!, envelope, client.addr) };
+    return tryTarget(o, attempt, (err, r) => {
+      // A single back-end's 5xx to MAIL keeps nginx's 451 (proxy_pass_error_message shows its text); a pool's is passed on.
+      if (target.pool === undefined && err?.code === 'PST_BACKEND_SENDER_REFUSED') return done(new PosternError('PST_BACKEND_REJECTED', err.detail, err.reply));
+      done(err, r);
     });
-    return () => abort();
   }
 
   /** A kept connection the driver hands back: parked for the next session, if the module keeps it. */
