@@ -2,6 +2,7 @@
  * How a session's back-end connection is secured and authenticated: the configured defaults with
  * the auth service's per-route choices applied.
  */
+import net from 'node:net';
 import type { BackendTlsChoice, Credentials, RouteTarget } from '../domain.js';
 import type { ServerConfig } from '../config/schema.js';
 import { readBackendCa } from '../tls/contexts.js';
@@ -23,6 +24,17 @@ export function backendAuthFor(creds: Credentials | undefined, d: RouteTarget, c
 export function backendTlsFor(base: BackendTlsOptions, choice: BackendTlsChoice | undefined): BackendTlsOptions {
   if (!choice) return base;
   return { ...base, ...(choice.mode ? { mode: choice.mode } : {}), ...(choice.name ? { serverName: choice.name } : {}) };
+}
+
+/**
+ * The TLS for one try of a route: `backendTlsFor`, and when the try goes to one address of a
+ * host name (a pool member is named by its own address), the certificate is still checked
+ * against the route's name.
+ */
+export function candidateTls(base: BackendTlsOptions, target: RouteTarget, candidateHost: string): BackendTlsOptions {
+  const t = backendTlsFor(base, target.tls);
+  const named = target.host !== '' && !net.isIP(target.host) && candidateHost !== target.host;
+  return named && !t.serverName ? { ...t, serverName: target.host } : t;
 }
 
 /** The configured back-end TLS (the auth service may override the mode and name per route). */

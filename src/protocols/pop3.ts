@@ -5,9 +5,8 @@
  * within a pool or a host name's addresses while the client has seen no back-end byte.
  */
 import { randomBytes, randomInt } from 'node:crypto';
-import net from 'node:net';
 import type { BackendTlsOptions } from '../backend/connect.js';
-import { backendTlsFor, backendTlsOptions } from '../backend/route-options.js';
+import { backendTlsOptions, candidateTls } from '../backend/route-options.js';
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
 import type { ClientIdentity, Envelope, RouteTarget } from '../domain.js';
 import { PosternError, WARNINGS, type ErrorCode } from '../errors.js';
@@ -102,10 +101,7 @@ export class Pop3Protocol implements ProtocolModule<Pop3Ready> {
       queueMicrotask(() => cb(new PosternError('PST_BACKEND_AUTH_FAILED', `no password available for ${creds?.method ?? 'no login'}`)));
       return () => {};
     }
-    const baseTls = backendTlsFor(this.#backendTls, target.tls);
-    // Connecting by address, the certificate is still checked against the route's name.
-    const named = target.host !== '' && !net.isIP(target.host) && cand.host !== target.host;
-    const tls = named && !baseTls.serverName ? { ...baseTls, serverName: target.host } : baseTls;
+    const tls = candidateTls(this.#backendTls, target, cand.host);
     return connectPop3(
       {
         host: cand.host,

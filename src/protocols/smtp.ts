@@ -5,10 +5,10 @@
  * the connection driver must not know lives here or below.
  */
 import { randomInt } from 'node:crypto';
-import net, { type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { BackendTlsOptions } from '../backend/connect.js';
 import { connectBackend } from '../backend/connect.js';
-import { backendAuthFor, backendTlsFor, backendTlsOptions } from '../backend/route-options.js';
+import { backendAuthFor, backendTlsOptions, candidateTls } from '../backend/route-options.js';
 import type { ListenerConfig, ServerConfig } from '../config/schema.js';
 import { proxyV1, proxyV2 } from '../proxy/writer.js';
 import { SmtpReuse } from './smtp-reuse.js';
@@ -136,10 +136,7 @@ export class SmtpProtocol implements ProtocolModule<BackendReadyInfo> {
   #attempt(client: ClientIdentity, target: RouteTarget, envelope: Envelope, cand: Candidate & { release?(): void }, timeoutMs: number, cb: (err: PosternError | null, r?: BackendSession<BackendReadyInfo>) => void): () => void {
     const c = this.#config;
     const auth = envelope.auth;
-    const baseTls = backendTlsFor(this.#backendTls, target.tls);
-    // Connecting by address, the certificate is still checked against the route's name.
-    const named = target.host !== '' && !net.isIP(target.host) && cand.host !== target.host;
-    const tlsOptions = named && !baseTls.serverName ? { ...baseTls, serverName: target.host } : baseTls;
+    const tlsOptions = candidateTls(this.#backendTls, target, cand.host);
     const backendAuth = backendAuthFor(auth, target, c.proxy_smtp_auth);
     const login = auth ? target.user ?? auth.user : undefined;
     const key = this.#reuse?.key(cand.host, cand.port, tlsOptions);
