@@ -41,6 +41,18 @@ export interface BackendTlsOptions {
   minVersion: tls.SecureVersion;
 }
 
+/** The client options of a TLS connection to `host` as `t` asks: the CA, verification, floor and SNI. */
+export function backendTlsConnect(host: string, t: Pick<BackendTlsOptions, 'ca' | 'verify' | 'serverName' | 'minVersion'>): tls.ConnectionOptions {
+  return {
+    host,
+    // SNI carries a name, never an address; an address is still checked against the IP SANs.
+    ...(t.serverName ? { servername: t.serverName } : net.isIP(host) ? {} : { servername: host }),
+    ...(t.ca ? { ca: t.ca } : {}),
+    rejectUnauthorized: t.verify,
+    minVersion: t.minVersion,
+  };
+}
+
 /**
  * Starts the connection; `done` is called exactly once. Returns a function that aborts the
  * attempt (client went away, shutdown).
@@ -56,14 +68,7 @@ export function connectBackend(
   warm?: { socket: net.Socket; capabilities: ReadonlyMap<string, string>; secure: boolean },
 ): () => void {
   const implicit = tlsOptions.mode === 'implicit';
-  const secureOpts = (): tls.ConnectionOptions => ({
-    host,
-    // SNI carries a name, never an address; an address is still checked against the IP SANs.
-    ...(tlsOptions.serverName ? { servername: tlsOptions.serverName } : net.isIP(host) ? {} : { servername: host }),
-    ...(tlsOptions.ca ? { ca: tlsOptions.ca } : {}),
-    rejectUnauthorized: tlsOptions.verify,
-    minVersion: tlsOptions.minVersion,
-  });
+  const secureOpts = (): tls.ConnectionOptions => backendTlsConnect(host, tlsOptions);
   let socket: net.Socket;
   let tcp: net.Socket;
   if (warm) {

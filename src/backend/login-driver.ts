@@ -8,7 +8,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
-import type { BackendTlsOptions } from './connect.js';
+import { backendTlsConnect, type BackendTlsOptions } from './connect.js';
 import { PosternError, type ErrorCode } from '../errors.js';
 
 /** What a login machine asks for after each back-end line; `D` is what its success carries. */
@@ -55,14 +55,7 @@ export interface LoginDriven<D> {
 export function driveLogin<D>(o: LoginDriveOptions<D>, cb: (err: PosternError | null, r?: LoginDriven<D>) => void): () => void {
   const where = `${o.host}:${o.port}`;
   const implicit = o.tls.mode === 'implicit';
-  const secureOpts = (): tls.ConnectionOptions => ({
-    host: o.host,
-    // SNI carries a name, never an address; an address is still checked against the IP SANs.
-    ...(o.tls.serverName ? { servername: o.tls.serverName } : net.isIP(o.host) ? {} : { servername: o.host }),
-    ...(o.tls.ca ? { ca: o.tls.ca } : {}),
-    rejectUnauthorized: o.tls.verify,
-    minVersion: o.tls.minVersion,
-  });
+  const secureOpts = (): tls.ConnectionOptions => backendTlsConnect(o.host, o.tls);
   const tcp = net.connect({ host: o.host, port: o.port, noDelay: true });
   // The PROXY header goes first, as one write, before a TLS ClientHello or the first command.
   if (o.proxyHeader) tcp.write(o.proxyHeader);

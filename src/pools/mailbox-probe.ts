@@ -12,6 +12,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
+import { backendTlsConnect } from '../backend/connect.js';
 import type { ProbeOptions, ProbeResult } from './probe.js';
 
 type Step = 'connect' | 'tls' | 'greeting' | 'bye';
@@ -44,14 +45,7 @@ export function probeMailbox(proto: MailboxProtocol, opts: ProbeOptions): Promis
     const started = performance.now();
     const implicit = opts.tls === 'implicit';
     const t = opts.tlsOptions ?? { verify: true, minVersion: 'TLSv1.2' as const };
-    const secure = (base: tls.ConnectionOptions): tls.ConnectionOptions => ({
-      ...base,
-      host: opts.host,
-      ...(t.serverName ? { servername: t.serverName } : net.isIP(opts.host) ? {} : { servername: opts.host }),
-      ...(t.ca ? { ca: t.ca } : {}),
-      rejectUnauthorized: t.verify,
-      minVersion: t.minVersion,
-    });
+    const secure = (base: tls.ConnectionOptions): tls.ConnectionOptions => ({ ...base, ...backendTlsConnect(opts.host, t) });
     let socket: net.Socket;
     if (opts.proxyHeader) {
       const tcp = net.connect({ host: opts.host, port: opts.port });

@@ -17,7 +17,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { ReplyError, ReplyReader, type Reply } from '../smtp/reply-reader.js';
-import type { BackendTlsOptions } from '../backend/connect.js';
+import { backendTlsConnect, type BackendTlsOptions } from '../backend/connect.js';
 
 export interface ProbeOptions {
   host: string;
@@ -63,14 +63,7 @@ export function probeSmtp(opts: ProbeOptions): Promise<ProbeResult> {
     const started = performance.now();
     const mode = opts.tls ?? 'plain';
     const t = opts.tlsOptions ?? { verify: true, minVersion: 'TLSv1.2' as const };
-    const secureOpts = (): tls.ConnectionOptions => ({
-      host: opts.host,
-      // SNI carries a name, never an address; an address is still checked against the IP SANs.
-      ...(t.serverName ? { servername: t.serverName } : net.isIP(opts.host) ? {} : { servername: opts.host }),
-      ...(t.ca ? { ca: t.ca } : {}),
-      rejectUnauthorized: t.verify,
-      minVersion: t.minVersion,
-    });
+    const secureOpts = (): tls.ConnectionOptions => backendTlsConnect(opts.host, t);
     let step: Step = 'connect';
     let socket: net.Socket;
     if (opts.proxyHeader) {
