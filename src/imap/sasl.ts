@@ -7,7 +7,7 @@
  */
 import type { Credentials } from '../domain.js';
 import type { ErrorCode } from '../errors.js';
-import { decodeBase64, decodeCramMd5, decodeOauthbearer, decodePlain, decodeXoauth2, encodeBase64 } from '../smtp/sasl.js';
+import { decodeBase64, decodeFinal, encodeBase64, type FinalResponse } from '../smtp/sasl.js';
 import { line, type ImapBook, type ImapMechanism } from './replies.js';
 
 export type ImapSaslStep =
@@ -36,41 +36,25 @@ export class ImapSasl {
     const b = this.#book;
     switch (this.mechanism) {
       case 'PLAIN':
-        return initial === undefined ? this.#ask('plain', b.plainNext) : this.#decoded(decodePlain(initial));
+        return initial === undefined ? this.#ask('plain', b.plainNext) : this.#final('plain', initial);
       case 'LOGIN':
         return initial === undefined ? this.#ask('login-user', b.username) : this.#loginUser(initial);
       case 'CRAM-MD5':
         // nginx: CRAM-MD5 takes no initial response (the salt comes first).
         return initial === undefined ? this.#ask('cram', line(`+ ${encodeBase64(this.#salt)}`)) : bad('CRAM-MD5 takes no initial response');
       case 'EXTERNAL':
-        return initial === undefined ? this.#ask('external', b.username) : this.#external(initial);
+        return initial === undefined ? this.#ask('external', b.username) : this.#final('external', initial);
       case 'XOAUTH2':
       case 'OAUTHBEARER':
-        return initial === undefined ? this.#ask('oauth', b.plainNext) : this.#oauth(initial);
+        return initial === undefined ? this.#ask('oauth', b.plainNext) : this.#final('oauth', initial);
     }
   }
 
   /** A response line. RFC 9051 §6.2.2: `*` cancels (the command then fails with BAD). */
   respond(text: string): ImapSaslStep {
     if (text === '*') return { kind: 'error', code: 'PST_AUTH_CANCELLED', detail: this.mechanism };
-    switch (this.#waiting) {
-      case 'plain':
-        return this.#decoded(decodePlain(text));
-      case 'login-user':
-        return this.#loginUser(text);
-      case 'login-pass': {
-        const pass = decodeBase64(text);
-        return pass === null ? bad('LOGIN password is not base64') : done({ method: 'plain', user: this.#user, pass });
-      }
-      case 'cram':
-        return this.#decoded(decodeCramMd5(text, this.#salt));
-      case 'external':
-        return this.#external(text);
-      case 'oauth':
-        return this.#oauth(text);
-      case null:
-        return bad('no exchange in progress');
-    }
+    if (this.#waiting === null) return bad('no exchange in progress');
+    return this.#waiting === 'login-user' ? this.#loginUser(text) : this.#final(this.#waiting, text);
   }
 
   #ask(waiting: Waiting, reply: Buffer): ImapSaslStep {
@@ -85,17 +69,8 @@ export class ImapSasl {
     return this.#ask('login-pass', this.#book.password);
   }
 
-  /** EXTERNAL: the identity asked for (nginx passes it as Auth-User; the auth service decides with Auth-SSL-*). */
-  #external(b64: string): ImapSaslStep {
-    const id = decodeBase64(b64);
-    return id === null ? bad('EXTERNAL identity is not base64') : done({ method: 'external', user: id, pass: '' });
-  }
-
-  #oauth(b64: string): ImapSaslStep {
-    return this.#decoded(this.mechanism === 'XOAUTH2' ? decodeXoauth2(b64) : decodeOauthbearer(b64));
-  }
-
-  #decoded(c: Credentials | string): ImapSaslStep {
+  #final(kind: FinalResponse, b64: string): ImapSaslStep {
+    const c = decodeFinal(kind, b64, { mechanism: this.mechanism, user: this.#user, salt: this.#salt });
     return typeof c === 'string' ? bad(c) : done(c);
   }
 }

@@ -5,7 +5,7 @@
  * EXTERNAL RFC 4422 App. A, XOAUTH2, OAUTHBEARER RFC 7628). Pure; the session feeds it lines.
  */
 import type { Credentials } from '../domain.js';
-import { decodeBase64, decodeCramMd5, decodeOauthbearer, decodePlain, decodeXoauth2, encodeBase64 } from '../smtp/sasl.js';
+import { decodeBase64, decodeFinal, encodeBase64, type FinalResponse } from '../smtp/sasl.js';
 import type { Pop3Book, Pop3Mechanism } from './replies.js';
 
 export type Pop3SaslStep =
@@ -34,7 +34,7 @@ export class Pop3Sasl {
   start(initial: string | undefined): Pop3SaslStep {
     switch (this.mechanism) {
       case 'PLAIN':
-        return initial === undefined ? this.#ask('plain', this.#book.next) : this.#plain(initial);
+        return initial === undefined ? this.#ask('plain', this.#book.next) : this.#final('plain', initial);
       case 'LOGIN':
         // "AUTH LOGIN <user>": nginx skips to the password prompt.
         return initial === undefined ? this.#ask('login-user', this.#book.username) : this.#loginUser(initial);
@@ -42,34 +42,17 @@ export class Pop3Sasl {
         // nginx: the challenge is the greeting's timestamp, base64 (ngx_mail_auth_cram_md5_salt).
         return this.#ask('cram', Buffer.from(`+ ${encodeBase64(this.#salt)}\r\n`, 'latin1'));
       case 'EXTERNAL':
-        return initial === undefined ? this.#ask('external', this.#book.username) : this.#external(initial);
+        return initial === undefined ? this.#ask('external', this.#book.username) : this.#final('external', initial);
       case 'XOAUTH2':
       case 'OAUTHBEARER':
-        return initial === undefined ? this.#ask('oauth', this.#book.next) : this.#oauth(initial);
+        return initial === undefined ? this.#ask('oauth', this.#book.next) : this.#final('oauth', initial);
     }
   }
 
   /** A response line (already checked for control bytes). */
   respond(line: string): Pop3SaslStep {
     if (line === '*') return { kind: 'error', detail: `${this.mechanism} cancelled` };
-    switch (this.#state) {
-      case 'plain':
-        return this.#plain(line);
-      case 'login-user':
-        return this.#loginUser(line);
-      case 'login-pass': {
-        const pass = decodeBase64(line);
-        return pass === null ? bad('LOGIN password is not base64') : checked({ method: 'plain', user: this.#user, pass });
-      }
-      case 'cram': {
-        const c = decodeCramMd5(line, this.#salt);
-        return typeof c === 'string' ? bad(c) : checked(c);
-      }
-      case 'external':
-        return this.#external(line);
-      case 'oauth':
-        return this.#oauth(line);
-    }
+    return this.#state === 'login-user' ? this.#loginUser(line) : this.#final(this.#state, line);
   }
 
   #ask(state: State, reply: Buffer): Pop3SaslStep {
@@ -77,8 +60,8 @@ export class Pop3Sasl {
     return { kind: 'challenge', reply };
   }
 
-  #plain(b64: string): Pop3SaslStep {
-    const c = decodePlain(b64);
+  #final(kind: FinalResponse, b64: string): Pop3SaslStep {
+    const c = decodeFinal(kind, b64, { mechanism: this.mechanism, user: this.#user, salt: this.#salt });
     return typeof c === 'string' ? bad(c) : checked(c);
   }
 
@@ -88,16 +71,6 @@ export class Pop3Sasl {
     this.#user = user;
     this.#state = 'login-pass';
     return { kind: 'challenge', reply: this.#book.password };
-  }
-
-  #external(b64: string): Pop3SaslStep {
-    const id = decodeBase64(b64);
-    return id === null ? bad('EXTERNAL identity is not base64') : checked({ method: 'external', user: id, pass: '' });
-  }
-
-  #oauth(b64: string): Pop3SaslStep {
-    const c = this.mechanism === 'XOAUTH2' ? decodeXoauth2(b64) : decodeOauthbearer(b64);
-    return typeof c === 'string' ? bad(c) : checked(c);
   }
 }
 

@@ -77,3 +77,31 @@ export function decodeOauthbearer(b64: string): Credentials | string {
 export function cramChallenge(random: number, unixTime: number, serverName: string): string {
   return `<${random}.${unixTime}@${serverName}>`;
 }
+
+/** A client response that completes an exchange: every step but LOGIN's user name. */
+export type FinalResponse = 'plain' | 'login-pass' | 'cram' | 'external' | 'oauth';
+
+/**
+ * Decodes a response that completes an exchange, the same for SMTP AUTH, IMAP AUTHENTICATE and
+ * POP3 AUTH: the credentials, or why not. `user`: LOGIN's user name; `salt`: the CRAM-MD5
+ * challenge; `mechanism`: which bearer-token format (XOAUTH2 or OAUTHBEARER, RFC 7628).
+ */
+export function decodeFinal(kind: FinalResponse, b64: string, x: { mechanism: string; user: string; salt: string }): Credentials | string {
+  switch (kind) {
+    case 'plain':
+      return decodePlain(b64);
+    case 'login-pass': {
+      const pass = decodeBase64(b64);
+      return pass === null ? 'LOGIN password is not base64' : { method: 'plain', user: x.user, pass };
+    }
+    case 'cram':
+      return decodeCramMd5(b64, x.salt);
+    case 'external': {
+      // EXTERNAL: the identity asked for (maybe empty: "the one in my certificate"); the auth service decides with Auth-SSL-*.
+      const id = decodeBase64(b64);
+      return id === null ? 'EXTERNAL identity is not base64' : { method: 'external', user: id, pass: '' };
+    }
+    case 'oauth':
+      return x.mechanism === 'XOAUTH2' ? decodeXoauth2(b64) : decodeOauthbearer(b64);
+  }
+}
